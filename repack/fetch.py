@@ -1,0 +1,101 @@
+"""Plan + sources -> a verified Payload.
+
+The cache is asked first (it is content-addressed, so a hit is as good as the
+pin); then each source in turn, all needed files in one read so that range
+requests can be coalesced.  A source that cannot answer (network, missing
+file) passes the turn to the next; one that answers with wrong bytes stops the
+build: tampering is reported, never routed around.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .cache import Cache
+from .errors import FetchError, IntegrityError, SourceError
+from .plan import ARTIFACT_EXTRAS, Plan, require_needed
+from .sources import Source
+from .verify import Payload, check_checksums_file, expected_hashes, runtime_hash, verified_payload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FetchReport:
+    """How the payload was obtained, for ``--json`` and the benchmark."""
+
+    source: str = ""
+    tried: list[tuple[str, str]] = field(default_factory=list)
+
+
+def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_extras: bool = False,
+                  report: FetchReport | None = None) -> Payload:
+    """The verified payload of ``plan``, from the cache or the first source that has it."""
+    require_needed(plan)
+    report = report if report is not None else FetchReport()
+    extras = ARTIFACT_EXTRAS[1:] if with_extras else ()  # checksums.txt is always read
+    payload = _from_cache(plan, cache, extras)
+    if payload is not None:
+        report.source = "cache"
+        return payload
+    if not sources:
+        raise FetchError(f"the headers of flashinfer {plan.version} are not in the cache and no source was given",
+                         "drop --offline, or pass --from with a wheel, directory or URL")
+    for source in sources:
+        try:
+            payload, checksums = _from_source(plan, source, extras)
+        except (FetchError, SourceError) as exc:
+            log.info("%s: %s", source.label, exc)
+            report.tried.append((source.label, str(exc)))
+            continue
+        report.source = source.label
+        for blob in [checksums] + [f.data for f in payload.files + payload.extras]:
+            cache.put(blob)
+        return payload
+    if len(report.tried) == 1:
+        label, message = report.tried[0]
+        raise FetchError(message, _last_hint(sources))
+    summary = "; ".join(f"{label}: {msg}" for label, msg in report.tried)
+    raise FetchError(f"no source could provide the headers of flashinfer {plan.version}: {summary}",
+                     "pass --from with a flashinfer-cubin wheel, an artifactory mirror, or a reachable index")
+
+
+def _last_hint(sources: Sequence[Source]) -> str:
+    return ("check the network or the source, or pass --from with another source "
+            "(a flashinfer-cubin wheel, an artifactory-layout directory or URL, an index)")
+
+
+def _paths(plan: Plan, extras: Sequence[str]) -> list[str]:
+    return ([plan.checksums_path] + [plan.source_path(h) for h in plan.headers]
+            + [plan.artifact_path + e for e in extras])
+
+
+def _from_source(plan: Plan, source: Source, extras: Sequence[str]) -> tuple[Payload, bytes]:
+    data = source.read(_paths(plan, extras))
+    try:
+        payload = verified_payload(
+            plan, data[plan.checksums_path],
+            {h: data[plan.source_path(h)] for h in plan.headers},
+            {e: data[plan.artifact_path + e] for e in extras}, source=source.label)
+    except IntegrityError as exc:
+        exc.args = (f"{source.label}: {exc.args[0]}",)
+        raise
+    return payload, data[plan.checksums_path]
+
+
+def _from_cache(plan: Plan, cache: Cache, extras: Sequence[str]) -> Payload | None:
+    checksums = cache.get(plan.checksums_sha256)
+    if checksums is None:
+        return None
+    try:
+        entries = check_checksums_file(plan, checksums)
+        want = expected_hashes(plan, entries)
+    except IntegrityError:
+        return None
+    headers = {h: cache.get(d) for h, d in want.items()}
+    extra = {e: cache.get(runtime_hash(entries, e) or "") for e in extras}
+    if any(v is None for v in headers.values()) or any(v is None for v in extra.values()):
+        return None
+    return verified_payload(plan, checksums, headers, extra, source="cache")  # type: ignore[arg-type]

@@ -1,0 +1,128 @@
+"""A FlashInfer version -> its Plan, from flashinfer-python's own code.
+
+The code is read, never imported: from an installed distribution, a wheel on
+disk, or the wheel on a package index read with Range requests (about 0.1 MB
+of a 8 MB wheel).  The shipped plans of the affected versions let ``build``
+work offline; ``plan`` can derive afresh and compare the two.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Callable
+
+from packaging.utils import parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+from .archive import ByteSource, LocalBytes, read_members
+from .errors import PlanError, SourceError, UnknownVersionError, UsageError
+from .index import find_wheel, project_files
+from .plan import ARTIFACTS_MODULE, JIT_PREFIX, Plan, derive_plan, shipped_plan
+from .sources import HTTPBytes
+from .transport import Transport
+
+PYTHON_PROJECT = "flashinfer-python"
+
+
+def check_version(version: str) -> str:
+    try:
+        return str(Version(version))
+    except InvalidVersion:
+        raise UsageError(f"{version!r} is not a version", "give a FlashInfer version such as 0.6.6") from None
+
+
+def _wanted(name: str) -> bool:
+    return (name == ARTIFACTS_MODULE or (name.startswith(JIT_PREFIX) and name.endswith(".py"))
+            or (name.endswith(".dist-info/METADATA") and name.count("/") == 1))
+
+
+def plan_from_code(version: str, files: dict[str, bytes], label: str) -> Plan:
+    metadata = next((v.decode("utf-8", "replace") for k, v in files.items() if k.endswith("/METADATA")), None)
+    sources = {k: v.decode("utf-8", "replace") for k, v in files.items() if k.endswith(".py")}
+    if ARTIFACTS_MODULE not in sources:
+        raise SourceError(f"{label} holds no {ARTIFACTS_MODULE}", "is this a flashinfer-python wheel?")
+    return derive_plan(version, sources, metadata)
+
+
+def plan_from_wheel_bytes(source: ByteSource, version: str | None = None) -> Plan:
+    name = source.label.rsplit("/", 1)[-1]
+    try:
+        _, wheel_version, _, _ = parse_wheel_filename(name)
+    except Exception:
+        raise SourceError(f"{name} is not a wheel file name", "give a flashinfer_python-*.whl") from None
+    if version is not None and Version(version) != wheel_version:
+        raise UsageError(f"{name} is flashinfer-python {wheel_version}, not {version}",
+                         "give the wheel of the version you asked for")
+    return plan_from_code(str(wheel_version), read_members(source, _wanted), name)
+
+
+def plan_from_wheel(path: Path, version: str | None = None) -> Plan:
+    try:
+        source = LocalBytes(path)
+    except OSError as exc:
+        raise SourceError(f"cannot open {path}: {exc.strerror}", "check the path") from exc
+    try:
+        return plan_from_wheel_bytes(source, version)
+    finally:
+        source.close()
+
+
+def plan_from_index(transport: Transport, index_url: str, version: str) -> Plan:
+    files = project_files(transport, index_url, PYTHON_PROJECT)
+    found = find_wheel(files, PYTHON_PROJECT, version, index_url)
+    from .transport import RangesIgnored
+
+    try:
+        return plan_from_wheel_bytes(HTTPBytes(transport, found.url, found.size, found.filename), version)
+    except RangesIgnored:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="flashinfer-repack-") as tmp:
+            dest = Path(tmp) / found.filename
+            transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
+            return plan_from_wheel(dest, version)
+
+
+def plan_from_installed(version: str | None = None, paths: list[str] | None = None) -> Plan:
+    """From the flashinfer-python distribution installed on ``paths`` (default: sys.path)."""
+    dists = list(importlib.metadata.distributions(name=PYTHON_PROJECT, path=paths)) if paths else \
+        list(importlib.metadata.distributions(name=PYTHON_PROJECT))
+    if not dists:
+        raise UnknownVersionError("flashinfer-python is not installed in this environment",
+                                  "install it, or use --from-index / --python-wheel")
+    dist = dists[0]
+    if version is not None and Version(dist.version) != Version(version):
+        raise UnknownVersionError(f"the installed flashinfer-python is {dist.version}, not {version}",
+                                  "use the index or a wheel to read another version")
+    files: dict[str, bytes] = {}
+    for f in dist.files or ():
+        name = str(f).replace("\\", "/")
+        if _wanted(name):
+            try:
+                files[name] = Path(dist.locate_file(f)).read_bytes()
+            except OSError:
+                pass
+    text = dist.read_text("METADATA")
+    if text:
+        files[f"{PYTHON_PROJECT}.dist-info/METADATA"] = text.encode()
+    return plan_from_code(dist.version, files, f"installed flashinfer-python {dist.version}")
+
+
+def resolve_plan(version: str, derive: Callable[[], Plan] | None = None) -> Plan:
+    """The shipped plan of ``version`` if there is one, otherwise ``derive()``.
+
+    A version that is neither shipped nor derivable is unknown.
+    """
+    shipped = shipped_plan(version)
+    if shipped is not None:
+        return shipped
+    if derive is None:
+        raise UnknownVersionError(f"flashinfer {version} has no shipped plan and deriving one is off",
+                                  "drop --offline so that flashinfer-python's code can be read from the index")
+    try:
+        return derive()
+    except UnknownVersionError:
+        raise
+    except PlanError:
+        raise

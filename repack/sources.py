@@ -1,0 +1,202 @@
+"""Where the header bytes come from.  Every source answers one question:
+
+    ``read(paths) -> {path: bytes}``
+
+for paths relative to the artifactory root (``<artifact>/checksums.txt``,
+``<artifact>/include/trtllmGen_bmm_export/Enums.h``).  Sources do not verify;
+``fetch.py`` does, before anything is used.  The flashinfer-cubin wheel keeps
+the same tree under ``flashinfer_cubin/cubins/``.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from .archive import ByteSource, LocalBytes, is_safe_relpath, read_members
+from .cache import Cache
+from .errors import FetchError, SourceError
+from .index import IndexFile, find_wheel, project_files
+from .transport import RangesIgnored, Transport, redact
+
+CUBIN_PROJECT = "flashinfer-cubin"
+WHEEL_ROOT = "flashinfer_cubin/cubins/"
+NVIDIA_ARTIFACTORY = "https://edge.urm.nvidia.com/artifactory/sw-kernelinferencelibrary-public-generic-local/"
+
+
+class Source(Protocol):
+    label: str
+
+    def read(self, paths: Sequence[str]) -> dict[str, bytes]:
+        """Raw bytes for each path; FetchError or SourceError when it cannot."""
+
+
+def _checked(paths: Sequence[str]) -> Sequence[str]:
+    for p in paths:
+        if not is_safe_relpath(p.replace("//", "/")):
+            raise SourceError(f"refusing the unsafe path {p!r}", "a path must stay inside the source")
+    return paths
+
+
+@dataclass
+class WheelFile:
+    """A flashinfer-cubin wheel on disk."""
+
+    path: Path
+
+    @property
+    def label(self) -> str:
+        return f"wheel {self.path}"
+
+    def read(self, paths: Sequence[str]) -> dict[str, bytes]:
+        try:
+            source = LocalBytes(self.path)
+        except OSError as exc:
+            raise SourceError(f"cannot open {self.path}: {exc.strerror}", "check the path to the wheel") from exc
+        try:
+            return _read_wheel(source, paths)
+        finally:
+            source.close()
+
+
+class HTTPBytes:
+    """A remote file read with Range requests.  Size comes from the index or a first suffix read."""
+
+    def __init__(self, transport: Transport, url: str, size: int | None, label: str) -> None:
+        self.transport, self.url, self.label = transport, url, label
+        self._tail: tuple[int, bytes] | None = None
+        if size is None:
+            from .archive import EOCD_SEARCH
+            resp = transport.get_range_response(url, -EOCD_SEARCH)
+            total = resp.header("Content-Range").rpartition("/")[2]
+            if not total.isdigit():
+                raise FetchError(f"{redact(url)} gave no file size", "the server must answer Range requests")
+            size = int(total)
+            self._tail = (size - len(resp.body), resp.body)
+        self.size = size
+
+    def read(self, start: int, end: int) -> bytes:
+        if self._tail and start >= self._tail[0]:
+            base, data = self._tail
+            return data[start - base: end - base]
+        return self.transport.get_range(self.url, start, end)
+
+
+@dataclass
+class IndexWheel:
+    """The flashinfer-cubin wheel of ``version`` on a package index, read by ranges.
+
+    A server that ignores ranges gets the whole wheel streamed once into the
+    cache and checked against the index's sha256.
+    """
+
+    transport: Transport
+    index_url: str
+    version: str
+    cache: Cache
+
+    @property
+    def label(self) -> str:
+        return f"index {redact(self.index_url)}"
+
+    def locate(self) -> IndexFile:
+        files = project_files(self.transport, self.index_url, CUBIN_PROJECT)
+        return find_wheel(files, CUBIN_PROJECT, self.version, redact(self.index_url))
+
+    def read(self, paths: Sequence[str]) -> dict[str, bytes]:
+        found = self.locate()
+        cached = self.cache.wheel_path(found.filename)
+        if cached is not None and cached.is_file():
+            return WheelFile(cached).read(paths)
+        try:
+            return _read_wheel(HTTPBytes(self.transport, found.url, found.size, found.filename), paths)
+        except RangesIgnored:
+            return self._read_whole(found, paths)
+
+    def _read_whole(self, found: IndexFile, paths: Sequence[str]) -> dict[str, bytes]:
+        dest = self.cache.wheel_path(found.filename)
+        if dest is None:
+            import tempfile
+            with tempfile.TemporaryDirectory(prefix="flashinfer-repack-") as tmp:
+                dest = Path(tmp) / found.filename
+                self.transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
+                return WheelFile(dest).read(paths)
+        self.transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
+        return WheelFile(dest).read(paths)
+
+
+@dataclass
+class RemoteWheel:
+    """A wheel at a plain URL (no index): read by ranges, or streamed whole."""
+
+    transport: Transport
+    url: str
+    cache: Cache
+
+    @property
+    def label(self) -> str:
+        return f"wheel {redact(self.url)}"
+
+    def read(self, paths: Sequence[str]) -> dict[str, bytes]:
+        name = urllib.parse.unquote(urllib.parse.urlsplit(self.url).path.rsplit("/", 1)[-1])
+        try:
+            return _read_wheel(HTTPBytes(self.transport, self.url, None, name), paths)
+        except RangesIgnored:
+            return IndexWheel(self.transport, "", "", self.cache)._read_whole(IndexFile(name, self.url), paths)
+
+
+@dataclass
+class ArtifactoryURL:
+    """A server in the artifactory layout (NVIDIA's, or a mirror of it)."""
+
+    transport: Transport
+    base_url: str
+
+    @property
+    def label(self) -> str:
+        return f"artifactory {redact(self.base_url)}"
+
+    def read(self, paths: Sequence[str]) -> dict[str, bytes]:
+        base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
+        return {p: self.transport.get(urllib.parse.urljoin(base, p.replace("//", "/"))).body
+                for p in _checked(paths)}
+
+
+@dataclass
+class ArtifactoryDir:
+    """A local directory in the artifactory layout (a mirror, a cubin cache, flashinfer_cubin/cubins)."""
+
+    root: Path
+
+    @property
+    def label(self) -> str:
+        return f"directory {self.root}"
+
+    def read(self, paths: Sequence[str]) -> dict[str, bytes]:
+        if not self.root.is_dir():
+            raise SourceError(f"{self.root} is not a directory", "give an artifactory-layout directory")
+        real_root = os.path.realpath(self.root)
+        out = {}
+        for p in _checked(paths):
+            path = os.path.realpath(self.root / p.replace("//", "/"))
+            if os.path.commonpath([real_root, path]) != real_root:
+                raise SourceError(f"{self.root / p} leads outside {self.root} through a link",
+                                  "refusing a path that escapes the source directory")
+            try:
+                with open(path, "rb") as fh:
+                    out[p] = fh.read()
+            except FileNotFoundError as exc:
+                raise SourceError(f"{self.root} lacks {p}",
+                                  "is this an artifactory-layout directory (e.g. site-packages/flashinfer_cubin/cubins)?") from exc
+            except OSError as exc:
+                raise SourceError(f"cannot read {path}: {exc.strerror}", "check permissions") from exc
+        return out
+
+
+def _read_wheel(source: ByteSource, paths: Sequence[str]) -> dict[str, bytes]:
+    members = {WHEEL_ROOT + p.replace("//", "/"): p for p in _checked(paths)}
+    data = read_members(source, members)
+    return {members[m]: b for m, b in data.items()}
