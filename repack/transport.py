@@ -154,10 +154,15 @@ class Transport:
 
     def _read_body(self, resp, url: str) -> bytes:
         expected = resp.headers.get("Content-Length")
-        chunks = []
+        total = int(expected) if expected and expected.isdigit() else None
+        label = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+        chunks, done = [], 0
         for chunk in resp.raw.stream(CHUNK, decode_content=False):
             chunks.append(chunk)
+            done += len(chunk)
             self.stats.bytes += len(chunk)
+            if self.progress:
+                self.progress(label, done, total)
         body = b"".join(chunks)
         if expected is not None and expected.isdigit() and len(body) != int(expected):
             raise _Retryable(_Truncated(f"truncated body: {len(body)} of {expected} bytes"))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,29 @@ def python_wheel():
 
 
 @pytest.fixture(scope="session")
-def flashinfer_env(tmp_path_factory) -> FlashinferEnv:
-    """One venv with the local CPU torch, shared by every acceptance test (versions swapped with pip)."""
-    return FlashinferEnv(tmp_path_factory.mktemp("flashinfer-env") / "venv").create()
+def flashinfer_env() -> FlashinferEnv:
+    """One venv with the local CPU torch, shared by every acceptance test (versions swapped with pip).
+
+    It lies in a world-readable temporary directory (pytest's are private to
+    root) so that tests can run flashinfer as an unprivileged user.
+    """
+    root = Path(tempfile.mkdtemp(prefix="flashinfer-env-"))
+    os.chmod(root, 0o755)
+    try:
+        yield FlashinferEnv(root / "venv").create()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def shared_tmp():
+    """A temporary directory every user may write to (for runs as an unprivileged user)."""
+    path = Path(tempfile.mkdtemp(prefix="flashinfer-repack-"))
+    os.chmod(path, 0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

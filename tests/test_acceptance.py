@@ -1,0 +1,109 @@
+"""Acceptance: flashinfer's own code accepts what we build, with no network.
+
+For each affected version, in one venv with the real flashinfer-python and
+flashinfer-cubin from PyPI (torch: the local CPU build): vLLM's Dockerfile
+snippet fails without our wheel (so the test can fail), and succeeds with it
+without a single connection attempt, also read-only and as an unprivileged user.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AFFECTED
+
+pytestmark = pytest.mark.slow
+EXPORT = "flashinfer_cubin/cubins/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export"
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under root with its size and mtime, to prove zero writes."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        state[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
+    return state
+
+
+def set_writable(root: Path, writable: bool) -> None:
+    for path in [root, *root.rglob("*")]:
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            continue
+        new = (mode | stat.S_IWUSR) if writable else (mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        os.chmod(path, new)
+
+
+@pytest.mark.parametrize("version", AFFECTED)
+def test_snippet_needs_our_wheel_and_then_starts_offline(version, flashinfer_env, headers_wheel):
+    flashinfer_env.use(version)
+
+    without = flashinfer_env.run_snippet(fast_clock=True)
+    assert not without["ok"], "the snippet must fail without our wheel, or this test proves nothing"
+    assert "BatchedGemmEnums.h not found" in without["error"]
+    assert without["connects"], "flashinfer should have tried the (closed) artifactory"
+
+    flashinfer_env.pip("install", "-q", str(headers_wheel(version)))  # real pip, dependencies resolved
+    installed = flashinfer_env.installed()
+    assert installed["flashinfer-cubin-headers"] == version
+
+    with_wheel = flashinfer_env.run_snippet()
+    assert with_wheel["ok"], with_wheel
+    assert with_wheel["connects"] == []
+    assert with_wheel["cubin_dir"].endswith("site-packages/flashinfer_cubin/cubins")
+    assert with_wheel["snippet_seconds"] < 5  # the failing path takes ~35 s of backoff; this is a sanity bound
+
+
+def test_read_only_install_as_unprivileged_user_makes_zero_writes(flashinfer_env, headers_wheel, shared_tmp):
+    version = "0.6.6"
+    flashinfer_env.use(version, extra=(headers_wheel(version),))
+    package = flashinfer_env.site_packages() / "flashinfer_cubin"
+    work = shared_tmp
+    before = tree_state(package)
+    set_writable(package, False)
+    try:
+        result = flashinfer_env.run_snippet(user="65534", cwd=work, env={"HOME": str(work)})
+    finally:
+        set_writable(package, True)
+    assert result["ok"], result
+    assert result["connects"] == []
+    assert tree_state(package) == before
+
+
+def test_read_only_check_can_fail_when_the_marker_is_not_exact(flashinfer_env, headers_wheel, shared_tmp):
+    """A marker with a trailing newline is accepted by .strip() but rewritten: read-only, that write fails."""
+    version = "0.6.6"
+    flashinfer_env.use(version, extra=(headers_wheel(version),))
+    package = flashinfer_env.site_packages() / "flashinfer_cubin"
+    marker = package.parent / EXPORT / ".artifact_hash"
+    marker.write_bytes(marker.read_bytes() + b"\n")
+    work = shared_tmp
+    set_writable(package, False)
+    try:
+        result = flashinfer_env.run_snippet(user="65534", cwd=work, env={"HOME": str(work)})
+    finally:
+        set_writable(package, True)
+        flashinfer_env.remove("flashinfer-cubin-headers")
+    assert not result["ok"]
+    assert "ermission" in result["error"] or "Read-only" in result["error"], result["error"]
+
+
+def test_pip_check_is_clean_for_our_wheel_and_catches_a_missing_dependency(flashinfer_env, headers_wheel):
+    version = "0.6.6"
+    flashinfer_env.use(version, extra=(headers_wheel(version),))
+
+    def our_problems() -> list[str]:
+        proc = subprocess.run([str(flashinfer_env.python), "-m", "pip", "check"], capture_output=True, text=True)
+        return [line for line in proc.stdout.splitlines() if line.startswith("flashinfer-cubin-headers")]
+
+    assert our_problems() == []
+    flashinfer_env.remove("flashinfer-cubin")
+    try:
+        assert any("requires flashinfer-cubin" in line for line in our_problems())
+    finally:
+        flashinfer_env.remove("flashinfer-cubin-headers")
