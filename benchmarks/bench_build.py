@@ -37,7 +37,7 @@ from repack.index import PYPI, find_wheel, project_files  # noqa: E402
 from repack.plan import shipped_plan  # noqa: E402
 from repack.transport import Transport  # noqa: E402
 from tests.support.envs import FlashinferEnv, closed_port, real_wheel  # noqa: E402
-from tests.support.servers import serve_artifactory, serve_index  # noqa: E402
+from tests.support.servers import FileServer  # noqa: E402
 
 
 def cli_build(version: str, out: Path, *args: str) -> dict:
@@ -85,13 +85,16 @@ def main() -> None:
 
         build("build --from pypi (cold cache, ranges)", "--from", "pypi", "--cache-dir", str(cache))
         build("build from the warm cache", "--from", "pypi", "--cache-dir", str(cache))
-        with serve_index(cubin, ranges=True) as server:
-            build("build --from local index (ranges)", "--from", f"index+{server.url}simple/", "--no-cache")
-        with serve_index(cubin, ranges=False) as server:
-            build("build --from local index (no ranges)", "--from", f"index+{server.url}simple/", "--no-cache")
+        for ranges in (True, False):
+            with FileServer() as server:
+                server.ranges = ranges
+                server.serve_project("flashinfer-cubin", [cubin])
+                build(f"build --from local index ({'ranges' if ranges else 'no ranges: whole wheel'})",
+                      "--from", f"index+{server.index_url}", "--no-cache")
         build("build --from local wheel", "--from", str(cubin), "--no-cache")
-        with serve_artifactory(layout) as server:
-            build("build --from artifactory server", "--from", f"artifactory+{server.url}", "--no-cache")
+        with FileServer() as server:
+            build("build --from artifactory server", "--from",
+                  f"artifactory+{server.serve_tree('artifactory', layout)}", "--no-cache")
         build("build --from artifactory dir", "--from", str(layout), "--no-cache")
         assert len(shas) == 1, f"sources gave different wheels: {shas}"
 
@@ -105,12 +108,12 @@ def main() -> None:
 
         env = FlashinferEnv(args.venv or tmp / "venv").create()
         env.use(version, cubin=False)
-        with serve_artifactory(layout) as server:
-            cubin_dir = tmp / "cubin-dir"
-            r = env.run_snippet(env={"FLASHINFER_CUBINS_REPOSITORY": server.url,
-                                     "FLASHINFER_CUBIN_DIR": str(cubin_dir)})
+        with FileServer() as server:
+            base = server.serve_tree("artifactory", layout)
+            r = env.run_snippet(env={"FLASHINFER_CUBINS_REPOSITORY": base,
+                                     "FLASHINFER_CUBIN_DIR": str(tmp / "cubin-dir")})
             rows.append(("(b) flashinfer download_trtllm_headers, local server", r["snippet_seconds"],
-                         server.bytes_served, f"{server.requests} requests, ok={r['ok']}"))
+                         server.bytes_sent(), f"{server.requests()} requests, ok={r['ok']}"))
         our_wheel = next((tmp / "out-0").glob("*.whl"))
         env.use(version, extra=(our_wheel,))
         runs = [env.run_snippet() for _ in range(5)]

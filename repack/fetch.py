@@ -43,12 +43,14 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
     if not sources:
         raise FetchError(f"the headers of flashinfer {plan.version} are not in the cache and no source was given",
                          "drop --offline, or pass --from with a wheel, directory or URL")
+    last: FetchError | SourceError | None = None
     for source in sources:
         try:
             payload, checksums = _from_source(plan, source, extras)
         except (FetchError, SourceError) as exc:
             log.info("%s: %s", source.label, exc)
             report.tried.append((source.label, str(exc)))
+            last = exc
             continue
         report.source = source.label
         for blob in [checksums] + [f.data for f in payload.files + payload.extras]:
@@ -56,7 +58,8 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
         return payload
     if len(report.tried) == 1:
         label, message = report.tried[0]
-        raise FetchError(message, _last_hint(sources))
+        # the failing layer's hint is the specific one (403: credentials; 404: the URL)
+        raise FetchError(message, (last.hint if last is not None else "") or _last_hint(sources)) from last
     summary = "; ".join(f"{label}: {msg}" for label, msg in report.tried)
     raise FetchError(f"no source could provide the headers of flashinfer {plan.version}: {summary}",
                      "pass --from with a flashinfer-cubin wheel, an artifactory mirror, or a reachable index")

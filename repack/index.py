@@ -66,8 +66,9 @@ def find_wheel(files: list[IndexFile], project: str, version: str, index_url: st
     if not matches:
         versions = sorted({_version_of(f.filename) for f in files} - {None}, key=Version)
         near = ", ".join(versions[-6:]) or "none"
-        raise UnknownVersionError(f"{project} {version} is not on {index_url} (latest there: {near})",
-                                  "check the version; flashinfer-cubin is on PyPI for 0.6.0 to 0.6.13")
+        hint = "check the version" + ("; flashinfer-cubin is on PyPI for 0.6.0 to 0.6.13"
+                                      if canonicalize_name(project) == "flashinfer-cubin" else "")
+        raise UnknownVersionError(f"{project} {version} is not on {index_url} (latest there: {near})", hint)
     return matches[0]
 
 
@@ -79,16 +80,14 @@ def _version_of(filename: str) -> str | None:
 
 
 def parse_json_page(body: bytes, page_url: str) -> list[IndexFile]:
-    try:
-        data = json.loads(body)
-        files = data["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SourceError(f"{page_url} is not a PEP 691 project page: {exc}",
+    try:  # a malformed page (files not a list, an entry without url...) is the server's fault, not ours
+        return [IndexFile(filename=f["filename"], url=urllib.parse.urljoin(page_url, f["url"]),
+                          sha256=(f.get("hashes") or {}).get("sha256"), size=f.get("size"),
+                          requires_python=f.get("requires-python"), yanked=bool(f.get("yanked")))
+                for f in json.loads(body)["files"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise SourceError(f"{page_url} is not a PEP 691 project page: {exc!r}",
                           "is --index-url a simple-API root (ending in /simple/)?") from exc
-    return [IndexFile(filename=f["filename"], url=urllib.parse.urljoin(page_url, f["url"]),
-                      sha256=(f.get("hashes") or {}).get("sha256"), size=f.get("size"),
-                      requires_python=f.get("requires-python"), yanked=bool(f.get("yanked")))
-            for f in files]
 
 
 def parse_html_page(body: bytes, page_url: str) -> list[IndexFile]:

@@ -16,7 +16,7 @@ from packaging.utils import parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from .archive import ByteSource, LocalBytes, read_members
-from .errors import PlanError, SourceError, UnknownVersionError, UsageError
+from .errors import SourceError, UnknownVersionError, UsageError
 from .index import find_wheel, project_files
 from .plan import ARTIFACTS_MODULE, JIT_PREFIX, Plan, derive_plan, shipped_plan
 from .sources import HTTPBytes
@@ -120,9 +120,4 @@ def resolve_plan(version: str, derive: Callable[[], Plan] | None = None) -> Plan
     if derive is None:
         raise UnknownVersionError(f"flashinfer {version} has no shipped plan and deriving one is off",
                                   "drop --offline so that flashinfer-python's code can be read from the index")
-    try:
-        return derive()
-    except UnknownVersionError:
-        raise
-    except PlanError:
-        raise
+    return derive()

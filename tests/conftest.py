@@ -82,3 +82,52 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: f
 @pytest.fixture
 def run_cli():
     return cli
+
+
+# -- a local HTTP server and what it serves, made at test time from the real wheels ------------
+
+@pytest.fixture(scope="session")
+def artifactory_tree(tmp_path_factory, cubin_wheel):
+    """``artifactory_tree(version)``: a directory in NVIDIA's artifactory layout holding
+    ``<artifact>/checksums.txt`` and the 17 headers, extracted from the real flashinfer-cubin wheel."""
+    from repack.plan import shipped_plan
+    from tests.support.servers import artifact_members, extract_tree
+
+    made: dict[str, Path] = {}
+
+    def make(version: str) -> Path:
+        if version not in made:
+            paths = artifact_members(shipped_plan(version))
+            dest = tmp_path_factory.mktemp(f"artifactory-{version}")
+            made[version] = extract_tree(cubin_wheel(version), paths, dest)
+        return made[version]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_cubin_wheel(tmp_path_factory, cubin_wheel):
+    """``small_cubin_wheel(version)``: a small zip named like the real flashinfer-cubin wheel, holding
+    exactly its 19 members under the BMM artifact (checksums.txt, flashinferMetaInfo.h, 17 headers)."""
+    from repack.plan import ARTIFACT_EXTRAS, shipped_plan
+    from tests.support.servers import CUBIN_ROOT, artifact_members, copy_members
+
+    made: dict[str, Path] = {}
+
+    def make(version: str) -> Path:
+        if version not in made:
+            real = cubin_wheel(version)
+            names = [CUBIN_ROOT + p for p in artifact_members(shipped_plan(version), ARTIFACT_EXTRAS[1:])]
+            made[version] = copy_members(real, names, tmp_path_factory.mktemp(f"small-{version}") / real.name)
+        return made[version]
+
+    return make
+
+
+@pytest.fixture
+def file_server():
+    """A started :class:`tests.support.servers.FileServer` on 127.0.0.1, stopped after the test."""
+    from tests.support.servers import FileServer
+
+    with FileServer() as server:
+        yield server
