@@ -317,6 +317,16 @@ def register_build(sub) -> None:
                    help="where to get the headers (repeatable; see below; default auto)")
     p.add_argument("--format", default="wheel", metavar="FMT[,FMT]",
                    help="wheel, conda (.conda) and/or conda-bz2 (.tar.bz2), comma-separated (default wheel)")
+    conda = p.add_argument_group("conda packages (--format conda, conda-bz2)")
+    conda.add_argument("--conda-dep-name", action="append", metavar="DEP=NAME",
+                       help="depend on NAME instead of DEP, for channels that name flashinfer differently "
+                            "(DEP: flashinfer-python or flashinfer-cubin; repeatable)")
+    conda.add_argument("--conda-no-flashinfer-deps", action="store_true",
+                       help="depend on python only, for conda environments whose flashinfer-python and "
+                            "flashinfer-cubin came from pip; install flashinfer-cubin of the same version first: "
+                            "without it the headers' flashinfer_cubin/ folder breaks 'import flashinfer'")
+    conda.add_argument("--build-number", type=int, default=0, metavar="N",
+                       help="the conda build number, to rebuild the same version (default 0)")
     common_options(p)
     p.set_defaults(func=cmd_build)
 
@@ -338,6 +348,9 @@ def cmd_build(args) -> int:
     started = time.monotonic()
     version = check_version(args.version)
     formats = parse_formats(args.format)
+    if any(f != "wheel" for f in formats):
+        from .conda import conda_options_from_args
+        conda_options_from_args(args)  # a malformed --conda-* option fails before any download
     epoch = source_date_epoch()
     transport = make_transport(args)
     plan = resolve_for_build(args, version, transport)
@@ -460,4 +473,283 @@ def installed_cubin_dir(version: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-COMMANDS: list[Callable] = [register_plan, register_build]
+# -- publish -------------------------------------------------------------------------
+
+PUBLISH_EPILOG = """\
+credentials for --index, first found wins (never printed, logged or written anywhere):
+  1. --username / --password
+  2. user:password in the --index URL
+  3. $FLASHINFER_REPACK_USERNAME / $FLASHINFER_REPACK_PASSWORD
+  4. $TWINE_USERNAME / $TWINE_PASSWORD
+  5. the entry for the host in $NETRC or ~/.netrc
+a file already there with the same sha256 is skipped; the same name with other bytes is refused.
+--simple writes a static PEP 503/691 tree (see 'pydoc repack.simple'): serve it with any web server,
+or point pip at it directly: pip install --index-url file:///path/to/DIR ...
+"""
+
+
+def register_publish(sub) -> None:
+    p = sub.add_parser("publish", help="add built packages to an index, a static simple tree or a conda channel",
+                       description="Publish wheels to a package index through the upload API that twine uses "
+                                   "(pypiserver, devpi, Artifactory, Nexus...), or into a static simple-API "
+                                   "directory, or conda packages into a channel directory. Every wheel is "
+                                   "checked against its own RECORD first.",
+                       epilog=PUBLISH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="built packages to publish")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--index", metavar="URL", help="upload URL of an index, e.g. http://host:8080/ (pypiserver) "
+                                                     "or http://host:3141/USER/INDEX/ (devpi)")
+    dest.add_argument("--simple", type=Path, metavar="DIR", help="a static simple-API tree, updated in place")
+    dest.add_argument("--channel", type=Path, metavar="DIR", help="a conda channel directory, re-indexed in place")
+    p.add_argument("--username", help="index user (prefer the environment or ~/.netrc, see below)")
+    p.add_argument("--password", help="index password (visible to other local users in the process list; "
+                                      "prefer $FLASHINFER_REPACK_PASSWORD or ~/.netrc)")
+    p.add_argument("--simple-url", metavar="URL",
+                   help="the index's simple API, read to skip files already there (default: URL/simple/, "
+                        "then URL/+simple/)")
+    common_options(p, network=False)
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="connect/read timeout (default 60)")
+    p.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="retries when a gateway answers 502/503/504 (default 3)")
+    p.set_defaults(func=cmd_publish)
+
+
+def cmd_publish(args) -> int:
+    if args.channel is not None:
+        return publish_to_channel(args)
+    from .distfile import read_distfile
+
+    dists = [read_distfile(f) for f in args.files]  # every file checked before anything is sent
+    if args.index:
+        from .upload import Uploader, find_credentials, netrc_path
+
+        credentials = find_credentials(args.index, username=args.username, password=args.password,
+                                       env=os.environ, netrc_file=netrc_path(os.environ))
+        uploader = Uploader(args.index, credentials, simple_url=args.simple_url, timeout=args.timeout,
+                            retries=max(0, args.retries), progress=progress_printer(args))
+        destination, results = uploader.server, uploader.publish(dists)
+    else:
+        from .simple import publish_simple
+
+        destination, results = str(args.simple), publish_simple(args.simple, dists)
+    _clear_progress()
+    if args.json:
+        emit_json({"ok": True, "destination": destination, "files": [r.to_json() for r in results]})
+    elif not args.quiet:
+        for r in results:
+            note = " (already there, same sha256)" if r.action == "skipped" else ""
+            print(f"{r.action} {r.filename}{note} -> {destination}")
+    return EXIT_OK
+
+
+def publish_to_channel(args) -> int:
+    try:
+        from .channel import publish_channel
+    except ImportError:
+        raise UsageError("publishing to a conda channel is not available in this build",
+                         "use --index or --simple for wheels") from None
+    results = publish_channel(args.channel, args.files)
+    if args.json:
+        emit_json({"ok": True, "destination": str(args.channel), "files": [r.to_json() for r in results]})
+    elif not args.quiet:
+        for r in results:
+            note = " (already there, same sha256)" if r.action == "skipped" else ""
+            print(f"{r.action} {r.subdir}/{r.filename}{note} -> {args.channel}")
+        print(f"indexed {args.channel} (repodata.json); use it as: conda install -c file://"
+              f"{args.channel.resolve()} ...")
+    return EXIT_OK
+
+# -- doctor --------------------------------------------------------------------------
+
+DOCTOR_EPILOG = """\
+doctor imports neither flashinfer nor torch: it asks the target interpreter (python -I) for its
+distributions' metadata and what find_spec finds, reads flashinfer-python's own code for that version's
+rules, resolves FLASHINFER_CUBIN_DIR as that version does (with this shell's environment), and looks at
+the files there. Run it as the user that runs flashinfer: write permission is judged for you.
+
+exit codes: 0 flashinfer will start with no network, 1 it will reach for the network or fail, 2 usage error
+"""
+
+
+def register_doctor(sub) -> None:
+    p = sub.add_parser("doctor", help="will an environment's flashinfer start offline? what to fix",
+                       description="Inspect a Python environment (this one, another interpreter, or a conda "
+                                   "prefix) and tell whether its FlashInfer will reach for the network at start-up "
+                                   "for the TRT-LLM BMM headers, why, and the exact command that fixes each problem.",
+                       epilog=DOCTOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--python", metavar="PATH", help="the environment's interpreter (default: this one)")
+    where.add_argument("--prefix", metavar="PATH", type=Path,
+                       help="a conda prefix (its bin/python if it has one, else its files are read)")
+    common_options(p, network=False)
+    p.set_defaults(func=cmd_doctor)
+
+
+def _target_python(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if not os.path.lexists(path) or os.path.isdir(path):  # a link this user cannot resolve may still run
+        raise UsageError(f"--python {path}: no such file", "give the path of the environment's python")
+    return path
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import diagnose
+    from .probe import snapshot
+
+    if args.prefix is not None and not args.prefix.is_dir():
+        raise UsageError(f"--prefix {args.prefix}: no such directory", "give the root of a conda environment")
+    python = _target_python(args.python) or (None if args.prefix else sys.executable)
+    env = snapshot(dict(os.environ), python=python, prefix=str(args.prefix) if args.prefix else None)
+    diagnosis = diagnose(env)
+    if args.json:
+        data = {"ok": diagnosis.starts_offline, "target": env.target,
+                "python": env.interpreter.python, "python_version": env.interpreter.python_version,
+                "versions": {k: v.version for k, v in env.interpreter.dists.items()},
+                "cubin_dir": env.cubin_dir.path if env.cubin_dir else None,
+                "cubin_dir_source": env.cubin_dir.source if env.cubin_dir else None}
+        data.update(diagnosis.to_json())
+        emit_json(data)
+    elif not args.quiet or not diagnosis.starts_offline:
+        print_diagnosis(env, diagnosis)
+    return EXIT_OK if diagnosis.starts_offline else EXIT_FAIL
+
+
+def print_diagnosis(env, diagnosis) -> None:
+    print(f"{env.target} (Python {env.interpreter.python_version})")
+    for c in diagnosis.checks:
+        print(f"  {c.status.upper():7}  {c.name:24} {c.detail}")
+    for p in diagnosis.problems:
+        print(f"\n{'PROBLEM' if p.fatal else 'note'} [{p.code}] {p.what}")
+        print(f"  effect: {p.consequence}")
+        print(f"  fix:    {p.fix}")
+    fatal = sum(p.fatal for p in diagnosis.problems)
+    verdict = (f"flashinfer will reach for the network or fail at start-up ({fatal} fatal problem"
+               f"{'s' if fatal > 1 else ''})" if fatal else "flashinfer will start with no network")
+    print(f"\nverdict: {verdict}")
+
+
+# -- install -------------------------------------------------------------------------
+
+def register_install(sub) -> None:
+    p = sub.add_parser("install", help="place the verified headers straight into an environment's cubin dir",
+                       description="Fetch and verify the BMM export headers of VERSION (as build does) and place "
+                                   "them, with the exact marker, directly where that environment's flashinfer "
+                                   "searches, atomically; where the environment has no flashinfer-cubin, also "
+                                   "checksums.txt and flashinferMetaInfo.h. Nothing is fetched at run time.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--python", metavar="PATH",
+                       help="the environment's interpreter: its FLASHINFER_CUBIN_DIR is resolved as its flashinfer "
+                            "does (default: this one)")
+    where.add_argument("--target", type=Path, metavar="DIR", help="a FLASHINFER_CUBIN_DIR to fill (created if missing)")
+    p.add_argument("--from", dest="sources", action="append", metavar="SOURCE",
+                   help="where to get the headers (repeatable; see below; default auto)")
+    common_options(p)
+    p.set_defaults(func=cmd_install)
+
+
+def cmd_install(args) -> int:
+    from .cache import Cache
+    from .fetch import FetchReport, fetch_payload
+    from .install import install
+    from .plan import require_needed
+    from .resolve import check_version
+
+    version = check_version(args.version)
+    transport = make_transport(args)
+    plan = require_needed(resolve_for_build(args, version, transport))
+    cubin_dir, with_extras = (args.target, True) if args.target else install_destination(args, version)
+    cache = Cache(cache_dir(args))
+    sources = make_sources(args.sources or ["auto"], args, version, transport, cache)
+    report = FetchReport()
+    payload = fetch_payload(plan, sources, cache, with_extras=with_extras, report=report)
+    written = install(payload, cubin_dir)
+    _clear_progress()
+    if args.json:
+        emit_json({"ok": True, "version": version, "cubin_dir": str(cubin_dir), "source": report.source,
+                   "written": [str(p) for p in written]})
+    elif not args.quiet:
+        print(f"installed the headers of flashinfer {version} into {cubin_dir} "
+              f"({len(written)} file(s) written, from {report.source})")
+        if args.target:
+            print(f"flashinfer finds them with FLASHINFER_CUBIN_DIR={cubin_dir} (and no flashinfer-cubin installed)")
+        elif not with_extras:
+            print("note: inside flashinfer-cubin these files belong to no package: `pip uninstall flashinfer-cubin` "
+                  "leaves them behind as a namespace package that breaks `import flashinfer`; the "
+                  "flashinfer-cubin-headers package (flashinfer-repack build) avoids that")
+    return EXIT_OK
+
+
+def install_destination(args, version: str) -> tuple[Path, bool]:
+    """The cubin dir of the environment of --python (default: this one), and whether it lacks flashinfer-cubin."""
+    from packaging.version import Version
+
+    from .errors import BuildError
+    from .probe import snapshot
+
+    env = snapshot(dict(os.environ), python=_target_python(args.python) or sys.executable)
+    fp = env.dist("flashinfer-python")
+    if fp is None or Version(fp.version) != Version(version):
+        raise UsageError(f"{env.target} has flashinfer-python {fp.version if fp else '(none)'}, not {version}",
+                         f"install flashinfer-python=={version} there, or use --target DIR")
+    if env.cubin_dir.import_error:
+        raise BuildError(f"`import flashinfer` fails in {env.target}: {env.cubin_dir.import_error}",
+                         f"run 'flashinfer-repack doctor --python {env.interpreter.python}' for the fix")
+    return Path(env.cubin_dir.path), env.dist("flashinfer-cubin") is None
+
+
+# -- bundle --------------------------------------------------------------------------
+
+def register_bundle(sub) -> None:
+    p = sub.add_parser("bundle", help="everything an air-gapped site needs for a version, in one directory",
+                       description="Download flashinfer-python and flashinfer-cubin VERSION from the index (verified "
+                                   "against its sha256), build flashinfer-cubin-headers (wheel and conda), and write "
+                                   "a static simple index, a conda channel (with flashinfer-python and "
+                                   "flashinfer-cubin converted from their wheels) and manifest.json into -o DIR. "
+                                   "A re-run downloads nothing again; an interrupted download resumes. "
+                                   "See DIR/README.txt for installing from it.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the bundle directory")
+    p.add_argument("--conda-map", type=Path, metavar="FILE",
+                   help='JSON {"names": {"pypi-name": "conda-name" or null}} over the shipped table '
+                        "(repack/condamap.json), for the conda requirements of converted wheels")
+    common_options(p)
+    p.set_defaults(func=cmd_bundle)
+
+
+def cmd_bundle(args) -> int:
+    from .bundle import bundle
+    from .convert import load_name_map
+    from .resolve import check_version
+
+    started = time.monotonic()
+    version = check_version(args.version)
+    names = load_name_map(args.conda_map)
+    transport = make_transport(args)
+    if transport is None:
+        raise UsageError("bundle downloads from the index, but --offline was given",
+                         "drop --offline; a re-run over a complete bundle downloads nothing")
+    quiet = args.quiet or args.json
+
+    def step(message: str) -> None:
+        if not quiet:
+            _clear_progress()
+            print(f"bundle: {message}", file=sys.stderr)
+
+    report = bundle(version, args.output, transport, index_url(args), epoch=source_date_epoch(), names=names,
+                    step=step)
+    _clear_progress()
+    if args.json:
+        emit_json({"ok": True, **report.to_json(), "seconds": round(time.monotonic() - started, 3)})
+    else:
+        size = sum(f["size"] for f in report.files)
+        print(f"bundled flashinfer {version} into {args.output}: {len(report.files)} files, {human_size(size)}; "
+              f"{human_size(report.transferred)} downloaded "
+              f"({', '.join(f'{k}: {v}' for k, v in report.fetched.items())}), "
+              f"{time.monotonic() - started:.1f} s")
+    return EXIT_OK
+
+COMMANDS: list[Callable] = [register_plan, register_build, register_publish, register_doctor, register_install, register_bundle]

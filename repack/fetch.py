@@ -35,7 +35,7 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
     """The verified payload of ``plan``, from the cache or the first source that has it."""
     require_needed(plan)
     report = report if report is not None else FetchReport()
-    extras = ARTIFACT_EXTRAS[1:] if with_extras else ()  # checksums.txt is always read
+    extras = ARTIFACT_EXTRAS if with_extras else ()
     payload = _from_cache(plan, cache, extras)
     if payload is not None:
         report.source = "cache"
@@ -71,8 +71,9 @@ def _last_hint(sources: Sequence[Source]) -> str:
 
 
 def _paths(plan: Plan, extras: Sequence[str]) -> list[str]:
-    return ([plan.checksums_path] + [plan.source_path(h) for h in plan.headers]
-            + [plan.artifact_path + e for e in extras])
+    # checksums.txt is always read (it is the trust anchor); as an extra it is also installed
+    return list(dict.fromkeys([plan.checksums_path] + [plan.source_path(h) for h in plan.headers]
+                              + [plan.artifact_path + e for e in extras]))
 
 
 def _from_source(plan: Plan, source: Source, extras: Sequence[str]) -> tuple[Payload, bytes]:
@@ -98,7 +99,7 @@ def _from_cache(plan: Plan, cache: Cache, extras: Sequence[str]) -> Payload | No
     except IntegrityError:
         return None
     headers = {h: cache.get(d) for h, d in want.items()}
-    extra = {e: cache.get(runtime_hash(entries, e) or "") for e in extras}
+    extra = {e: checksums if e == "checksums.txt" else cache.get(runtime_hash(entries, e) or "") for e in extras}
     if any(v is None for v in headers.values()) or any(v is None for v in extra.values()):
         return None
     return verified_payload(plan, checksums, headers, extra, source="cache")  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ def make_wheel(out_dir: Path, name: str, version: str, *, requires_python: str |
     """A pure wheel ``name==version`` holding ``files`` (default: one module)."""
     dist = name.replace("-", "_")
     info = f"{dist}-{version}.dist-info/"
-    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", f"Summary: test wheel {name}"]
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", f"Summary: test wheel {name}"]
     meta += [f"Requires-Python: {requires_python}"] if requires_python else []
     meta += [f"Requires-Dist: {r}" for r in requires]
     members = dict(files or {f"{dist}/__init__.py": f"VERSION = {version!r}\n".encode()})

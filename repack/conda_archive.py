@@ -1,0 +1,179 @@
+"""The conda package container: written byte for byte reproducibly, and read back.
+
+``.tar.bz2`` is one bzip2-compressed tar, ``info/`` first so that readers
+find the metadata early.  ``.conda`` is an uncompressed zip holding
+``metadata.json``, ``pkg-<stem>.tar.zst`` and ``info-<stem>.tar.zst``, in
+the order rattler-build writes them.  Every tar is sorted, PAX, with one
+mtime, uid/gid 0, empty owner names and modes 0644/0755, and compression
+levels are fixed: the same members and mtime give the same bytes.
+
+``zstandard`` is imported only where ``.conda`` is written or read.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .archive import is_safe_relpath
+from .artifact import DEFAULT_EPOCH
+from .errors import BuildError, SourceError
+
+SUFFIXES = (".conda", ".tar.bz2")
+FORMAT_METADATA = b'{"conda_pkg_format_version": 2}'
+ZSTD_LEVEL = 19
+BZ2_LEVEL = 9
+#: A member larger than this is refused when reading (a guard against bombs).
+MAX_MEMBER = 4 << 30
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file of a package: a path relative to the prefix (or ``info/...``) and its bytes."""
+
+    path: str
+    data: bytes
+    executable: bool = False
+
+
+def split_filename(filename: str) -> tuple[str, str, str, str]:
+    """``name-version-build.suffix`` -> (name, version, build, suffix); ValueError otherwise."""
+    suffix = next((s for s in SUFFIXES if filename.endswith(s)), None)
+    if suffix is None:
+        raise ValueError(f"{filename!r} ends in neither {' nor '.join(SUFFIXES)}")
+    parts = filename[: -len(suffix)].rsplit("-", 2)
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"{filename!r} is not NAME-VERSION-BUILD{suffix}")
+    return parts[0], parts[1], parts[2], suffix
+
+
+# -- writing -------------------------------------------------------------------------
+
+def tar_bytes(members: list[Member], mtime: int) -> bytes:
+    """An uncompressed tar of ``members`` in the order given, with normalised metadata."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for m in members:
+            info = tarfile.TarInfo(m.path)
+            info.size = len(m.data)
+            info.mtime = mtime
+            info.mode = 0o755 if m.executable else 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(m.data))
+    return buf.getvalue()
+
+
+def conda_bytes(stem: str, info: list[Member], pkg: list[Member], epoch: int) -> bytes:
+    """A ``.conda`` archive: stored zip of metadata.json and two zstd-compressed tars."""
+    compress = _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True).compress
+    entries = [
+        ("metadata.json", FORMAT_METADATA),
+        (f"pkg-{stem}.tar.zst", compress(tar_bytes(_sorted(pkg), epoch))),
+        (f"info-{stem}.tar.zst", compress(tar_bytes(_sorted(info), epoch))),
+    ]
+    date_time = time.gmtime(max(epoch, DEFAULT_EPOCH))[:6]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in entries:
+            entry = zipfile.ZipInfo(name, date_time=date_time)
+            entry.external_attr = 0o100644 << 16
+            entry.create_system = 3
+            zf.writestr(entry, data)
+    return buf.getvalue()
+
+
+def tar_bz2_bytes(info: list[Member], pkg: list[Member], epoch: int) -> bytes:
+    """A ``.tar.bz2`` archive: ``info/`` members first, then the payload."""
+    return bz2.compress(tar_bytes(_sorted(info) + _sorted(pkg), epoch), BZ2_LEVEL)
+
+
+def _sorted(members: list[Member]) -> list[Member]:
+    paths = [m.path for m in members]
+    if len(set(paths)) != len(paths):
+        raise BuildError(f"duplicate paths in a conda package: {sorted(p for p in paths if paths.count(p) > 1)}",
+                         "this is a bug in flashinfer-repack; report it")
+    return sorted(members, key=lambda m: m.path)
+
+
+# -- reading -------------------------------------------------------------------------
+
+def read_members(path: Path, info_only: bool = False) -> dict[str, bytes]:
+    """Every regular file of a conda package (or only ``info/...``), by path; see iter_members."""
+    return dict(iter_members(path, info_only))
+
+
+def iter_members(path: Path, info_only: bool = False) -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of each regular file (a link: its target), streamed: one member in memory at a time.
+
+    Raises SourceError for anything unreadable: a truncated or damaged
+    archive, a failed checksum, an unsafe member name, a member too large.
+    """
+    path = Path(path)
+    if not path.name.endswith(SUFFIXES):
+        raise SourceError(f"{path.name} is not a conda package (expected {' or '.join(SUFFIXES)})",
+                          "give a file built by 'flashinfer-repack build --format conda' or conda-build/rattler-build")
+    try:
+        if path.name.endswith(".conda"):
+            yield from _conda_members(path, info_only)
+        else:
+            with tarfile.open(path, mode="r|bz2") as tar:
+                yield from _tar_members(tar, path.name, info_only)
+    except SourceError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, ValueError, KeyError) as exc:
+        raise SourceError(f"{path.name} is not a readable conda package: {exc}",
+                          "the file is truncated or damaged; build or download it again") from exc
+
+
+def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, bytes]]:
+    zstd = _zstd()
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        inner = sorted((n for n in names if n.endswith(".tar.zst") and (n.startswith("info-") or not info_only)),
+                       key=lambda n: not n.startswith("info-"))  # metadata first
+        if not any(n.startswith("info-") for n in inner) or (not info_only and not any(n.startswith("pkg-") for n in inner)):
+            raise SourceError(f"{path.name} lacks its info-*.tar.zst or pkg-*.tar.zst member (has {names})",
+                              "the file is not a .conda package or is damaged")
+        for name in inner:
+            with zf.open(name) as raw:
+                reader = zstd.ZstdDecompressor().stream_reader(raw)
+                try:
+                    with tarfile.open(fileobj=reader, mode="r|") as tar:
+                        yield from _tar_members(tar, f"{path.name}:{name}", info_only)
+                    while reader.read(1 << 20):  # to the end, so that zstd's and the zip's checksums are checked
+                        pass
+                except zstd.ZstdError as exc:
+                    raise SourceError(f"{path.name}: {name} does not decompress: {exc}",
+                                      "the file is damaged; build or download it again") from exc
+
+
+def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[tuple[str, bytes]]:
+    for m in tar:
+        if not is_safe_relpath(m.name):
+            raise SourceError(f"{label}: unsafe member name {m.name!r}", "refusing a package that writes outside its prefix")
+        if info_only and not m.name.startswith("info/"):
+            continue
+        if m.size > MAX_MEMBER:
+            raise SourceError(f"{label}: {m.name} is {m.size} bytes, more than {MAX_MEMBER}",
+                              "refusing it: no file of a conda package of this kind is that large")
+        if m.isfile():
+            fh = tar.extractfile(m)
+            yield m.name, fh.read() if fh is not None else b""
+        elif m.issym() or m.islnk():
+            yield m.name, m.linkname.encode("utf-8")
+
+
+def _zstd():
+    try:
+        import zstandard
+    except ImportError as exc:  # a dependency, but say what to do if it was left out
+        raise BuildError("the .conda format needs the 'zstandard' module, which is not installed",
+                         "pip install zstandard, or use --format conda-bz2") from exc
+    return zstandard

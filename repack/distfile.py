@@ -1,0 +1,151 @@
+"""A wheel about to be published: its identity, digests and core metadata.
+
+Publishing (to an index, a static simple tree, a bundle) starts from a
+:class:`DistFile`, made only by :func:`read_distfile`, which checks the wheel
+before anything leaves the machine: a readable zip, a file name that parses,
+METADATA whose name and version agree with it, and every RECORD entry matching
+its bytes.  A wheel altered after it was built is refused here.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import zipfile
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from pathlib import Path
+
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion
+
+from .errors import IntegrityError, UsageError
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class DistFile:
+    path: Path
+    project: str          # canonical (PEP 503) name
+    name: str             # as METADATA spells it
+    version: str
+    sha256: str
+    md5: str
+    blake2_256: str
+    size: int
+    metadata: bytes       # the .dist-info/METADATA file, byte for byte (PEP 658)
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    @property
+    def metadata_sha256(self) -> str:
+        return hashlib.sha256(self.metadata).hexdigest()
+
+    def headers(self):
+        """METADATA parsed as RFC 822 headers (an ``email.message.Message``)."""
+        return HeaderParser().parsestr(self.metadata.decode("utf-8", "replace"))
+
+    @property
+    def requires_python(self) -> str | None:
+        return self.headers().get("Requires-Python")
+
+
+def read_distfile(path: Path, *, check_record: bool = True) -> DistFile:
+    """Check the wheel at ``path`` and describe it; IntegrityError if it was altered."""
+    path = Path(path)
+    if not path.name.endswith(".whl"):
+        raise UsageError(f"{path} is not a wheel (.whl)", "only wheels can be published to a Python index")
+    try:
+        name, version, _build, _tags = parse_wheel_filename(path.name)
+    except (InvalidWheelFilename, InvalidVersion) as exc:
+        raise UsageError(f"{path.name} is not a valid wheel file name: {exc}", "keep the name the builder gave") from exc
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file", "give the path of a built wheel")
+    digests = file_digests(path)
+    metadata = _check_wheel(path, str(name), check_record)
+    meta_name = HeaderParser().parsestr(metadata.decode("utf-8", "replace")).get("Name", "")
+    return DistFile(path, str(name), meta_name or str(name), str(version), digests["sha256"], digests["md5"],
+                    digests["blake2_256"], path.stat().st_size, metadata)
+
+
+def file_digests(path: Path) -> dict[str, str]:
+    """sha256, md5 and blake2b-256 of a file in one pass (the upload API asks for all three)."""
+    sha, md5, blake = hashlib.sha256(), hashlib.md5(usedforsecurity=False), hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            sha.update(chunk)
+            md5.update(chunk)
+            blake.update(chunk)
+    return {"sha256": sha.hexdigest(), "md5": md5.hexdigest(), "blake2_256": blake.hexdigest()}
+
+
+def _check_wheel(path: Path, project: str, check_record: bool) -> bytes:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            dist_info = _dist_info_dir(zf, path)
+            metadata = zf.read(dist_info + "METADATA")
+            if check_record:
+                problems = _record_problems(zf, dist_info)
+                if problems:
+                    raise IntegrityError(f"{path.name} does not match its own RECORD: {problems[0]}"
+                                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                                         "the wheel was altered after it was built; rebuild it, do not publish it",
+                                         problems=tuple(problems))
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
+        raise IntegrityError(f"{path.name} is not a readable wheel: {exc}",
+                             "the file is damaged or truncated; rebuild or download it again") from exc
+    meta_name = HeaderParser().parsestr(metadata.decode("utf-8", "replace")).get("Name", "")
+    if canonicalize_name(meta_name) != canonicalize_name(project):
+        raise IntegrityError(f"{path.name}: METADATA names the project {meta_name!r}, the file name {project!r}",
+                             "the wheel was renamed or altered; rebuild it")
+    return metadata
+
+
+def _dist_info_dir(zf: zipfile.ZipFile, path: Path) -> str:
+    found = {n.split("/", 1)[0] + "/" for n in zf.namelist()
+             if n.count("/") == 1 and n.endswith("/METADATA") and n.split("/", 1)[0].endswith(".dist-info")}
+    if len(found) != 1:
+        raise IntegrityError(f"{path.name} holds {len(found)} .dist-info directories, expected 1",
+                             "this is not a well-formed wheel")
+    return found.pop()
+
+
+def _record_problems(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
+    """Every RECORD entry whose hash or size disagrees, and every file RECORD omits."""
+    rows = list(csv.reader(io.StringIO(zf.read(dist_info + "RECORD").decode("utf-8"))))
+    listed, problems = set(), []
+    for row in rows:
+        if not row or not row[0]:
+            continue
+        name, digest, size = (row + ["", "", ""])[:3]
+        listed.add(name)
+        if name == dist_info + "RECORD" or not digest:
+            continue
+        problems += _entry_problem(zf, name, digest, size)
+    problems += [f"{n} is not in RECORD" for n in zf.namelist() if not n.endswith("/") and n not in listed]
+    return problems
+
+
+def _entry_problem(zf: zipfile.ZipFile, name: str, digest: str, size: str) -> list[str]:
+    algo, _, want = digest.partition("=")
+    if algo not in ("sha256", "sha384", "sha512"):
+        return [f"{name}: RECORD uses the weak or unknown hash {algo!r}"]
+    try:
+        h, n = hashlib.new(algo), 0
+        with zf.open(name) as fh:
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
+                h.update(chunk)
+                n += len(chunk)
+    except KeyError:
+        return [f"{name} is in RECORD but not in the wheel"]
+    got = base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
+    if got != want:
+        return [f"{name}: {algo} {got}, RECORD says {want}"]
+    if size and size.isdigit() and int(size) != n:
+        return [f"{name}: {n} bytes, RECORD says {size}"]
+    return []

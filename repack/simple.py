@@ -1,0 +1,224 @@
+"""A static simple-API tree: a package index that is only files.
+
+Layout (every page regenerated, atomically, each time a file is added)::
+
+    DIR/index.html                     PEP 503 project list
+    DIR/index.json                     PEP 691 project list
+    DIR/<project>/index.html           PEP 503 page: #sha256= fragments, data-requires-python,
+                                       data-core-metadata / data-dist-info-metadata (PEP 658/714)
+    DIR/<project>/index.json           PEP 691 (api 1.1) page: hashes, size, core-metadata, versions
+    DIR/<project>/<wheel>              the files themselves, beside their page
+    DIR/<project>/<wheel>.metadata     the wheel's METADATA (PEP 658)
+
+``<project>`` is the PEP 503 normalised name.  pip, uv and this package read
+the HTML pages over ``file://`` and from any static web server (a directory URL
+serves its ``index.html``).  A static server cannot negotiate content types, so
+the PEP 691 JSON lies beside the HTML as ``index.json``: clients that want JSON
+ask for it by name, or a server maps ``Accept: application/vnd.pypi.simple.v1+json``
+to it.  Pages hold no timestamps: the same files give the same bytes.
+
+A name already in the tree with other bytes is refused; with the same bytes it
+is skipped.  One writer at a time (an advisory lock on ``DIR/.lock``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import html
+import json
+import os
+import shutil
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
+
+from .cache import atomic_write
+from .distfile import DistFile, file_digests, read_distfile
+from .errors import PublishError
+
+API_VERSION = "1.1"
+
+
+@dataclass(frozen=True)
+class Added:
+    filename: str
+    action: str          # "added" or "skipped" (already there, identical bytes)
+    sha256: str
+    path: Path
+
+    def to_json(self) -> dict:
+        return {"filename": self.filename, "action": self.action, "sha256": self.sha256, "path": str(self.path)}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file as its project page lists it."""
+
+    filename: str
+    sha256: str
+    size: int
+    requires_python: str | None
+    metadata_sha256: str | None
+
+
+def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False) -> list[Added]:
+    """Add ``dists`` to the tree at ``root`` and regenerate its pages.
+
+    ``link`` hard-links files into the tree where the filesystem allows (a bundle
+    keeps one copy of a 270 MB wheel), copying otherwise.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root):
+        results = [_add(root, d, link) for d in dists]
+        for project in sorted({d.project for d in dists}):
+            write_project_pages(root, project)
+        write_root_pages(root)
+    return results
+
+
+def _add(root: Path, dist: DistFile, link: bool) -> Added:
+    target = root / dist.project / dist.filename
+    if target.exists():
+        have = file_digests(target)["sha256"]
+        if have != dist.sha256:
+            raise PublishError(f"{root} already has {dist.project}/{dist.filename} with sha256 {have}; the local "
+                               f"file {dist.path} has sha256 {dist.sha256}",
+                               "an index must never serve two files under one name: publish a new version, "
+                               "or find out why the bytes differ")
+        _write_metadata(target, dist.metadata)
+        return Added(dist.filename, "skipped", dist.sha256, target)
+    _place(dist.path, target, link)
+    _write_metadata(target, dist.metadata)
+    return Added(dist.filename, "added", dist.sha256, target)
+
+
+def _place(source: Path, target: Path, link: bool) -> None:
+    """Put ``source`` at ``target`` through a temporary name beside it: never a partial file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        if link:
+            try:
+                os.unlink(tmp)
+                os.link(source, tmp)
+            except OSError:
+                link = False
+        if not link:
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise PublishError(f"cannot write {target}: {exc.strerror}", "choose a writable directory") from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _write_metadata(target: Path, metadata: bytes) -> None:
+    path = target.with_name(target.name + ".metadata")
+    if not path.is_file() or path.read_bytes() != metadata:
+        atomic_write(path, metadata)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    with open(root / ".lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# -- pages ---------------------------------------------------------------------------
+
+def project_entries(root: Path, project: str) -> list[Entry]:
+    """Every wheel in the project's directory.  Hashes already on its JSON page are reused
+    when the size still matches; a file placed by hand is read afresh."""
+    folder = root / project
+    known = {e.filename: e for e in _read_json_entries(folder / "index.json")}
+    entries = []
+    for path in sorted(folder.glob("*.whl")):
+        entry = known.get(path.name)
+        metadata = path.with_name(path.name + ".metadata")
+        if entry is None or entry.size != path.stat().st_size or not metadata.is_file():
+            dist = read_distfile(path, check_record=False)
+            _write_metadata(path, dist.metadata)
+            entry = Entry(path.name, dist.sha256, dist.size, dist.requires_python, dist.metadata_sha256)
+        entries.append(entry)
+    return sorted(entries, key=lambda e: (_version(e.filename), e.filename))
+
+
+def _version(filename: str) -> Version:
+    return parse_wheel_filename(filename)[1]
+
+
+def _read_json_entries(path: Path) -> list[Entry]:
+    try:
+        files = json.loads(path.read_text("utf-8"))["files"]
+        return [Entry(f["filename"], f["hashes"]["sha256"], f["size"], f.get("requires-python"),
+                      (f.get("core-metadata") or {}).get("sha256")) for f in files]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def write_project_pages(root: Path, project: str) -> None:
+    entries = project_entries(root, project)
+    atomic_write(root / project / "index.html", project_html(project, entries).encode("utf-8"))
+    atomic_write(root / project / "index.json", project_json(project, entries).encode("utf-8"))
+
+
+def write_root_pages(root: Path) -> None:
+    projects = sorted(p.name for p in root.iterdir()
+                      if p.is_dir() and p.name == canonicalize_name(p.name) and any(p.glob("*.whl")))
+    atomic_write(root / "index.html", root_html(projects).encode("utf-8"))
+    atomic_write(root / "index.json", root_json(projects).encode("utf-8"))
+
+
+def project_html(project: str, entries: Sequence[Entry]) -> str:
+    lines = ["<!DOCTYPE html>", "<html>", "  <head>", '    <meta name="pypi:repository-version" content="1.1">',
+             f"    <title>Links for {html.escape(project)}</title>", "  </head>", "  <body>",
+             f"    <h1>Links for {html.escape(project)}</h1>"]
+    for e in entries:
+        attrs = f' href="{urllib.parse.quote(e.filename)}#sha256={e.sha256}"'
+        if e.requires_python:
+            attrs += f' data-requires-python="{html.escape(e.requires_python, quote=True)}"'
+        if e.metadata_sha256:
+            attrs += f' data-dist-info-metadata="sha256={e.metadata_sha256}"'
+            attrs += f' data-core-metadata="sha256={e.metadata_sha256}"'
+        lines.append(f"    <a{attrs}>{html.escape(e.filename)}</a><br>")
+    return "\n".join(lines + ["  </body>", "</html>", ""])
+
+
+def project_json(project: str, entries: Sequence[Entry]) -> str:
+    files = []
+    for e in entries:
+        f = {"filename": e.filename, "url": urllib.parse.quote(e.filename), "hashes": {"sha256": e.sha256},
+             "size": e.size, "yanked": False}
+        if e.requires_python:
+            f["requires-python"] = e.requires_python
+        if e.metadata_sha256:
+            f["core-metadata"] = f["dist-info-metadata"] = {"sha256": e.metadata_sha256}
+        files.append(f)
+    versions = sorted({str(_version(e.filename)) for e in entries}, key=Version)
+    data = {"meta": {"api-version": API_VERSION}, "name": project, "versions": versions, "files": files}
+    return json.dumps(data, indent=1) + "\n"
+
+
+def root_html(projects: Sequence[str]) -> str:
+    links = [f'    <a href="{urllib.parse.quote(p)}/">{html.escape(p)}</a><br>' for p in projects]
+    return "\n".join(["<!DOCTYPE html>", "<html>", "  <head>",
+                      '    <meta name="pypi:repository-version" content="1.1">',
+                      "    <title>Simple index</title>", "  </head>", "  <body>", *links, "  </body>", "</html>", ""])
+
+
+def root_json(projects: Sequence[str]) -> str:
+    return json.dumps({"meta": {"api-version": API_VERSION}, "projects": [{"name": p} for p in projects]},
+                      indent=1) + "\n"

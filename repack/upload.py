@@ -1,0 +1,391 @@
+"""Publish wheels to a package index through the upload API that twine uses.
+
+The "legacy" upload API (a multipart/form-data POST with ``:action=file_upload``)
+is what pypiserver, devpi, Artifactory, Nexus and PyPI itself accept.  Before
+each upload the index's simple page for the project is read: the same file
+name with the same sha256 is skipped (publishing twice is a no-op); the same
+name with other bytes is refused, since an index must never serve two
+different files under one name.
+
+Credentials travel only in the ``Authorization`` header.  Messages name the
+server with its userinfo removed and never quote a password, even when a
+server echoes one back.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import netrc
+import os
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+from packaging.utils import parse_wheel_filename
+
+from . import __version__
+from .distfile import DistFile
+from .errors import PublishError, UsageError
+from .index import ACCEPT, IndexFile, parse_html_page, parse_json_page
+from .transport import redact
+
+log = logging.getLogger(__name__)
+
+#: ``progress(label, done_bytes, total_bytes)``
+Progress = Callable[[str, int, "int | None"], None]
+#: Gateways answering these were not reached by the upload: trying again is safe.
+RETRY_STATUSES = frozenset({502, 503, 504})
+#: Core-metadata headers sent as upload form fields (twine's names); the second set repeats.
+SINGLE_FIELDS = {"Summary": "summary", "Home-page": "home_page", "Author": "author", "Author-email": "author_email",
+                 "Maintainer": "maintainer", "Maintainer-email": "maintainer_email", "License": "license",
+                 "License-Expression": "license_expression", "Keywords": "keywords",
+                 "Download-URL": "download_url", "Requires-Python": "requires_python",
+                 "Description-Content-Type": "description_content_type"}
+MULTI_FIELDS = {"Classifier": "classifiers", "Platform": "platform", "Supported-Platform": "supported_platform",
+                "Requires-Dist": "requires_dist", "Provides-Dist": "provides_dist",
+                "Obsoletes-Dist": "obsoletes_dist", "Requires-External": "requires_external",
+                "Project-URL": "project_urls", "Provides-Extra": "provides_extras", "Dynamic": "dynamic",
+                "License-File": "license_file"}
+ENV_PAIRS = (("FLASHINFER_REPACK_USERNAME", "FLASHINFER_REPACK_PASSWORD"), ("TWINE_USERNAME", "TWINE_PASSWORD"))
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A username and password, and where they came from (for messages: never the values)."""
+
+    username: str
+    password: str = field(repr=False)
+    origin: str = ""
+
+    def __repr__(self) -> str:
+        return f"Credentials(origin={self.origin!r})"
+
+    def secrets(self) -> list[str]:
+        """Every form in which these could leak into text, to scrub from server messages."""
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return [s for s in (self.password, token, urllib.parse.quote(self.password, safe="")) if len(s) >= 3]
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    filename: str
+    action: str            # "uploaded" or "skipped" (already there, identical bytes)
+    sha256: str
+    verified: bool         # the index lists the file with our sha256 afterwards
+
+    def to_json(self) -> dict:
+        return {"filename": self.filename, "action": self.action, "sha256": self.sha256, "verified": self.verified}
+
+
+# -- credentials -----------------------------------------------------------------------
+
+def find_credentials(url: str, *, username: str | None, password: str | None, env: Mapping[str, str],
+                     netrc_file: Path | None) -> Credentials | None:
+    """Credentials for ``url``: flags, then userinfo in the URL, then the environment, then netrc.
+
+    The environment means FLASHINFER_REPACK_USERNAME/PASSWORD, then TWINE_USERNAME/PASSWORD.
+    A username without a password takes the password netrc has for that host and login.
+    """
+    parts = urllib.parse.urlsplit(url)
+    candidates = [(username, password, "--username/--password"),
+                  (_unquote(parts.username), _unquote(parts.password), "the URL")]
+    candidates += [(env.get(u), env.get(p), f"{u}/{p}") for u, p in ENV_PAIRS]
+    user = next(((u, o) for u, _, o in candidates if u), None)
+    secret = next(((p, o) for _, p, o in candidates if p), None)
+    from_netrc = _netrc_entry(parts.hostname or "", netrc_file)
+    if user and secret:
+        origin = user[1] if user[1] == secret[1] else f"{user[1]} and {secret[1]}"
+        return Credentials(user[0], secret[0], origin)
+    if user and from_netrc and from_netrc[0] in (user[0], ""):
+        return Credentials(user[0], from_netrc[1], f"{user[1]} and {netrc_file}")
+    if user or secret:
+        missing = "password" if user else "username"
+        raise UsageError(f"a {'username' if user else 'password'} was given ({(user or secret)[1]}) but no {missing}",
+                         "give both, e.g. FLASHINFER_REPACK_USERNAME and FLASHINFER_REPACK_PASSWORD")
+    if from_netrc:
+        return Credentials(from_netrc[0], from_netrc[1], str(netrc_file))
+    return None
+
+
+def _unquote(value: str | None) -> str | None:
+    return urllib.parse.unquote(value) if value else None
+
+
+def _netrc_entry(host: str, path: Path | None) -> tuple[str, str] | None:
+    if path is None or not host or not Path(path).is_file():
+        return None
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (netrc.NetrcParseError, OSError) as exc:
+        # the parse error quotes the offending line, which may hold a password
+        raise UsageError(f"cannot read {path}: it is not a valid netrc file (line {getattr(exc, 'lineno', '?')})",
+                         "fix the file or pass --username/--password") from None
+    if not entry or entry[2] is None:
+        return None
+    return entry[0] or "", entry[2]
+
+
+# -- the form --------------------------------------------------------------------------
+
+def form_fields(dist: DistFile) -> list[tuple[str, str]]:
+    """The upload form as twine sends it, from the wheel's own METADATA."""
+    meta = dist.headers()
+    python_tag = parse_wheel_filename(dist.filename)[3]
+    fields = [(":action", "file_upload"), ("protocol_version", "1"),
+              ("name", dist.name), ("version", dist.version), ("filetype", "bdist_wheel"),
+              ("pyversion", sorted({t.interpreter for t in python_tag})[0]),
+              ("metadata_version", meta.get("Metadata-Version", "2.1")),
+              ("sha256_digest", dist.sha256), ("md5_digest", dist.md5), ("blake2_256_digest", dist.blake2_256)]
+    for header, name in SINGLE_FIELDS.items():
+        if meta.get(header):
+            fields.append((name, meta[header]))
+    for header, name in MULTI_FIELDS.items():
+        fields += [(name, v) for v in meta.get_all(header) or []]
+    body = meta.get_payload()
+    fields.append(("description", meta.get("Description") or (body if isinstance(body, str) else "")))
+    return fields
+
+
+class MultipartBody:
+    """A multipart/form-data body streamed from disk, so a 300 MB wheel is never held in memory."""
+
+    def __init__(self, fields: Sequence[tuple[str, str]], path: Path, progress: Progress | None = None) -> None:
+        self.boundary = uuid.uuid4().hex
+        head = b"".join(self._part(name, value.encode("utf-8")) for name, value in fields)
+        head += (f'--{self.boundary}\r\nContent-Disposition: form-data; name="content"; filename="{path.name}"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n").encode()
+        self._segments: list[bytes | Path] = [head, path, f"\r\n--{self.boundary}--\r\n".encode()]
+        self._length = len(head) + path.stat().st_size + len(self._segments[2])
+        self._chunks = self._iterate()
+        self._pending = b""
+        self._done, self._progress, self._label = 0, progress, path.name
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def _part(self, name: str, value: bytes) -> bytes:
+        return (f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+                + value + b"\r\n")
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def _iterate(self) -> Iterator[bytes]:
+        for segment in self._segments:
+            if isinstance(segment, bytes):
+                yield segment
+                continue
+            with open(segment, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 16), b""):
+                    self._done += len(chunk)
+                    if self._progress:
+                        self._progress(f"upload {self._label}", self._done, self._length)
+                    yield chunk
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._pending) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._pending += chunk
+        if size < 0:
+            out, self._pending = self._pending, b""
+        else:
+            out, self._pending = self._pending[:size], self._pending[size:]
+        return out
+
+
+# -- the uploader ----------------------------------------------------------------------
+
+class Uploader:
+    """One keep-alive session to one index.  ``sleep`` is injectable for tests of the backoff."""
+
+    def __init__(self, url: str, credentials: Credentials | None, *, simple_url: str | None = None,
+                 timeout: float = 60.0, retries: int = 3, sleep: Callable[[float], None] = time.sleep,
+                 progress: Progress | None = None) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise UsageError(f"--index {redact(url)} is not an http(s) URL",
+                             "give the upload URL, e.g. http://host:8080/ (pypiserver) or http://host/user/index/ (devpi)")
+        base = urllib.parse.urlunsplit(parts._replace(netloc=_host_port(parts)))
+        self.url = base if base.endswith("/") else base + "/"
+        self.server = redact(self.url)
+        self.simple_urls = [simple_url] if simple_url else [self.url + "simple/", self.url + "+simple/"]
+        self.credentials, self.timeout, self.retries = credentials, timeout, retries
+        self.sleep, self.progress = sleep, progress
+        self._session = None
+
+    def publish(self, dists: Sequence[DistFile]) -> list[UploadResult]:
+        try:
+            return [self.publish_one(d) for d in dists]
+        finally:
+            self.close()
+
+    def publish_one(self, dist: DistFile) -> UploadResult:
+        listed = self.listed(dist)
+        if listed is not None:
+            return self._already_there(dist, listed)
+        resp = self._post(dist)
+        if resp.status_code == 409:  # the index has it although its simple page did not say so
+            listed = self.listed(dist)
+            if listed is None:
+                raise self._refusal(resp, dist)
+            return self._already_there(dist, listed)
+        after = self.listed(dist)
+        if after is not None and after.sha256 and after.sha256 != dist.sha256:
+            raise PublishError(f"{self.server} now serves {dist.filename} with sha256 {after.sha256}, "
+                               f"not the uploaded {dist.sha256}", "the index altered the file; do not use it")
+        return UploadResult(dist.filename, "uploaded", dist.sha256, after is not None and after.sha256 == dist.sha256)
+
+    def _already_there(self, dist: DistFile, listed: IndexFile) -> UploadResult:
+        if listed.sha256 is None:
+            raise PublishError(f"{self.server} already has {dist.filename} and lists no sha256 for it, so it "
+                               "cannot be compared with the local file", "compare the two files by hand")
+        if listed.sha256 != dist.sha256:
+            raise PublishError(f"{self.server} already has {dist.filename} with sha256 {listed.sha256}; the local "
+                               f"file {dist.path} has sha256 {dist.sha256}",
+                               "an index must never serve two files under one name: publish a new version, "
+                               "or find out why the bytes differ")
+        return UploadResult(dist.filename, "skipped", dist.sha256, True)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    # -- reading the simple page ---------------------------------------------------------
+
+    def listed(self, dist: DistFile) -> IndexFile | None:
+        """The index's entry for this file name, or None (the project page is read fresh each time)."""
+        for simple in self.simple_urls:
+            page = simple.rstrip("/") + "/" + dist.project + "/"
+            files = self._read_page(page)
+            if files is not None:
+                return next((f for f in files if f.filename == dist.filename), None)
+        return None
+
+    def _read_page(self, url: str) -> list[IndexFile] | None:
+        resp = self._request("GET", url, headers={"Accept": ACCEPT, "Cache-Control": "no-cache"}, what=url)
+        if resp.status_code != 200:
+            # 404: no such project (or not a simple root); a redirect elsewhere (pypiserver's fallback to
+            # PyPI) says nothing about this index either
+            return None
+        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        parse = parse_json_page if ctype.endswith("json") else parse_html_page
+        try:
+            return parse(resp.content, url)
+        except Exception as exc:  # a page we cannot parse is not this index's simple API
+            log.info("%s: not a simple page (%s)", redact(url), exc)
+            return None
+
+    # -- posting ---------------------------------------------------------------------------
+
+    def _post(self, dist: DistFile):
+        fields = form_fields(dist)
+        for number in range(self.retries + 1):
+            body = MultipartBody(fields, dist.path, self.progress)
+            resp = self._request("POST", self.url, data=body, what=dist.filename,
+                                 headers={"Content-Type": body.content_type})
+            if resp.status_code not in RETRY_STATUSES or number == self.retries:
+                break
+            log.info("%s answered %s; retrying", self.server, resp.status_code)
+            self.sleep(0.5 * 2 ** number)
+        if resp.status_code in (200, 201, 204, 409):
+            return resp
+        raise self._refusal(resp, dist)
+
+    def _refusal(self, resp, dist: DistFile) -> PublishError:
+        status = f"HTTP {resp.status_code} {resp.reason or ''}".strip()
+        said = self._scrub(_first_line(resp))
+        where = f"{self.server} answered {status} to the upload of {dist.filename}" + (f": {said}" if said else "")
+        if resp.status_code == 401:
+            hint = ("check the username and password (" + self.credentials.origin + ")" if self.credentials else
+                    "no credentials were found: pass --username/--password, set FLASHINFER_REPACK_USERNAME and "
+                    "FLASHINFER_REPACK_PASSWORD, or add the host to ~/.netrc")
+        elif resp.status_code == 409:
+            where += " (a file of that name exists there, and the index's simple page could not be read to compare)"
+            hint = "pass --simple-url so that the two files can be compared, or remove the file from the index"
+        elif resp.status_code == 403:
+            hint = ("the index refused this user: check the credentials (" + (self.credentials.origin if
+                    self.credentials else "none were found") + ") and that the user may upload here "
+                    "(pypiserver: the -P password file; devpi: acl_upload)")
+        elif 300 <= resp.status_code < 400:
+            where += f" (redirect to {redact(resp.headers.get('Location', '?'))})"
+            hint = "give the exact upload URL; an upload is never sent on through a redirect"
+        elif resp.status_code == 413:
+            hint = "the file is larger than the server (or a proxy in front of it) accepts"
+        elif resp.status_code >= 500:
+            hint = "the index failed; see its logs, then publish again (files already there are skipped)"
+        else:
+            hint = "the index refused the file; see its message"
+        return PublishError(where, hint)
+
+    def _scrub(self, text: str) -> str:
+        for secret in self.credentials.secrets() if self.credentials else ():
+            text = text.replace(secret, "***")
+        return text
+
+    def _request(self, method: str, url: str, *, what: str, **kwargs):
+        import requests
+
+        session = self._open()
+        try:
+            return session.request(method, url, timeout=(self.timeout, self.timeout * 10),
+                                   allow_redirects=False, **kwargs)
+        except requests.exceptions.RequestException as exc:
+            reason = type(exc).__name__ if not isinstance(exc, requests.exceptions.ConnectionError) else \
+                _connection_reason(exc)
+            raise PublishError(f"cannot reach {self.server} ({method} for {Path(what).name}): {reason}",
+                               "check the --index URL, the network and the proxy settings") from None
+
+    def _open(self):
+        import requests
+
+        if self._session is None:
+            self._session = requests.Session()
+            self._session.headers["User-Agent"] = f"flashinfer-repack/{__version__}"
+            if self.credentials is not None:
+                self._session.auth = (self.credentials.username, self.credentials.password)
+        return self._session
+
+
+def _host_port(parts: urllib.parse.SplitResult) -> str:
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return host + (f":{parts.port}" if parts.port else "")
+
+
+def _first_line(resp) -> str:
+    ctype = resp.headers.get("Content-Type", "")
+    if not ctype.startswith(("text/", "application/json")):
+        return ""
+    text = resp.text
+    if "html" in ctype:
+        import html
+        import re
+        text = html.unescape(re.sub(r"(?is)<(head|script|style)\b.*?</\1>|<[^>]+>", " ", text))
+    line = " ".join(text.split())
+    return line[:200] + ("..." if len(line) > 200 else "")
+
+
+def _connection_reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Connection reset", "timed out", "Name or service not known",
+                   "Remote end closed connection", "Connection aborted"):
+        if marker in text:
+            return marker.lower()
+    return "connection failed"
+
+
+def netrc_path(env: Mapping[str, str]) -> Path:
+    """The netrc file that curl, pip and requests read: $NETRC, else ~/.netrc."""
+    return Path(env["NETRC"]) if env.get("NETRC") else Path(os.path.expanduser("~/.netrc"))

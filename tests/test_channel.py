@@ -1,0 +1,339 @@
+"""``flashinfer-repack publish --channel``: a local conda channel that py-rattler solves and installs from.
+
+The channel also holds stand-ins for python and flashinfer (made at test time
+by rattler-build's assembler, see tests/support/conda_env.py).  rattler solves
+and installs offline from its ``file://`` URL into fresh prefixes for two
+Pythons, from the ``.conda`` and from the ``.tar.bz2``.  Bad input must fail
+with a clear message and leave every byte of the channel as it was.  Last, in
+a prefix with the real flashinfer-python and flashinfer-cubin 0.6.6 (pip),
+the conda-installed headers let vLLM's Dockerfile snippet start offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from repack.plan import shipped_plan
+from tests.conftest import cli
+from tests.support.conda_env import (EXPORT_DIR, conda_meta, files_under, python_standin, solve,
+                                     solve_and_install, standin)
+from tests.support.envs import real_wheel
+
+VERSION = "0.6.6"
+PLAN = shipped_plan(VERSION)
+PYTHONS = ("3.11", "3.12")
+
+
+def expected_files(site: str) -> dict[str, bytes | str]:
+    """Prefix-relative path -> sha256 (headers, as flashinfer pins them) or the exact marker bytes."""
+    out: dict[str, bytes | str] = {f"{site}/{EXPORT_DIR}/{h}": PLAN.header_sha256[h] for h in PLAN.headers}
+    out[f"{site}/{EXPORT_DIR}/{PLAN.marker_name}"] = PLAN.marker_bytes
+    return out
+
+
+def assert_headers_installed(prefix: Path, python: str, alone: bool = True) -> None:
+    """The 18 files at the runtime path; ``alone``: and nothing else under flashinfer_cubin/ (no __init__.py)."""
+    site = f"lib/python{python}/site-packages"
+    top = "flashinfer_cubin" if alone else "flashinfer_cubin/cubins/flashinfer"
+    found = files_under(prefix / site / top)
+    want = expected_files(site)
+    assert {f"{site}/{top}/{p}" for p in found} == set(want)
+    for path, expected in want.items():
+        data = (prefix / path).read_bytes()
+        assert data == expected if isinstance(expected, bytes) else hashlib.sha256(data).hexdigest() == expected, path
+    record = conda_meta(prefix, "flashinfer-cubin-headers")
+    assert sorted(record["files"]) == sorted(want)  # conda-meta lists exactly the 18 files, relocated
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under root: a channel that must not change."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def publish(channel: Path, *packages: Path, user: str | None = None) -> subprocess.CompletedProcess:
+    if user is None:
+        return cli("publish", "--channel", str(channel), *map(str, packages))
+    account = pwd.getpwnam(user)
+    cmd = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--",
+           sys.executable, "-m", "repack", "publish", "--channel", str(channel), *map(str, packages)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHINFER_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/", timeout=120)
+
+
+def repodata(channel: Path, subdir: str = "noarch") -> dict:
+    return json.loads((channel / subdir / "repodata.json").read_text())
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory, cubin_wheel) -> dict[str, Path]:
+    """Our packages (.conda, .tar.bz2, and the .conda without flashinfer dependencies), built by the CLI."""
+    out = tmp_path_factory.mktemp("built")
+    found = {}
+    for kind, extra in [("default", []), ("pip", ["--conda-no-flashinfer-deps"])]:
+        result = cli("build", VERSION, "--format", "conda,conda-bz2", "-o", str(out / kind), "--no-cache", "--json",
+                     "--from", str(cubin_wheel(VERSION)), *extra)
+        assert result.returncode == 0, result.stderr
+        for a in json.loads(result.stdout)["artifacts"]:
+            found[f"{kind}-{a['kind']}"] = Path(a["path"])
+    return {"conda": found["default-conda"], "bz2": found["default-conda-bz2"], "pip-conda": found["pip-conda"]}
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory) -> list[Path]:
+    out = tmp_path_factory.mktemp("standins")
+    made = [python_standin(out, f"{py}.9") for py in PYTHONS]
+    made += [standin(out, name, VERSION) for name in ("flashinfer-python", "flashinfer-cubin")]
+    made.append(standin(out, "flashinfer-cubin", "0.6.5"))  # a wrong version the solver must not pick
+    return made
+
+
+@pytest.fixture
+def channel(tmp_path, standins) -> Path:
+    path = tmp_path / "channel"
+    result = publish(path, *standins)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+# -- publishing ----------------------------------------------------------------------------
+
+def test_publish_indexes_with_size_sha256_md5(channel, packages):
+    result = publish(channel, packages["conda"], packages["bz2"])
+    assert result.returncode == 0, result.stderr
+    assert f"added noarch/{packages['conda'].name}" in result.stdout
+    data = repodata(channel)
+    assert data["info"] == {"subdir": "noarch"}
+    for key, pkg in [("packages.conda", packages["conda"]), ("packages", packages["bz2"])]:
+        entry = data[key][pkg.name]
+        raw = (channel / "noarch" / pkg.name).read_bytes()
+        assert raw == pkg.read_bytes()
+        assert (entry["size"], entry["sha256"], entry["md5"]) == (
+            len(raw), hashlib.sha256(raw).hexdigest(), hashlib.md5(raw).hexdigest())
+        assert entry["name"] == "flashinfer-cubin-headers" and entry["version"] == VERSION
+        assert entry["depends"] == ["python >=3.10,<4.0", f"flashinfer-python =={VERSION}",
+                                    f"flashinfer-cubin =={VERSION}"]
+    assert set(repodata(channel, "linux-64")["packages.conda"]) == {"python-3.11.9-standin_0.conda",
+                                                                    "python-3.12.9-standin_0.conda"}
+    assert not list(channel.rglob("*.tmp")), "no temporary file may be left behind"
+
+
+def test_publish_is_idempotent(channel, packages):
+    assert publish(channel, packages["conda"]).returncode == 0
+    before = snapshot(channel)
+    again = cli("publish", "--channel", str(channel), str(packages["conda"]), "--json")
+    assert again.returncode == 0, again.stderr
+    assert [f["action"] for f in json.loads(again.stdout)["files"]] == ["skipped"]
+    assert snapshot(channel) == before
+
+
+def test_refuses_other_bytes_under_an_existing_name(channel, packages, cubin_wheel, tmp_path):
+    assert publish(channel, packages["conda"]).returncode == 0
+    before = snapshot(channel)
+    later = cli("build", VERSION, "--format", "conda", "-o", str(tmp_path / "later"), "--no-cache", "--json",
+                "--from", str(cubin_wheel(VERSION)), env={"SOURCE_DATE_EPOCH": "1800000000"})
+    other = Path(json.loads(later.stdout)["artifacts"][0]["path"])
+    assert other.name == packages["conda"].name and other.read_bytes() != packages["conda"].read_bytes()
+    result = publish(channel, other)
+    assert result.returncode == 1
+    assert "already exists with other bytes" in result.stderr and "--build-number" in result.stderr
+    assert snapshot(channel) == before
+
+
+def corruptions(package: Path, out: Path) -> dict[str, tuple[Path, str]]:
+    """Damaged copies of a good .conda: (path, what the error must say)."""
+    raw = package.read_bytes()
+    out.mkdir()
+    (out / "truncated").mkdir()
+    truncated = out / "truncated" / package.name
+    truncated.write_bytes(raw[: len(raw) // 2])
+    (out / "flipped").mkdir()
+    flipped = out / "flipped" / package.name
+    middle = len(raw) // 2
+    flipped.write_bytes(raw[:middle] + bytes([raw[middle] ^ 0xFF]) + raw[middle + 1:])
+    renamed = out / package.name.replace("flashinfer-cubin-headers", "flashinfer-cubin")
+    renamed.write_bytes(raw)
+    not_conda = out / "flashinfer-cubin-headers-0.6.6-py3-none-any.whl"
+    not_conda.write_bytes(raw)
+    return {"truncated": (truncated, "not a readable conda package"),
+            "flipped": (flipped, "not a readable conda package"),
+            "renamed": (renamed, "the file name says flashinfer-cubin-"),
+            "not-conda": (not_conda, "ends in neither .conda nor .tar.bz2")}
+
+
+def tampered_bz2(package: Path, out: Path) -> Path:
+    """The .tar.bz2 with one header's bytes changed but paths.json untouched: only a full check sees it."""
+    import bz2
+
+    members = []
+    with tarfile.open(package, "r:bz2") as tar:
+        for m in tar:
+            data = tar.extractfile(m).read()
+            if m.name.endswith("/Enums.h"):
+                data = data.replace(b"enum", b"ENUM", 1)
+            members.append((m, data))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for m, data in members:
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    out.mkdir(exist_ok=True)
+    target = out / package.name
+    target.write_bytes(bz2.compress(buf.getvalue()))
+    return target
+
+
+def test_refuses_damaged_packages_and_leaves_the_channel_alone(channel, packages, tmp_path):
+    assert publish(channel, packages["bz2"]).returncode == 0
+    before = snapshot(channel)
+    cases = corruptions(packages["conda"], tmp_path / "bad")
+    cases["tampered"] = (tampered_bz2(packages["bz2"], tmp_path / "tampered"), "Enums.h: size or sha256 differs")
+    for label, (path, message) in cases.items():
+        result = publish(channel, path)
+        assert result.returncode == 1, (label, result.stderr)
+        assert message in result.stderr, (label, result.stderr)
+        assert "hint:" in result.stderr, label
+        assert snapshot(channel) == before, label
+    mixed = publish(channel, packages["conda"], cases["truncated"][0])  # one bad file stops all of them
+    assert mixed.returncode == 1 and snapshot(channel) == before
+
+
+def test_refuses_a_payload_another_package_owns(channel, packages, tmp_path):
+    owner = standin(tmp_path / "owner", "other-headers", "1.0", noarch="python",
+                    files={f"site-packages/{EXPORT_DIR}/Enums.h": "/* someone else's */\n"})
+    arch_owner = standin(tmp_path / "arch", "arch-headers", "1.0", platform="linux-64", noarch=None,
+                         files={f"lib/python3.12/site-packages/{EXPORT_DIR}/KernelParams.h": "/* mine */\n"})
+    for other, clash in [(owner, "Enums.h"), (arch_owner, "KernelParams.h")]:
+        ch = tmp_path / f"ch-{other.stem}"
+        shutil.copytree(channel, ch)
+        assert publish(ch, other).returncode == 0
+        before = snapshot(ch)
+        result = publish(ch, packages["conda"])
+        assert result.returncode == 1
+        assert f"would overwrite <site-packages>/{EXPORT_DIR}/{clash}" in result.stderr
+        assert other.name in result.stderr
+        assert snapshot(ch) == before
+
+
+@pytest.fixture
+def world_readable_dir():
+    """A directory outside pytest's private tmp (0700), for a run as another user."""
+    path = Path(tempfile.mkdtemp(prefix="repack-channel-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_refuses_an_unwritable_channel(channel, packages, world_readable_dir):
+    ch = world_readable_dir / "channel"
+    shutil.copytree(channel, ch)
+    pkg = world_readable_dir / packages["conda"].name
+    shutil.copyfile(packages["conda"], pkg)
+    for p in [ch, *ch.rglob("*"), pkg]:
+        p.chmod(0o755 if p.is_dir() else 0o644)  # readable by anyone, writable by the owner (root) only
+    before = snapshot(ch)
+    user = "nobody" if os.geteuid() == 0 else None  # root writes anywhere: publish as an unprivileged user
+    if user is None:
+        for p in [ch, *ch.rglob("*")]:
+            p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    result = publish(ch, pkg, user=user)
+    assert result.returncode == 1, result.stderr
+    assert f"cannot write to the channel {ch}" in result.stderr and "hint:" in result.stderr
+    assert snapshot(ch) == before
+    (world_readable_dir / "a-file").write_text("x")
+    blocked = publish(world_readable_dir / "a-file" / "channel", pkg)  # a channel path through a file
+    assert blocked.returncode == 1 and "cannot write to the channel" in blocked.stderr
+
+
+def test_publishers_take_turns(channel, packages):
+    """While another publisher holds the channel's lock, publish waits, then finishes."""
+    import fcntl
+
+    before = snapshot(channel)
+    with open(channel / ".flashinfer-repack.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiting = subprocess.Popen([sys.executable, "-m", "repack", "publish", "--channel", str(channel),
+                                    str(packages["conda"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                waiting.wait(timeout=1.5)
+            assert snapshot(channel) == before
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    assert waiting.wait(timeout=60) == 0, waiting.stderr.read()
+    assert packages["conda"].name in repodata(channel)["packages.conda"]
+
+
+def test_an_interrupted_publish_heals(channel, packages):
+    shutil.copyfile(packages["bz2"], channel / "noarch" / packages["bz2"].name)  # copied, never indexed
+    assert packages["bz2"].name not in repodata(channel)["packages"]
+    assert publish(channel, packages["conda"]).returncode == 0
+    data = repodata(channel)
+    assert packages["bz2"].name in data["packages"] and packages["conda"].name in data["packages.conda"]
+
+
+# -- installing from the channel with rattler ------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["conda", "bz2"])
+def test_rattler_installs_from_the_channel(kind, channel, packages, tmp_path):
+    assert publish(channel, packages[kind]).returncode == 0
+    for python in PYTHONS:
+        prefix = tmp_path / f"prefix-{python}"
+        records = solve_and_install(channel, ["flashinfer-cubin-headers", f"python {python}.*"], prefix,
+                                    tmp_path / "pkgs")
+        chosen = {str(r.name.normalized): str(r.version) for r in records}
+        assert chosen == {"flashinfer-cubin-headers": VERSION, "flashinfer-python": VERSION,
+                          "flashinfer-cubin": VERSION, "python": f"{python}.9"}
+        assert [r.url for r in records if str(r.name.normalized) == "flashinfer-cubin-headers"][0].endswith(
+            packages[kind].name)
+        assert_headers_installed(prefix, python)
+
+
+def test_the_solver_honours_the_exact_pins(tmp_path, packages):
+    ch = tmp_path / "channel"
+    made = [python_standin(tmp_path / "s", "3.12.9"), standin(tmp_path / "s", "flashinfer-python", VERSION),
+            standin(tmp_path / "s", "flashinfer-cubin", "0.6.5")]
+    assert publish(ch, *made, packages["conda"]).returncode == 0
+    with pytest.raises(Exception, match="flashinfer-cubin"):
+        solve(ch, ["flashinfer-cubin-headers"])
+
+
+@pytest.mark.slow
+def test_real_flashinfer_starts_offline_with_the_conda_headers(channel, packages, flashinfer_env, tmp_path):
+    """pip's flashinfer in a conda prefix + our pip-mode conda package: vLLM's snippet, no network."""
+    assert publish(channel, packages["pip-conda"]).returncode == 0
+    prefix = tmp_path / "prefix"
+    solve_and_install(channel, ["python 3.11.*"], prefix, tmp_path / "pkgs")
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    flashinfer_env.use(VERSION)  # flashinfer's light dependencies in the venv whose interpreter we borrow...
+    flashinfer_env.remove("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")  # ...but not flashinfer
+    # pip first: 'pip install --target' skips a top-level folder (flashinfer_cubin/) that already exists
+    flashinfer_env.pip("install", "-q", "--no-deps", "--target", str(site),
+                       str(real_wheel("flashinfer-python", VERSION)), str(real_wheel("flashinfer-cubin", VERSION)))
+    env = {"PYTHONPATH": str(site)}
+    without = flashinfer_env.run_snippet(fast_clock=True, env=env)
+    assert not without["ok"] and "BatchedGemmEnums.h not found" in without["error"], without
+    shutil.rmtree(site / "flashinfer_cubin" / "cubins" / "flashinfer")  # the failed run's filelock leftovers
+    solve_and_install(channel, ["python 3.11.*", "flashinfer-cubin-headers"], prefix, tmp_path / "pkgs")
+    assert_headers_installed(prefix, "3.11", alone=False)  # flashinfer-cubin's own files lie beside them
+    with_headers = flashinfer_env.run_snippet(env=env)
+    assert with_headers["ok"], with_headers
+    assert with_headers["connects"] == []
+    assert with_headers["cubin_dir"] == str(site / "flashinfer_cubin" / "cubins")
+
