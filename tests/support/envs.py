@@ -30,6 +30,7 @@ from packaging.requirements import Requirement
 STORE = Path(os.environ.get("FLASHINFER_REPACK_TEST_STORE",
                             Path.home() / ".cache" / "flashinfer-repack-tests"))
 SNIPPET = Path(__file__).with_name("vllm_snippet.py")
+HEADER_PROBE = Path(__file__).with_name("header_probe.py")
 TORCH = "torch==2.13.0"
 GPU_ONLY = {"nvidia-cutlass-dsl", "nvidia-cudnn-frontend", "torch", "cuda-tile"}
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
@@ -108,13 +109,14 @@ class FlashinferEnv:
             self.pip("uninstall", "-q", "-y", *present)
 
     def run_snippet(self, *, fast_clock: bool = False, env: dict | None = None, user: str | None = None,
-                    cwd: Path | None = None, timeout: float = 300) -> dict:
-        """Run vLLM's snippet; return its JSON report (ok, error, seconds, connects)."""
+                    cwd: Path | None = None, timeout: float = 300, script: Path = SNIPPET) -> dict:
+        """Run vLLM's snippet (or another ``script`` that reports the same way, e.g. header_probe.py);
+        return its JSON report (ok, error, seconds, connects)."""
         report = Path(cwd or self.root) / f"snippet-{os.getpid()}-{closed_port()}.json"
         run_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PYTHON"))}
         run_env.update({"FLASHINFER_CUBINS_REPOSITORY": f"http://127.0.0.1:{closed_port()}/"})
         run_env.update(env or {})
-        cmd = [str(self.python), str(SNIPPET), "--report", str(report)] + (["--fast-clock"] if fast_clock else [])
+        cmd = [str(self.python), str(script), "--report", str(report)] + (["--fast-clock"] if fast_clock else [])
         if user:
             cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + cmd
         proc = subprocess.run(cmd, env=run_env, cwd=cwd or self.root, capture_output=True, text=True,
