@@ -17,7 +17,9 @@ PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --p
 mkdir -p "$CARRY/wheels" "$CARRY/artifactory"
 if git rev-parse --git-dir >/dev/null 2>&1 && [[ "$(realpath "$CARRY")" == "$(git rev-parse --show-toplevel)"/* ]]; then
     entry="/$(realpath --relative-to="$(git rev-parse --show-toplevel)" "$CARRY")/"
-    grep -qxF "$entry" "$(git rev-parse --git-dir)/info/exclude" 2>/dev/null || echo "$entry" >> "$(git rev-parse --git-dir)/info/exclude"
+    exclude="$(git rev-parse --git-dir)/info/exclude"
+    mkdir -p "$(dirname "$exclude")"
+    grep -qxF "$entry" "$exclude" 2>/dev/null || echo "$entry" >> "$exclude"
 fi
 
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $PLATFORMS \
