@@ -93,15 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def common_options(p: argparse.ArgumentParser, network: bool = True) -> None:
+def common_options(p: argparse.ArgumentParser, network: bool = True, cache: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request and decision")
     if network:
         p.add_argument("--index-url", metavar="URL",
                        help="simple-API index (default: $PIP_INDEX_URL, pip.conf, then PyPI)")
-        p.add_argument("--cache-dir", metavar="DIR", type=Path, help="cache directory")
-        p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+        if cache:
+            p.add_argument("--cache-dir", metavar="DIR", type=Path, help="cache directory")
+            p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
         p.add_argument("--offline", action="store_true", help="use no network: cache and local sources only")
         p.add_argument("--timeout", type=float, default=20.0, metavar="S",
                        help="connect and read timeout per request (default 20)")
@@ -341,8 +342,6 @@ def parse_formats(text: str) -> list[str]:
 
 
 def cmd_build(args) -> int:
-    from .cache import Cache
-    from .fetch import FetchReport, fetch_payload
     from .resolve import check_version
 
     started = time.monotonic()
@@ -354,10 +353,7 @@ def cmd_build(args) -> int:
     epoch = source_date_epoch()
     transport = make_transport(args)
     plan = resolve_for_build(args, version, transport)
-    cache = Cache(cache_dir(args))
-    sources = make_sources(args.sources or ["auto"], args, version, transport, cache)
-    report = FetchReport()
-    payload = fetch_payload(plan, sources, cache, report=report)
+    payload, report = fetch_verified(args, plan, transport)
     artifacts = build_artifacts(payload, formats, args, epoch)
     elapsed = time.monotonic() - started
     _clear_progress()
@@ -374,6 +370,17 @@ def cmd_build(args) -> int:
               f"{plan.checksums_sha256[:16]}...; {human_size(transfer['bytes'])} in {transfer['requests']} "
               f"request(s), {elapsed:.2f} s")
     return EXIT_OK
+
+
+def fetch_verified(args, plan, transport, with_extras: bool = False):
+    """The verified payload of ``plan`` from the --from sources (cache first), and how it was got."""
+    from .cache import Cache
+    from .fetch import FetchReport, fetch_payload
+
+    cache = Cache(cache_dir(args))
+    sources = make_sources(args.sources or ["auto"], args, plan.version, transport, cache)
+    report = FetchReport()
+    return fetch_payload(plan, sources, cache, with_extras=with_extras, report=report), report
 
 
 def build_artifacts(payload, formats: list[str], args, epoch: int | None) -> list:
@@ -543,11 +550,8 @@ def cmd_publish(args) -> int:
 
 
 def publish_to_channel(args) -> int:
-    try:
-        from .channel import publish_channel
-    except ImportError:
-        raise UsageError("publishing to a conda channel is not available in this build",
-                         "use --index or --simple for wheels") from None
+    from .channel import publish_channel
+
     results = publish_channel(args.channel, args.files)
     if args.json:
         emit_json({"ok": True, "destination": str(args.channel), "files": [r.to_json() for r in results]})
@@ -562,10 +566,11 @@ def publish_to_channel(args) -> int:
 # -- doctor --------------------------------------------------------------------------
 
 DOCTOR_EPILOG = """\
-doctor imports neither flashinfer nor torch: it asks the target interpreter (python -I) for its
-distributions' metadata and what find_spec finds, reads flashinfer-python's own code for that version's
-rules, resolves FLASHINFER_CUBIN_DIR as that version does (with this shell's environment), and looks at
-the files there. Run it as the user that runs flashinfer: write permission is judged for you.
+doctor imports neither flashinfer nor torch: it asks the target interpreter (run from /, with this
+shell's PYTHONPATH) for its distributions' metadata and what find_spec finds, reads flashinfer-python's
+own code for that version's rules, resolves FLASHINFER_CUBIN_DIR as that version does (with this shell's
+environment), and looks at the files there. Run it as the user that runs flashinfer: write permission is
+judged for you.
 
 exit codes: 0 flashinfer will start with no network, 1 it will reach for the network or fail, 2 usage error
 """
@@ -651,8 +656,6 @@ def register_install(sub) -> None:
 
 
 def cmd_install(args) -> int:
-    from .cache import Cache
-    from .fetch import FetchReport, fetch_payload
     from .install import install
     from .plan import require_needed
     from .resolve import check_version
@@ -661,10 +664,7 @@ def cmd_install(args) -> int:
     transport = make_transport(args)
     plan = require_needed(resolve_for_build(args, version, transport))
     cubin_dir, with_extras = (args.target, True) if args.target else install_destination(args, version)
-    cache = Cache(cache_dir(args))
-    sources = make_sources(args.sources or ["auto"], args, version, transport, cache)
-    report = FetchReport()
-    payload = fetch_payload(plan, sources, cache, with_extras=with_extras, report=report)
+    payload, report = fetch_verified(args, plan, transport, with_extras)
     written = install(payload, cubin_dir)
     _clear_progress()
     if args.json:
@@ -716,7 +716,7 @@ def register_bundle(sub) -> None:
     p.add_argument("--conda-map", type=Path, metavar="FILE",
                    help='JSON {"names": {"pypi-name": "conda-name" or null}} over the shipped table '
                         "(repack/condamap.json), for the conda requirements of converted wheels")
-    common_options(p)
+    common_options(p, cache=False)  # the bundle directory is its own cache: a re-run downloads nothing
     p.set_defaults(func=cmd_bundle)
 
 
