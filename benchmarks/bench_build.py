@@ -108,12 +108,15 @@ def main() -> None:
 
         env = FlashinferEnv(args.venv or tmp / "venv").create()
         env.use(version, cubin=False)
+        # a failed run of an earlier benchmark leaves *.lock files that pip does not remove: a bare
+        # flashinfer_cubin/ folder, which would break `import flashinfer` (the namespace hazard)
+        shutil.rmtree(env.site_packages() / "flashinfer_cubin", ignore_errors=True)
         with FileServer() as server:
             base = server.serve_tree("artifactory", layout)
             r = env.run_snippet(env={"FLASHINFER_CUBINS_REPOSITORY": base,
                                      "FLASHINFER_CUBIN_DIR": str(tmp / "cubin-dir")})
             rows.append(("(b) flashinfer download_trtllm_headers, local server", r["snippet_seconds"],
-                         server.bytes_sent(), f"{server.requests()} requests, ok={r['ok']}"))
+                         server.bytes_sent(), f"{server.requests()} requests, ok={r['ok']} {r['error'] or ''}"))
         our_wheel = next((tmp / "out-0").glob("*.whl"))
         env.use(version, extra=(our_wheel,))
         runs = [env.run_snippet() for _ in range(5)]
@@ -133,6 +136,7 @@ def main() -> None:
     print(f"| {'what':52} | {'seconds':>8} | {'bytes':>12} | notes |")
     print(f"|{'-' * 54}|{'-' * 10}|{'-' * 14}|-------|")
     for label, seconds, nbytes, note in rows:
+        note = note.replace(str(tmp), "<tmp>").replace(str(Path.home()), "~")
         print(f"| {label:52} | {seconds:8.3f} | {nbytes:12,} | {note} |")
 
 
