@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from repack.index import PYPI, find_wheel, project_files  # noqa: E402
 from repack.plan import shipped_plan  # noqa: E402
 from repack.transport import Transport  # noqa: E402
-from tests.support.envs import FlashinferEnv, closed_port, real_wheel  # noqa: E402
+from tests.support.envs import FlashinferEnv, real_wheel  # noqa: E402
 from tests.support.servers import FileServer  # noqa: E402
 
 

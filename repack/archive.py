@@ -74,6 +74,8 @@ class SpanCache:
             s = self._starts[i]
             chunk = self._spans[s]
             take = chunk[pos - s: end - s]
+            if not take:  # a source that returned less than asked: fail, never spin
+                raise SourceError(f"{self.source.label}: no bytes at offset {pos}", "the source is truncated")
             out += take
             pos += len(take)
         return bytes(out)

@@ -27,7 +27,8 @@ from typing import Callable, Mapping
 
 from . import __version__
 from .cache import Cache, atomic_write
-from .download import PRESENT, fetch_verified, file_sha256
+from .digest import file_sha256
+from .download import PRESENT, fetch_verified
 from .errors import BuildError
 from .index import find_wheel, project_files
 from .plan import Plan, require_needed, shipped_plan
@@ -73,6 +74,7 @@ def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *,
     cubin = _fetch(transport, index_url, CUBIN_PROJECT, version, wheels, report, say)
     say(f"building flashinfer-cubin-headers {version} from {cubin.name}")
     payload = _payload(plan, cubin)
+    _drop_stale_own_wheel(out, payload, epoch)
     ours = _build_wheel(payload, wheels, epoch)
     say("writing the static simple index")
     _write_simple(out / "simple", [python, cubin, ours])
@@ -120,6 +122,21 @@ def _payload(plan: Plan, cubin: Path):
     from .sources import WheelFile
 
     return fetch_payload(plan, [WheelFile(cubin)], Cache(None))
+
+
+def _drop_stale_own_wheel(out: Path, payload, epoch: int | None) -> None:
+    """Our wheel built earlier from other inputs (another SOURCE_DATE_EPOCH, another flashinfer-repack):
+    the bundle owns it, so both copies go before the new one is written, and wheels/ and simple/ agree."""
+    from .artifact import DEFAULT_EPOCH, DIST_NAME
+    from .wheel import wheel_bytes, wheel_filename
+
+    name = wheel_filename(payload.plan.version)
+    fresh = wheel_bytes(payload, DEFAULT_EPOCH if epoch is None else epoch)
+    for old in (out / "wheels" / name, out / "simple" / DIST_NAME / name):
+        if old.is_file() and old.read_bytes() != fresh:
+            log.info("replacing %s, built from other inputs", old)
+            old.unlink()
+            old.with_name(old.name + ".metadata").unlink(missing_ok=True)
 
 
 def _build_wheel(payload, wheels: Path, epoch: int | None) -> Path:

@@ -29,6 +29,7 @@ from typing import Iterator, Mapping
 
 from .cache import atomic_write
 from .conda_archive import SUFFIXES, iter_members, read_members, split_filename
+from .digest import file_digests
 from .errors import PublishError, SourceError
 
 log = logging.getLogger(__name__)
@@ -262,13 +263,8 @@ def _inspect_metadata(path: Path) -> CondaPackage:
 
 
 def _file_hashes(path: Path) -> tuple[str, str, int]:
-    sha, md5, size = hashlib.sha256(), hashlib.md5(), 0
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
-            md5.update(chunk)
-            size += len(chunk)
-    return sha.hexdigest(), md5.hexdigest(), size
+    digests = file_digests(path, ("sha256", "md5"))
+    return digests["sha256"], digests["md5"], path.stat().st_size
 
 
 @contextmanager

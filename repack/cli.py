@@ -22,7 +22,8 @@ from . import __version__
 from .errors import RepackError, UsageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-PYPI = "https://pypi.org/simple/"
+PYPI = "https://pypi.org/simple/"  # as index.PYPI; kept here so that --help imports nothing heavy
+ZIP_TIME_LIMIT = 4354819200  # 2108-01-01: a zip stores years up to 2107
 
 EPILOG = """\
 sources for --from (repeatable; tried in the order given; default: auto):
@@ -65,6 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except RepackError as exc:
         return report_error(args, exc)
+    except OSError as exc:  # the filesystem said no where no module expected it: still one line, no traceback
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        return report_error(args, RepackError(f"{exc.strerror or exc}{where}",
+                                              "check that the path exists, is a directory where one is "
+                                              "needed, is writable, and that the disk has room"))
 
 
 def report_error(args, exc: RepackError) -> int:
@@ -104,10 +110,20 @@ def common_options(p: argparse.ArgumentParser, network: bool = True, cache: bool
             p.add_argument("--cache-dir", metavar="DIR", type=Path, help="cache directory")
             p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
         p.add_argument("--offline", action="store_true", help="use no network: cache and local sources only")
-        p.add_argument("--timeout", type=float, default=20.0, metavar="S",
+        p.add_argument("--timeout", type=positive_seconds, default=20.0, metavar="S",
                        help="connect and read timeout per request (default 20)")
         p.add_argument("--retries", type=int, default=3, metavar="N",
                        help="retries after a failed request, with backoff 0.5, 1, 2 s... (default 3)")
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < 1e6):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 # -- environment ---------------------------------------------------------------------
@@ -157,9 +173,9 @@ def source_date_epoch() -> int | None:
     value = os.environ.get("SOURCE_DATE_EPOCH")
     if value is None:
         return None
-    if not value.strip().isdigit():
-        raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds",
-                         "unset it or give seconds since 1970")
+    if not value.strip().isdigit() or int(value) >= ZIP_TIME_LIMIT:
+        raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds before 2108",
+                         "unset it or give seconds since 1970 (zip and tar timestamps end in 2107)")
     return int(value)
 
 
@@ -248,6 +264,7 @@ def register_plan(sub) -> None:
 def cmd_plan(args) -> int:
     from . import resolve
     from .plan import shipped_plan
+    from .transport import redact
 
     version = resolve.check_version(args.version)
     shipped = shipped_plan(version)
@@ -264,7 +281,7 @@ def cmd_plan(args) -> int:
     else:
         transport = make_transport(args)
         url = index_url(args)
-        plan, origin = resolve.plan_from_index(transport, url, version), f"flashinfer-python {version} on {url}"
+        plan, origin = resolve.plan_from_index(transport, url, version), f"flashinfer-python {version} on {redact(url)}"
     differences = shipped.differences(plan) if shipped is not None and plan is not shipped else []
     _clear_progress()
     if args.json:
@@ -515,7 +532,7 @@ def register_publish(sub) -> None:
                    help="the index's simple API, read to skip files already there (default: URL/simple/, "
                         "then URL/+simple/)")
     common_options(p, network=False)
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="connect/read timeout (default 60)")
+    p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S", help="connect/read timeout (default 60)")
     p.add_argument("--retries", type=int, default=3, metavar="N",
                    help="retries when a gateway answers 502/503/504 (default 3)")
     p.set_defaults(func=cmd_publish)

@@ -19,8 +19,9 @@ from email.parser import HeaderParser
 from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
-from packaging.version import InvalidVersion
+from packaging.version import InvalidVersion, Version
 
+from .digest import file_digests
 from .errors import IntegrityError, UsageError
 
 CHUNK = 1 << 20
@@ -66,22 +67,19 @@ def read_distfile(path: Path, *, check_record: bool = True) -> DistFile:
         raise UsageError(f"{path.name} is not a valid wheel file name: {exc}", "keep the name the builder gave") from exc
     if not path.is_file():
         raise UsageError(f"{path}: no such file", "give the path of a built wheel")
-    digests = file_digests(path)
+    digests = file_digests(path, ("sha256", "md5", "blake2_256"))  # the upload API asks for all three
     metadata = _check_wheel(path, str(name), check_record)
-    meta_name = HeaderParser().parsestr(metadata.decode("utf-8", "replace")).get("Name", "")
+    headers = HeaderParser().parsestr(metadata.decode("utf-8", "replace"))
+    meta_name = headers.get("Name", "")
+    try:
+        same_version = Version(headers.get("Version", "")) == version
+    except InvalidVersion:
+        same_version = False
+    if not same_version:
+        raise IntegrityError(f"{path.name}: METADATA says version {headers.get('Version')!r}, the file name {version}",
+                             "the wheel was renamed or altered; rebuild it")
     return DistFile(path, str(name), meta_name or str(name), str(version), digests["sha256"], digests["md5"],
                     digests["blake2_256"], path.stat().st_size, metadata)
-
-
-def file_digests(path: Path) -> dict[str, str]:
-    """sha256, md5 and blake2b-256 of a file in one pass (the upload API asks for all three)."""
-    sha, md5, blake = hashlib.sha256(), hashlib.md5(usedforsecurity=False), hashlib.blake2b(digest_size=32)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            sha.update(chunk)
-            md5.update(chunk)
-            blake.update(chunk)
-    return {"sha256": sha.hexdigest(), "md5": md5.hexdigest(), "blake2_256": blake.hexdigest()}
 
 
 def _check_wheel(path: Path, project: str, check_record: bool) -> bytes:

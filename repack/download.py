@@ -9,12 +9,12 @@ server that ignores ranges gets one plain streamed download instead.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
 from typing import Callable
 
+from .digest import file_sha256
 from .errors import FetchError, IntegrityError
 from .index import IndexFile
 from .transport import RangesIgnored, Transport, redact
@@ -89,11 +89,3 @@ def _total(resp, found: IndexFile) -> int:
 def _show(progress: Callable | None, label: str, done: int, total: int) -> None:
     if progress is not None:
         progress(label, done, total)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

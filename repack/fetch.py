@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .cache import Cache
-from .errors import FetchError, IntegrityError, SourceError
+from .errors import FetchError, IntegrityError, SourceError, UnknownVersionError
 from .plan import ARTIFACT_EXTRAS, Plan, require_needed
 from .sources import Source
 from .verify import Payload, check_checksums_file, expected_hashes, runtime_hash, verified_payload
@@ -43,11 +43,11 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
     if not sources:
         raise FetchError(f"the headers of flashinfer {plan.version} are not in the cache and no source was given",
                          "drop --offline, or pass --from with a wheel, directory or URL")
-    last: FetchError | SourceError | None = None
+    last: Exception | None = None
     for source in sources:
         try:
             payload, checksums = _from_source(plan, source, extras)
-        except (FetchError, SourceError) as exc:
+        except (FetchError, SourceError, UnknownVersionError) as exc:  # this source lacks it: try the next
             log.info("%s: %s", source.label, exc)
             report.tried.append((source.label, str(exc)))
             last = exc
@@ -59,16 +59,14 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
     if len(report.tried) == 1:
         label, message = report.tried[0]
         # the failing layer's hint is the specific one (403: credentials; 404: the URL)
-        raise FetchError(message, (last.hint if last is not None else "") or _last_hint(sources)) from last
+        raise FetchError(message, getattr(last, "hint", "") or OTHER_SOURCE_HINT) from last
     summary = "; ".join(f"{label}: {msg}" for label, msg in report.tried)
     raise FetchError(f"no source could provide the headers of flashinfer {plan.version}: {summary}",
                      "pass --from with a flashinfer-cubin wheel, an artifactory mirror, or a reachable index")
 
 
-def _last_hint(sources: Sequence[Source]) -> str:
-    return ("check the network or the source, or pass --from with another source "
-            "(a flashinfer-cubin wheel, an artifactory-layout directory or URL, an index)")
-
+OTHER_SOURCE_HINT = ("check the network or the source, or pass --from with another source "
+                     "(a flashinfer-cubin wheel, an artifactory-layout directory or URL, an index)")
 
 def _paths(plan: Plan, extras: Sequence[str]) -> list[str]:
     # checksums.txt is always read (it is the trust anchor); as an extra it is also installed

@@ -16,6 +16,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename, InvalidWhee
 from packaging.version import InvalidVersion, Version
 
 from .errors import FetchError, SourceError, UnknownVersionError
+from .transport import redact
 
 PYPI = "https://pypi.org/simple/"
 ACCEPT = ("application/vnd.pypi.simple.v1+json, "
@@ -43,7 +44,7 @@ def project_files(transport, index_url: str, project: str) -> list[IndexFile]:
         resp = transport.get(url, headers={"Accept": ACCEPT})
     except FetchError as exc:
         if "HTTP 404" in str(exc):
-            raise UnknownVersionError(f"the index {index_url} has no project {project}",
+            raise UnknownVersionError(f"the index {redact(index_url)} has no project {project}",
                                       "check --index-url; the project must be published there") from exc
         raise
     ctype = resp.header("Content-Type").split(";")[0].strip().lower()
@@ -68,7 +69,7 @@ def find_wheel(files: list[IndexFile], project: str, version: str, index_url: st
         near = ", ".join(versions[-6:]) or "none"
         hint = "check the version" + ("; flashinfer-cubin is on PyPI for 0.6.0 to 0.6.13"
                                       if canonicalize_name(project) == "flashinfer-cubin" else "")
-        raise UnknownVersionError(f"{project} {version} is not on {index_url} (latest there: {near})", hint)
+        raise UnknownVersionError(f"{project} {version} is not on {redact(index_url)} (latest there: {near})", hint)
     return matches[0]
 
 
@@ -86,13 +87,17 @@ def parse_json_page(body: bytes, page_url: str) -> list[IndexFile]:
                           requires_python=f.get("requires-python"), yanked=bool(f.get("yanked")))
                 for f in json.loads(body)["files"]]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SourceError(f"{page_url} is not a PEP 691 project page: {exc!r}",
+        raise SourceError(f"{redact(page_url)} is not a PEP 691 project page: {exc!r}",
                           "is --index-url a simple-API root (ending in /simple/)?") from exc
 
 
 def parse_html_page(body: bytes, page_url: str) -> list[IndexFile]:
     parser = _Anchors()
-    parser.feed(body.decode("utf-8", "replace"))
+    try:
+        parser.feed(body.decode("utf-8", "replace"))
+        parser.close()
+    except AssertionError as exc:  # html.parser's way of giving up on what is not HTML
+        raise SourceError(f"{redact(page_url)} is not an HTML project page", "is --index-url a simple-API root?") from exc
     out = []
     for href, attrs in parser.anchors:
         url = urllib.parse.urljoin(page_url, href)

@@ -307,7 +307,9 @@ def header_rules(interp: Interpreter) -> HeaderRules | None:
     try:
         plan = plan_from_installed(dist.version, paths=[str(site)])
     except (PlanError, SourceError) as exc:  # a version older than the cubin artifacts, or a damaged install
-        return _later_rules(site / "flashinfer", dist.version, build, f"its code was not understood: {exc}")
+        plan = shipped_plan(dist.version)  # never judge an affected version "not needed" for want of its code
+        if plan is None:
+            return _later_rules(site / "flashinfer", dist.version, build, f"its code was not understood: {exc}")
     if plan.needed:
         shipped = shipped_plan(dist.version)
         hashes = shipped.header_sha256 if shipped and shipped.artifact_path == plan.artifact_path else {}

@@ -19,7 +19,8 @@ from .archive import ByteSource, LocalBytes, read_members
 from .errors import SourceError, UnknownVersionError, UsageError
 from .index import find_wheel, project_files
 from .plan import ARTIFACTS_MODULE, JIT_PREFIX, Plan, derive_plan, shipped_plan
-from .sources import HTTPBytes
+from .cache import Cache
+from .sources import read_remote_wheel
 from .transport import Transport
 
 PYTHON_PROJECT = "flashinfer-python"
@@ -71,17 +72,7 @@ def plan_from_wheel(path: Path, version: str | None = None) -> Plan:
 def plan_from_index(transport: Transport, index_url: str, version: str) -> Plan:
     files = project_files(transport, index_url, PYTHON_PROJECT)
     found = find_wheel(files, PYTHON_PROJECT, version, index_url)
-    from .transport import RangesIgnored
-
-    try:
-        return plan_from_wheel_bytes(HTTPBytes(transport, found.url, found.size, found.filename), version)
-    except RangesIgnored:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="flashinfer-repack-") as tmp:
-            dest = Path(tmp) / found.filename
-            transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
-            return plan_from_wheel(dest, version)
+    return plan_from_code(version, read_remote_wheel(transport, Cache(None), found, _wanted), found.filename)
 
 
 def plan_from_installed(version: str | None = None, paths: list[str] | None = None) -> Plan:
@@ -95,14 +86,13 @@ def plan_from_installed(version: str | None = None, paths: list[str] | None = No
     if version is not None and Version(dist.version) != Version(version):
         raise UnknownVersionError(f"the installed flashinfer-python is {dist.version}, not {version}",
                                   "use the index or a wheel to read another version")
+    # read the package directory itself, not RECORD: conda installs and copied trees may have none
+    package = Path(dist.locate_file("flashinfer"))
     files: dict[str, bytes] = {}
-    for f in dist.files or ():
-        name = str(f).replace("\\", "/")
-        if _wanted(name):
-            try:
-                files[name] = Path(dist.locate_file(f)).read_bytes()
-            except OSError:
-                pass
+    for path in [package / "artifacts.py", *sorted((package / "jit").rglob("*.py"))]:
+        name = "flashinfer/" + path.relative_to(package).as_posix()
+        if _wanted(name) and path.is_file():
+            files[name] = path.read_bytes()
     text = dist.read_text("METADATA")
     if text:
         files[f"{PYTHON_PROJECT}.dist-info/METADATA"] = text.encode()

@@ -39,7 +39,8 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from .cache import atomic_write
-from .distfile import DistFile, file_digests, read_distfile
+from .digest import file_sha256
+from .distfile import DistFile, read_distfile
 from .errors import PublishError
 
 API_VERSION = "1.1"
@@ -76,6 +77,8 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):
+        for d in dists:  # refuse before placing anything: a failed publish leaves the tree as it was
+            _check_free(root, d)
         results = [_add(root, d, link) for d in dists]
         for project in sorted({d.project for d in dists}):
             write_project_pages(root, project)
@@ -83,15 +86,22 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False)
     return results
 
 
+def _check_free(root: Path, dist: DistFile) -> None:
+    """Refuse a different file under a name the tree already serves."""
+    target = root / dist.project / dist.filename
+    if not target.exists() or (target.samefile(dist.path)):
+        return
+    have = file_sha256(target)
+    if have != dist.sha256:
+        raise PublishError(f"{root} already has {dist.project}/{dist.filename} with sha256 {have}; the local "
+                           f"file {dist.path} has sha256 {dist.sha256}",
+                           "an index must never serve two files under one name: publish a new version, "
+                           "or find out why the bytes differ")
+
+
 def _add(root: Path, dist: DistFile, link: bool) -> Added:
     target = root / dist.project / dist.filename
-    if target.exists():
-        have = file_digests(target)["sha256"]
-        if have != dist.sha256:
-            raise PublishError(f"{root} already has {dist.project}/{dist.filename} with sha256 {have}; the local "
-                               f"file {dist.path} has sha256 {dist.sha256}",
-                               "an index must never serve two files under one name: publish a new version, "
-                               "or find out why the bytes differ")
+    if target.exists():  # _check_free saw the same bytes there
         _write_metadata(target, dist.metadata)
         return Added(dist.filename, "skipped", dist.sha256, target)
     _place(dist.path, target, link)

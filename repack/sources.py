@@ -11,16 +11,17 @@ the same tree under ``flashinfer_cubin/cubins/``.
 from __future__ import annotations
 
 import os
+import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
-from .archive import ByteSource, LocalBytes, is_safe_relpath, read_members
+from .archive import LocalBytes, is_safe_relpath, read_members
 from .cache import Cache
 from .errors import FetchError, SourceError
 from .index import IndexFile, find_wheel, project_files
-from .transport import RangesIgnored, Transport, redact
+from .transport import RangesIgnored, Transport, parse_content_range, redact
 
 CUBIN_PROJECT = "flashinfer-cubin"
 WHEEL_ROOT = "flashinfer_cubin/cubins/"
@@ -52,14 +53,7 @@ class WheelFile:
         return f"wheel {self.path}"
 
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
-        try:
-            source = LocalBytes(self.path)
-        except OSError as exc:
-            raise SourceError(f"cannot open {self.path}: {exc.strerror}", "check the path to the wheel") from exc
-        try:
-            return _read_wheel(source, paths)
-        finally:
-            source.close()
+        return _by_artifact_path(paths, lambda members: _read_local(self.path, members))
 
 
 class HTTPBytes:
@@ -71,11 +65,11 @@ class HTTPBytes:
         if size is None:
             from .archive import EOCD_SEARCH
             resp = transport.get_range_response(url, -EOCD_SEARCH)
-            total = resp.header("Content-Range").rpartition("/")[2]
-            if not total.isdigit():
+            parsed = parse_content_range(resp.header("Content-Range"))
+            if parsed is None:
                 raise FetchError(f"{redact(url)} gave no file size", "the server must answer Range requests")
-            size = int(total)
-            self._tail = (size - len(resp.body), resp.body)
+            first, _, size = parsed
+            self._tail = (first, resp.body)
         self.size = size
 
     def read(self, start: int, end: int) -> bytes:
@@ -107,25 +101,8 @@ class IndexWheel:
         return find_wheel(files, CUBIN_PROJECT, self.version, redact(self.index_url))
 
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
-        found = self.locate()
-        cached = self.cache.wheel_path(found.filename)
-        if cached is not None and cached.is_file():
-            return WheelFile(cached).read(paths)
-        try:
-            return _read_wheel(HTTPBytes(self.transport, found.url, found.size, found.filename), paths)
-        except RangesIgnored:
-            return self._read_whole(found, paths)
-
-    def _read_whole(self, found: IndexFile, paths: Sequence[str]) -> dict[str, bytes]:
-        dest = self.cache.wheel_path(found.filename)
-        if dest is None:
-            import tempfile
-            with tempfile.TemporaryDirectory(prefix="flashinfer-repack-") as tmp:
-                dest = Path(tmp) / found.filename
-                self.transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
-                return WheelFile(dest).read(paths)
-        self.transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
-        return WheelFile(dest).read(paths)
+        return _by_artifact_path(paths, lambda members: read_remote_wheel(
+            self.transport, self.cache, self.locate(), members))
 
 
 @dataclass
@@ -142,10 +119,25 @@ class RemoteWheel:
 
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
         name = urllib.parse.unquote(urllib.parse.urlsplit(self.url).path.rsplit("/", 1)[-1])
-        try:
-            return _read_wheel(HTTPBytes(self.transport, self.url, None, name), paths)
-        except RangesIgnored:
-            return IndexWheel(self.transport, "", "", self.cache)._read_whole(IndexFile(name, self.url), paths)
+        return _by_artifact_path(paths, lambda members: read_remote_wheel(
+            self.transport, self.cache, IndexFile(name, self.url), members))
+
+
+def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
+                      members: Sequence[str] | Callable[[str], bool]) -> dict[str, bytes]:
+    """Members of a remote wheel: from a whole copy already in the cache, else by Range requests,
+    else (the server ignores ranges) streamed whole once, checked against the index's sha256."""
+    cached = cache.wheel_path(found.filename)
+    if cached is not None and cached.is_file():
+        return _read_local(cached, members)
+    try:
+        return read_members(HTTPBytes(transport, found.url, found.size, found.filename), members)
+    except RangesIgnored:
+        pass
+    with tempfile.TemporaryDirectory(prefix="flashinfer-repack-") as tmp:
+        dest = cached or Path(tmp) / found.filename
+        transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
+        return _read_local(dest, members)
 
 
 @dataclass
@@ -196,7 +188,18 @@ class ArtifactoryDir:
         return out
 
 
-def _read_wheel(source: ByteSource, paths: Sequence[str]) -> dict[str, bytes]:
+def _read_local(path: Path, members: Sequence[str] | Callable[[str], bool]) -> dict[str, bytes]:
+    try:
+        source = LocalBytes(path)
+    except OSError as exc:
+        raise SourceError(f"cannot open {path}: {exc.strerror}", "check the path to the wheel") from exc
+    try:
+        return read_members(source, members)
+    finally:
+        source.close()
+
+
+def _by_artifact_path(paths: Sequence[str], read: Callable[[list[str]], dict[str, bytes]]) -> dict[str, bytes]:
+    """Artifact-relative paths -> members under flashinfer_cubin/cubins/ -> bytes by artifact path."""
     members = {WHEEL_ROOT + p.replace("//", "/"): p for p in _checked(paths)}
-    data = read_members(source, members)
-    return {members[m]: b for m, b in data.items()}
+    return {members[m]: b for m, b in read(list(members)).items()}

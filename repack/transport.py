@@ -15,7 +15,7 @@ import os
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -41,7 +41,6 @@ class Stats:
     requests: int = 0
     bytes: int = 0
     retries: int = 0
-    urls: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,6 @@ class Transport:
             self._session.headers["User-Agent"] = f"flashinfer-repack/{__version__}"
             self._session.headers["Accept-Encoding"] = "identity"
         self.stats.requests += 1
-        self.stats.urls.append(_redact(url))
         return self._session.get(url, headers=headers, stream=stream,
                                  timeout=(self.timeout, self.timeout), allow_redirects=True)
 
@@ -131,12 +129,15 @@ class Transport:
                 return attempt()
             except _Retryable as exc:
                 last = exc.cause
-            except requests.exceptions.InvalidURL as exc:
-                raise FetchError(f"invalid URL {_redact(url)}: {exc}", "check the --from / --index-url value") from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
                     urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
                 last = exc
+            except (requests.exceptions.RequestException, ValueError) as exc:
+                # a URL that cannot be requested at all (no scheme, ftp://, bad port): no retry;
+                # the exception's own text may carry credentials, so it is not shown
+                raise FetchError(f"cannot request {_redact(url)}: {type(exc).__name__}",
+                                 "check the --from / --index-url value (an http(s):// or file:// URL)") from None
         raise FetchError(f"cannot fetch {_redact(url)}: {_describe(last)} (after {self.retries + 1} attempts)",
                          _hint_for(last)) from last
 
@@ -214,20 +215,20 @@ class Transport:
         path = _file_path(url)
         if os.path.isdir(path):
             path = os.path.join(path, "index.html")
+        spec = headers.get("Range")
+        self.stats.requests += 1
         try:
             with open(path, "rb") as fh:
-                data = fh.read()
+                if not spec:
+                    return Response(url, 200, {"content-type": _guess_type(path)}, fh.read())
+                total = os.fstat(fh.fileno()).st_size
+                first, _, last = spec[len("bytes="):].partition("-")
+                start = max(0, total - int(last)) if not first else int(first)
+                stop = min(total, int(last) + 1) if first and last else total
+                data = os.pread(fh.fileno(), max(0, stop - start), start)
         except OSError as exc:
             raise FetchError(f"cannot read {url}: {exc.strerror}", "check the path") from exc
-        spec = headers.get("Range")
-        if not spec:
-            return Response(url, 200, {"content-type": _guess_type(path)}, data)
-        total = len(data)
-        first, _, last = spec[len("bytes="):].partition("-")
-        start = max(0, total - int(last)) if not first else int(first)
-        stop = min(total, int(last) + 1) if first and last else total
-        self.stats.requests += 1
-        return Response(url, 206, {"content-range": f"bytes {start}-{stop - 1}/{total}"}, data[start:stop])
+        return Response(url, 206, {"content-range": f"bytes {start}-{stop - 1}/{total}"}, data)
 
 
 class _Retryable(Exception):
@@ -257,16 +258,34 @@ def _raise_for_status(resp, url: str) -> None:
 
 
 def _check_content_range(resp, url: str, spec: str, body: bytes, want: int | None) -> None:
+    """The 206 must hold exactly the bytes asked for (clipped only at the end of the file)."""
     if resp.status_code != 206:
         raise FetchError(f"cannot fetch {_redact(url)}: expected 206 Partial Content, got {resp.status_code}")
-    content_range = resp.headers.get("Content-Range", "")
-    if not content_range.startswith("bytes "):
-        raise FetchError(f"cannot fetch {_redact(url)}: 206 without a Content-Range header")
-    if want is not None and len(body) != want:
-        span = content_range.split(" ", 1)[1].split("/")[0]
-        first, _, last = span.partition("-")
-        if not (first.isdigit() and last.isdigit() and int(last) - int(first) + 1 == len(body)):
-            raise _Retryable(_Truncated(f"truncated range: {len(body)} of {want} bytes"))
+    parsed = parse_content_range(resp.headers.get("Content-Range", ""))
+    if parsed is None:
+        raise FetchError(f"cannot fetch {_redact(url)}: 206 without a valid Content-Range header")
+    first, last, total = parsed
+    if len(body) != last - first + 1:
+        raise _Retryable(_Truncated(f"truncated range: {len(body)} of {last - first + 1} bytes"))
+    asked_first, _, asked_last = spec[len("bytes="):].partition("-")
+    if asked_first:  # bytes=S-E or bytes=S-
+        end = min(int(asked_last), total - 1) if asked_last else total - 1
+        exact = first == int(asked_first) and last == end
+    else:  # bytes=-N
+        exact = last == total - 1 and len(body) == min(int(asked_last), total)
+    if not exact:
+        raise FetchError(f"cannot fetch {_redact(url)}: asked for {spec}, the server sent bytes {first}-{last}/{total}",
+                         "the server answers ranges wrongly; use another --from source")
+
+
+def parse_content_range(value: str) -> tuple[int, int, int] | None:
+    """``bytes A-B/TOTAL`` -> (A, B, TOTAL), or None."""
+    unit, _, rest = value.partition(" ")
+    span, _, total = rest.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()) or int(last) < int(first):
+        return None
+    return int(first), int(last), int(total)
 
 
 def _describe(exc: Exception | None) -> str:
@@ -291,14 +310,11 @@ def _hint_for(exc: Exception | None) -> str:
 
 
 def _redact(url: str) -> str:
-    """Drop userinfo so that credentials never reach a message or a log."""
+    """Drop userinfo so that credentials never reach a message or a log (even from a malformed URL)."""
     parts = urllib.parse.urlsplit(url)
-    if parts.username or parts.password:
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return url
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def _file_path(url: str) -> str:

@@ -215,7 +215,10 @@ class Uploader:
         if parts.scheme not in ("http", "https"):
             raise UsageError(f"--index {redact(url)} is not an http(s) URL",
                              "give the upload URL, e.g. http://host:8080/ (pypiserver) or http://host/user/index/ (devpi)")
-        base = urllib.parse.urlunsplit(parts._replace(netloc=_host_port(parts)))
+        try:
+            base = urllib.parse.urlunsplit(parts._replace(netloc=_host_port(parts)))
+        except ValueError as exc:  # a port out of range
+            raise UsageError(f"--index {redact(url)} is not a valid URL: {exc}", "check the host and port") from None
         self.url = base if base.endswith("/") else base + "/"
         self.server = redact(self.url)
         self.simple_urls = [simple_url] if simple_url else [self.url + "simple/", self.url + "+simple/"]
@@ -326,7 +329,7 @@ class Uploader:
             hint = "the index failed; see its logs, then publish again (files already there are skipped)"
         else:
             hint = "the index refused the file; see its message"
-        return PublishError(where, hint)
+        return PublishError(self._scrub(where), hint)
 
     def _scrub(self, text: str) -> str:
         for secret in self.credentials.secrets() if self.credentials else ():
@@ -337,9 +340,12 @@ class Uploader:
         import requests
 
         session = self._open()
+        same_host = urllib.parse.urlsplit(url).netloc == urllib.parse.urlsplit(self.url).netloc
+        auth = (self.credentials.username.encode(), self.credentials.password.encode()) \
+            if self.credentials is not None and same_host else None  # credentials go to the index host only
         try:
             return session.request(method, url, timeout=(self.timeout, self.timeout * 10),
-                                   allow_redirects=False, **kwargs)
+                                   allow_redirects=False, auth=auth, **kwargs)
         except requests.exceptions.RequestException as exc:
             reason = type(exc).__name__ if not isinstance(exc, requests.exceptions.ConnectionError) else \
                 _connection_reason(exc)
@@ -352,8 +358,6 @@ class Uploader:
         if self._session is None:
             self._session = requests.Session()
             self._session.headers["User-Agent"] = f"flashinfer-repack/{__version__}"
-            if self.credentials is not None:
-                self._session.auth = (self.credentials.username, self.credentials.password)
         return self._session
 
 

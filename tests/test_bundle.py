@@ -194,3 +194,24 @@ def test_rattler_solves_and_installs_from_the_bundle_channel(bundled, flashinfer
     assert result["ok"], result
     assert result["connects"] == []
     assert result["cubin_dir"] == str(site / "flashinfer_cubin" / "cubins")
+
+
+def test_rerun_with_other_inputs_replaces_our_wheel_everywhere(bundled, index_server):
+    """Another SOURCE_DATE_EPOCH (or another flashinfer-repack) gives other bytes for our wheel: both
+    copies, wheels/ and simple/, and the manifest move together; nothing is downloaded again."""
+    from tests.conftest import cli
+
+    out = bundled["out"]
+    ours = f"flashinfer_cubin_headers-{VERSION}-py3-none-any.whl"
+    before = sha256(out / "wheels" / ours)
+    try:
+        result = cli("bundle", VERSION, "-o", str(out), "--index-url", index_server.index_url, "--json",
+                     env={"SOURCE_DATE_EPOCH": "1700000000"})
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["transferred_bytes"] == 0
+        after = sha256(out / "wheels" / ours)
+        assert after != before and sha256(out / "simple" / "flashinfer-cubin-headers" / ours) == after
+        for f in json.loads((out / "manifest.json").read_text())["files"]:
+            assert f["sha256"] == sha256(out / f["path"]), f["path"]
+    finally:
+        assert cli("bundle", VERSION, "-o", str(out), "--index-url", index_server.index_url).returncode == 0

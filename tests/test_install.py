@@ -152,8 +152,10 @@ def test_install_refuses_a_python_of_another_version(run_cli, tmp_path):
     assert result.returncode == 2 and "not 0.6.6" in result.stderr
 
 
-def test_doctor_and_install_on_a_conda_prefix_without_python(python_wheel, cubin_wheel, run_cli, tmp_path):
-    """A prefix is read from its files: conda-meta and site-packages; install --target is the fix it names."""
+@pytest.mark.parametrize("record", [True, False], ids=["with-RECORD", "without-RECORD"])
+def test_doctor_and_install_on_a_conda_prefix_without_python(record, python_wheel, cubin_wheel, run_cli, tmp_path):
+    """A prefix is read from its files: conda-meta and site-packages; install --target is the fix it names.
+    Without RECORD (conda installs may have none) flashinfer's code is still read, never judged 'not needed'."""
     from installer import install as install_wheel
     from installer.destinations import SchemeDictionaryDestination
     from installer.sources import WheelFile as InstallerWheel
@@ -167,6 +169,8 @@ def test_doctor_and_install_on_a_conda_prefix_without_python(python_wheel, cubin
     with InstallerWheel.open(python_wheel("0.6.6")) as source:
         install_wheel(source, SchemeDictionaryDestination(scheme, interpreter="/usr/bin/python3",
                                                           script_kind="posix"), additional_metadata={})
+    if not record:
+        (site / "flashinfer_python-0.6.6.dist-info" / "RECORD").unlink()
     env = {"HOME": str(tmp_path / "home")}
     code, report = doctor(run_cli, "--prefix", str(prefix), env=env)
     cubins = tmp_path / "home" / ".cache" / "flashinfer" / "cubins"
