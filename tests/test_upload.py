@@ -270,10 +270,10 @@ class Misbehaving:
                 status = outer.status if outer.then is None or len(outer.posts) == 1 else outer.then
                 auth = self.headers.get("Authorization", "")
                 decoded = base64.b64decode(auth.split()[-1]).decode() if auth else ""
-                self._answer(status, f"refused: you sent {auth} ({decoded})".encode())
+                self._answer(status, f"refused: you sent {auth} ({decoded})".encode(), f"Refused {decoded}")
 
-            def _answer(self, status: int, body: bytes):
-                self.send_response(status)
+            def _answer(self, status: int, body: bytes, reason: str | None = None):
+                self.send_response(status, reason)  # the reason phrase echoes the password too
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
