@@ -116,6 +116,11 @@ def common_options(p: argparse.ArgumentParser, network: bool = True, cache: bool
                        help="retries after a failed request, with backoff 0.5, 1, 2 s... (default 3)")
 
 
+def source_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="sources", action="append", metavar="SOURCE",
+                   help="where to get the headers (repeatable; see below; default auto)")
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -331,8 +336,7 @@ def register_build(sub) -> None:
     p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
     p.add_argument("-o", "--output", type=Path, default=Path("dist"), metavar="DIR",
                    help="output directory (default: ./dist)")
-    p.add_argument("--from", dest="sources", action="append", metavar="SOURCE",
-                   help="where to get the headers (repeatable; see below; default auto)")
+    source_option(p)
     p.add_argument("--format", default="wheel", metavar="FMT[,FMT]",
                    help="wheel, conda (.conda) and/or conda-bz2 (.tar.bz2), comma-separated (default wheel)")
     conda = p.add_argument_group("conda packages (--format conda, conda-bz2)")
@@ -666,8 +670,7 @@ def register_install(sub) -> None:
                        help="the environment's interpreter: its FLASHINFER_CUBIN_DIR is resolved as its flashinfer "
                             "does (default: this one)")
     where.add_argument("--target", type=Path, metavar="DIR", help="a FLASHINFER_CUBIN_DIR to fill (created if missing)")
-    p.add_argument("--from", dest="sources", action="append", metavar="SOURCE",
-                   help="where to get the headers (repeatable; see below; default auto)")
+    source_option(p)
     common_options(p)
     p.set_defaults(func=cmd_install)
 

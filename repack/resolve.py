@@ -15,12 +15,11 @@ from typing import Callable
 from packaging.utils import parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from .archive import ByteSource, LocalBytes, read_members
+from .cache import Cache
 from .errors import SourceError, UnknownVersionError, UsageError
 from .index import find_wheel, project_files
 from .plan import ARTIFACTS_MODULE, JIT_PREFIX, Plan, derive_plan, shipped_plan
-from .cache import Cache
-from .sources import read_remote_wheel
+from .sources import read_local_wheel, read_remote_wheel
 from .transport import Transport
 
 PYTHON_PROJECT = "flashinfer-python"
@@ -46,8 +45,9 @@ def plan_from_code(version: str, files: dict[str, bytes], label: str) -> Plan:
     return derive_plan(version, sources, metadata)
 
 
-def plan_from_wheel_bytes(source: ByteSource, version: str | None = None) -> Plan:
-    name = source.label.rsplit("/", 1)[-1]
+def plan_from_wheel(path: Path, version: str | None = None) -> Plan:
+    """From a flashinfer-python wheel on disk; its file name must be of ``version`` when one is given."""
+    name = Path(path).name
     try:
         _, wheel_version, _, _ = parse_wheel_filename(name)
     except Exception:
@@ -55,18 +55,7 @@ def plan_from_wheel_bytes(source: ByteSource, version: str | None = None) -> Pla
     if version is not None and Version(version) != wheel_version:
         raise UsageError(f"{name} is flashinfer-python {wheel_version}, not {version}",
                          "give the wheel of the version you asked for")
-    return plan_from_code(str(wheel_version), read_members(source, _wanted), name)
-
-
-def plan_from_wheel(path: Path, version: str | None = None) -> Plan:
-    try:
-        source = LocalBytes(path)
-    except OSError as exc:
-        raise SourceError(f"cannot open {path}: {exc.strerror}", "check the path") from exc
-    try:
-        return plan_from_wheel_bytes(source, version)
-    finally:
-        source.close()
+    return plan_from_code(str(wheel_version), read_local_wheel(Path(path), _wanted), name)
 
 
 def plan_from_index(transport: Transport, index_url: str, version: str) -> Plan:

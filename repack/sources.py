@@ -53,7 +53,7 @@ class WheelFile:
         return f"wheel {self.path}"
 
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
-        return _by_artifact_path(paths, lambda members: _read_local(self.path, members))
+        return _by_artifact_path(paths, lambda members: read_local_wheel(self.path, members))
 
 
 class HTTPBytes:
@@ -129,7 +129,7 @@ def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
     else (the server ignores ranges) streamed whole once, checked against the index's sha256."""
     cached = cache.wheel_path(found.filename)
     if cached is not None and cached.is_file():
-        return _read_local(cached, members)
+        return read_local_wheel(cached, members)
     try:
         return read_members(HTTPBytes(transport, found.url, found.size, found.filename), members)
     except RangesIgnored:
@@ -137,7 +137,7 @@ def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
     with tempfile.TemporaryDirectory(prefix="flashinfer-repack-") as tmp:
         dest = cached or Path(tmp) / found.filename
         transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
-        return _read_local(dest, members)
+        return read_local_wheel(dest, members)
 
 
 @dataclass
@@ -188,7 +188,8 @@ class ArtifactoryDir:
         return out
 
 
-def _read_local(path: Path, members: Sequence[str] | Callable[[str], bool]) -> dict[str, bytes]:
+def read_local_wheel(path: Path, members: Sequence[str] | Callable[[str], bool]) -> dict[str, bytes]:
+    """Members of a wheel on disk (exact names, or a predicate over every name)."""
     try:
         source = LocalBytes(path)
     except OSError as exc:
