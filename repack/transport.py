@@ -40,7 +40,6 @@ class Stats:
 
     requests: int = 0
     bytes: int = 0
-    retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,8 +121,7 @@ class Transport:
         for number in range(self.retries + 1):
             if number:
                 delay = self.backoff * (2 ** (number - 1))
-                log.info("retrying %s in %.1f s (%s)", _redact(url), delay, last)
-                self.stats.retries += 1
+                log.info("retrying %s in %.1f s (%s)", redact(url), delay, last)
                 self.sleep(delay)
             try:
                 return attempt()
@@ -136,9 +134,9 @@ class Transport:
             except (requests.exceptions.RequestException, ValueError) as exc:
                 # a URL that cannot be requested at all (no scheme, ftp://, bad port): no retry;
                 # the exception's own text may carry credentials, so it is not shown
-                raise FetchError(f"cannot request {_redact(url)}: {type(exc).__name__}",
+                raise FetchError(f"cannot request {redact(url)}: {type(exc).__name__}",
                                  "check the --from / --index-url value (an http(s):// or file:// URL)") from None
-        raise FetchError(f"cannot fetch {_redact(url)}: {_describe(last)} (after {self.retries + 1} attempts)",
+        raise FetchError(f"cannot fetch {redact(url)}: {_describe(last)} (after {self.retries + 1} attempts)",
                          _hint_for(last)) from last
 
     def _get_once(self, url: str, headers: dict, want: int | None) -> Response:
@@ -254,16 +252,16 @@ def _raise_for_status(resp, url: str) -> None:
     resp.close()
     if resp.status_code in RETRY_STATUSES:
         raise _Retryable(err)
-    raise FetchError(f"cannot fetch {_redact(url)}: {err}", _hint_for(err))
+    raise FetchError(f"cannot fetch {redact(url)}: {err}", _hint_for(err))
 
 
 def _check_content_range(resp, url: str, spec: str, body: bytes, want: int | None) -> None:
     """The 206 must hold exactly the bytes asked for (clipped only at the end of the file)."""
     if resp.status_code != 206:
-        raise FetchError(f"cannot fetch {_redact(url)}: expected 206 Partial Content, got {resp.status_code}")
+        raise FetchError(f"cannot fetch {redact(url)}: expected 206 Partial Content, got {resp.status_code}")
     parsed = parse_content_range(resp.headers.get("Content-Range", ""))
     if parsed is None:
-        raise FetchError(f"cannot fetch {_redact(url)}: 206 without a valid Content-Range header")
+        raise FetchError(f"cannot fetch {redact(url)}: 206 without a valid Content-Range header")
     first, last, total = parsed
     if len(body) != last - first + 1:
         raise _Retryable(_Truncated(f"truncated range: {len(body)} of {last - first + 1} bytes"))
@@ -274,7 +272,7 @@ def _check_content_range(resp, url: str, spec: str, body: bytes, want: int | Non
     else:  # bytes=-N
         exact = last == total - 1 and len(body) == min(int(asked_last), total)
     if not exact:
-        raise FetchError(f"cannot fetch {_redact(url)}: asked for {spec}, the server sent bytes {first}-{last}/{total}",
+        raise FetchError(f"cannot fetch {redact(url)}: asked for {spec}, the server sent bytes {first}-{last}/{total}",
                          "the server answers ranges wrongly; use another --from source")
 
 
@@ -309,7 +307,7 @@ def _hint_for(exc: Exception | None) -> str:
     return "check the network, the proxy settings (HTTPS_PROXY, NO_PROXY), or use another --from source"
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """Drop userinfo so that credentials never reach a message or a log (even from a malformed URL)."""
     parts = urllib.parse.urlsplit(url)
     if "@" not in parts.netloc:
@@ -328,5 +326,3 @@ def _guess_type(path: str) -> str:
         return "text/html"
     return "application/octet-stream"
 
-
-redact = _redact

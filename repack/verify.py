@@ -41,10 +41,6 @@ class Payload:
     extras: tuple[PayloadFile, ...] = ()
     source: str = ""
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(len(f.data) for f in self.files)
-
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
