@@ -29,8 +29,9 @@ import re
 import socket
 import struct
 import threading
+import time
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -72,6 +73,8 @@ class Logged:
     range: str | None
     status: int = 0
     sent: int = 0
+    #: set once the answer is written: a client may hold every byte before the handler has counted them
+    answered: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 class _Body:
@@ -187,7 +190,11 @@ class FileServer:
         return sum(1 for entry in self.log if fnmatch.fnmatchcase(entry.path, pattern))
 
     def bytes_sent(self, pattern: str = "*") -> int:
-        return sum(entry.sent for entry in self.log if fnmatch.fnmatchcase(entry.path, pattern))
+        entries = [entry for entry in self.log if fnmatch.fnmatchcase(entry.path, pattern)]
+        deadline = time.monotonic() + 5
+        for entry in entries:  # a dropped connection may never be answered: wait, but not forever
+            entry.answered.wait(max(0.0, deadline - time.monotonic()))
+        return sum(entry.sent for entry in entries)
 
     # -- used by the handler -------------------------------------------------------
 
@@ -313,6 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _finish(self, path: str, result: tuple[int, int]) -> None:
         self._entry.status, self._entry.sent = result
+        self._entry.answered.set()
 
     def _send_bytes(self, status: int, data: bytes, ctype: str, extra: dict | None = None) -> tuple[int, int]:
         self.send_response(status)
