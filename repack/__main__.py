@@ -1,3 +1,3 @@
-from .cli import main
+from repack.cli import main
 
 raise SystemExit(main())

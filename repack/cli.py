@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
-from .errors import RepackError, UsageError
+from repack import __version__
+from repack.errors import RepackError, UsageError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 PYPI = "https://pypi.org/simple/"  # as index.PYPI; kept here so that --help imports nothing heavy
@@ -185,7 +185,7 @@ def source_date_epoch() -> int | None:
 
 
 def cubins_repository() -> str:
-    from .sources import NVIDIA_ARTIFACTORY
+    from repack.fetch.sources import NVIDIA_ARTIFACTORY
 
     return os.environ.get("FLASHINFER_CUBINS_REPOSITORY", NVIDIA_ARTIFACTORY)
 
@@ -233,7 +233,7 @@ def _clear_progress() -> None:
 
 
 def make_transport(args):
-    from .transport import Transport
+    from repack.fetch.transport import Transport
 
     if getattr(args, "offline", False):
         return None
@@ -267,9 +267,9 @@ def register_plan(sub) -> None:
 
 
 def cmd_plan(args) -> int:
-    from . import resolve
-    from .plan import shipped_plan
-    from .transport import redact
+    from repack.rules import resolve
+    from repack.rules.plan import shipped_plan
+    from repack.fetch.transport import redact
 
     version = resolve.check_version(args.version)
     shipped = shipped_plan(version)
@@ -363,13 +363,13 @@ def parse_formats(text: str) -> list[str]:
 
 
 def cmd_build(args) -> int:
-    from .resolve import check_version
+    from repack.rules.resolve import check_version
 
     started = time.monotonic()
     version = check_version(args.version)
     formats = parse_formats(args.format)
     if any(f != "wheel" for f in formats):
-        from .conda import conda_options_from_args
+        from repack.build.conda import conda_options_from_args
         conda_options_from_args(args)  # a malformed --conda-* option fails before any download
     epoch = source_date_epoch()
     transport = make_transport(args)
@@ -395,8 +395,8 @@ def cmd_build(args) -> int:
 
 def fetch_verified(args, plan, transport, with_extras: bool = False):
     """The verified payload of ``plan`` from the --from sources (cache first), and how it was got."""
-    from .cache import Cache
-    from .fetch import FetchReport, fetch_payload
+    from repack.fetch.cache import Cache
+    from repack.fetch.payload import FetchReport, fetch_payload
 
     cache = Cache(cache_dir(args))
     sources = make_sources(args.sources or ["auto"], args, plan.version, transport, cache)
@@ -405,28 +405,28 @@ def fetch_verified(args, plan, transport, with_extras: bool = False):
 
 
 def build_artifacts(payload, formats: list[str], args, epoch: int | None) -> list:
-    from .wheel import build_wheel
+    from repack.build.wheel import build_wheel
 
     out = []
     for fmt in formats:
         if fmt == "wheel":
             out.append(build_wheel(payload, args.output, epoch))
         else:
-            from .conda import build_conda, conda_options_from_args
+            from repack.build.conda import build_conda, conda_options_from_args
             out.append(build_conda(payload, args.output, epoch, archive="tar.bz2" if fmt == "conda-bz2" else "conda",
                                    **conda_options_from_args(args)))
     return out
 
 
 def resolve_for_build(args, version: str, transport):
-    from .resolve import plan_from_index, resolve_plan
+    from repack.rules.resolve import plan_from_index, resolve_plan
 
     derive = None if transport is None else (lambda: plan_from_index(transport, index_url(args), version))
     return resolve_plan(version, derive)
 
 
 def make_sources(specs: list[str], args, version: str, transport, cache) -> list:
-    from . import sources as s
+    from repack.fetch import sources as s
 
     out: list = []
     for spec in specs:
@@ -511,7 +511,7 @@ credentials for --index, first found wins (never printed, logged or written anyw
   4. $TWINE_USERNAME / $TWINE_PASSWORD
   5. the entry for the host in $NETRC or ~/.netrc
 a file already there with the same sha256 is skipped; the same name with other bytes is refused.
---simple writes a static PEP 503/691 tree (see 'pydoc repack.simple'): serve it with any web server,
+--simple writes a static PEP 503/691 tree (see 'pydoc repack.publish.simple'): serve it with any web server,
 or point pip at it directly: pip install --index-url file:///path/to/DIR ...
 """
 
@@ -545,11 +545,11 @@ def register_publish(sub) -> None:
 def cmd_publish(args) -> int:
     if args.channel is not None:
         return publish_to_channel(args)
-    from .distfile import read_distfile
+    from repack.publish.distfile import read_distfile
 
     dists = [read_distfile(f) for f in args.files]  # every file checked before anything is sent
     if args.index:
-        from .upload import Uploader, find_credentials, netrc_path
+        from repack.publish.upload import Uploader, find_credentials, netrc_path
 
         credentials = find_credentials(args.index, username=args.username, password=args.password,
                                        env=os.environ, netrc_file=netrc_path(os.environ))
@@ -557,7 +557,7 @@ def cmd_publish(args) -> int:
                             retries=max(0, args.retries), progress=progress_printer(args))
         destination, results = uploader.server, uploader.publish(dists)
     else:
-        from .simple import publish_simple
+        from repack.publish.simple import publish_simple
 
         destination, results = str(args.simple), publish_simple(args.simple, dists)
     _clear_progress()
@@ -571,7 +571,7 @@ def cmd_publish(args) -> int:
 
 
 def publish_to_channel(args) -> int:
-    from .channel import publish_channel
+    from repack.publish.channel import publish_channel
 
     results = publish_channel(args.channel, args.files)
     if args.json:
@@ -620,8 +620,8 @@ def _target_python(path: str | None) -> str | None:
 
 
 def cmd_doctor(args) -> int:
-    from .doctor import diagnose
-    from .probe import snapshot
+    from repack.environment.doctor import diagnose
+    from repack.environment.probe import snapshot
 
     if args.prefix is not None and not args.prefix.is_dir():
         raise UsageError(f"--prefix {args.prefix}: no such directory", "give the root of a conda environment")
@@ -676,9 +676,9 @@ def register_install(sub) -> None:
 
 
 def cmd_install(args) -> int:
-    from .install import install
-    from .plan import require_needed
-    from .resolve import check_version
+    from repack.environment.install import install
+    from repack.rules.plan import require_needed
+    from repack.rules.resolve import check_version
 
     version = check_version(args.version)
     transport = make_transport(args)
@@ -706,8 +706,8 @@ def install_destination(args, version: str) -> tuple[Path, bool]:
     """The cubin dir of the environment of --python (default: this one), and whether it lacks flashinfer-cubin."""
     from packaging.version import Version
 
-    from .errors import BuildError
-    from .probe import snapshot
+    from repack.errors import BuildError
+    from repack.environment.probe import snapshot
 
     env = snapshot(dict(os.environ), python=_target_python(args.python) or sys.executable)
     fp = env.dist("flashinfer-python")
@@ -735,15 +735,15 @@ def register_bundle(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the bundle directory")
     p.add_argument("--conda-map", type=Path, metavar="FILE",
                    help='JSON {"names": {"pypi-name": "conda-name" or null}} over the shipped table '
-                        "(repack/condamap.json), for the conda requirements of converted wheels")
+                        "(repack/build/condamap.json), for the conda requirements of converted wheels")
     common_options(p, cache=False)  # the bundle directory is its own cache: a re-run downloads nothing
     p.set_defaults(func=cmd_bundle)
 
 
 def cmd_bundle(args) -> int:
-    from .bundle import bundle
-    from .convert import load_name_map
-    from .resolve import check_version
+    from repack.publish.bundle import bundle
+    from repack.build.convert import load_name_map
+    from repack.rules.resolve import check_version
 
     started = time.monotonic()
     version = check_version(args.version)

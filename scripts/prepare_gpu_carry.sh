@@ -29,10 +29,10 @@ fi
 import sys
 from pathlib import Path
 
-from repack.cache import Cache
-from repack.plan import shipped_plan
-from repack.sources import IndexWheel, WheelFile
-from repack.transport import Transport
+from repack.fetch.cache import Cache
+from repack.rules.plan import shipped_plan
+from repack.fetch.sources import IndexWheel, WheelFile
+from repack.fetch.transport import Transport
 
 out, wheel = Path(sys.argv[1]), sys.argv[2]
 plan = shipped_plan("0.6.6")

@@ -1,4 +1,4 @@
-"""Regenerate repack/plans.json from the real wheels on an index (maintainers only).
+"""Regenerate repack/rules/plans.json from the real wheels on an index (maintainers only).
 
     python scripts/ship_plans.py 0.6.5 0.6.6 0.6.7
 
@@ -14,12 +14,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from repack.cache import Cache
-from repack.index import PYPI
-from repack.resolve import plan_from_index
-from repack.sources import IndexWheel
-from repack.transport import Transport
-from repack.verify import check_checksums_file, expected_hashes
+from repack.fetch.cache import Cache
+from repack.fetch.index import PYPI
+from repack.rules.resolve import plan_from_index
+from repack.fetch.sources import IndexWheel
+from repack.fetch.transport import Transport
+from repack.fetch.verify import check_checksums_file, expected_hashes
 
 
 def main(versions: list[str]) -> None:
@@ -33,7 +33,7 @@ def main(versions: list[str]) -> None:
         for derived in ("marker_bytes", "marker_size", "checksums_path"):
             data.pop(derived)
         plans[version] = data
-    out = Path(__file__).resolve().parents[1] / "repack" / "plans.json"
+    out = Path(__file__).resolve().parents[1] / "repack" / "rules" / "plans.json"
     out.write_text(json.dumps({"plans": plans}, indent=2) + "\n")
     print(f"wrote {out.name}: {', '.join(plans)}")
 

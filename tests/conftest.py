@@ -90,7 +90,7 @@ def run_cli():
 def artifactory_tree(tmp_path_factory, cubin_wheel):
     """``artifactory_tree(version)``: a directory in NVIDIA's artifactory layout holding
     ``<artifact>/checksums.txt`` and the 17 headers, extracted from the real flashinfer-cubin wheel."""
-    from repack.plan import shipped_plan
+    from repack.rules.plan import shipped_plan
     from tests.support.servers import artifact_members, extract_tree
 
     made: dict[str, Path] = {}
@@ -109,7 +109,7 @@ def artifactory_tree(tmp_path_factory, cubin_wheel):
 def small_cubin_wheel(tmp_path_factory, cubin_wheel):
     """``small_cubin_wheel(version)``: a small zip named like the real flashinfer-cubin wheel, holding
     exactly its 19 members under the BMM artifact (checksums.txt, flashinferMetaInfo.h, 17 headers)."""
-    from repack.plan import ARTIFACT_EXTRAS, shipped_plan
+    from repack.rules.plan import ARTIFACT_EXTRAS, shipped_plan
     from tests.support.servers import CUBIN_ROOT, artifact_members, copy_members
 
     made: dict[str, Path] = {}

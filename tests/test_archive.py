@@ -14,7 +14,7 @@ import zipfile
 
 import pytest
 
-from repack.archive import COALESCE_GAP, LOCAL_HEADER_SLACK, SpanCache, is_safe_relpath, read_members
+from repack.fetch.archive import COALESCE_GAP, LOCAL_HEADER_SLACK, SpanCache, is_safe_relpath, read_members
 from repack.errors import SourceError
 
 

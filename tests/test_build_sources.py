@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from repack.errors import IntegrityError
-from repack.plan import shipped_plan
-from repack.verify import parse_checksums, verified_payload
+from repack.rules.plan import shipped_plan
+from repack.fetch.verify import parse_checksums, verified_payload
 from tests.support.envs import closed_port
 from tests.support.servers import CUBIN_ROOT, member_data_offset
 

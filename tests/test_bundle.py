@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from repack.channel import write_repodata
-from repack.conda_archive import Member, conda_bytes
+from repack.publish.channel import write_repodata
+from repack.build.conda_archive import Member, conda_bytes
 from tests.support.envs import PROJECTS, closed_port, light_requirements
 from tests.support.servers import FileServer
 from tests.support.tinywheel import make_wheel

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from repack.plan import shipped_plan
+from repack.rules.plan import shipped_plan
 from tests.conftest import cli
 from tests.support.conda_env import (EXPORT_DIR, conda_meta, files_under, python_standin, solve,
                                      solve_and_install, standin)

@@ -17,9 +17,9 @@ import pytest
 from conda_package_streaming.extract import extract
 from conda_package_streaming.package_streaming import stream_conda_info
 
-from repack.conda import parse_dependency_names, python_spec
+from repack.build.conda import parse_dependency_names, python_spec
 from repack.errors import BuildError, UsageError
-from repack.plan import shipped_plan
+from repack.rules.plan import shipped_plan
 from tests.conftest import cli
 from tests.support.conda_env import EXPORT_DIR
 

@@ -1,4 +1,4 @@
-"""Wheel -> noarch: python conda package (repack.convert): requirements, names, layout, checks."""
+"""Wheel -> noarch: python conda package (repack.build.convert): requirements, names, layout, checks."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from email.parser import HeaderParser
 
 import pytest
 
-from repack.channel import inspect_package
-from repack.conda_archive import read_members
-from repack.convert import conda_depends, convert_wheel, load_name_map, package_filename
+from repack.publish.channel import inspect_package
+from repack.build.conda_archive import read_members
+from repack.build.convert import conda_depends, convert_wheel, load_name_map, package_filename
 from repack.errors import IntegrityError, UsageError
 from tests.support.tinywheel import make_wheel, tamper
 

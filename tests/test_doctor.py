@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from repack.doctor import diagnose
-from repack.plan import shipped_plan
-from repack.probe import (MISSING, CubinDir, CubinDirFacts, Dist, Environment, FileState, HeaderRules, Interpreter,
+from repack.environment.doctor import diagnose
+from repack.rules.plan import shipped_plan
+from repack.environment.probe import (MISSING, CubinDir, CubinDirFacts, Dist, Environment, FileState, HeaderRules, Interpreter,
                           resolve_cubin_dir)
 from tests.conftest import AFFECTED
 from tests.support.envs import HEADER_PROBE, PROJECTS

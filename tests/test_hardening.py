@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from repack.archive import SpanCache
+from repack.fetch.archive import SpanCache
 from repack.errors import SourceError
 from tests.test_build_sources import FAST, VERSION, build, failed, succeeded
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from repack.errors import SourceError, UnknownVersionError
-from repack.index import IndexFile, find_wheel, parse_html_page, parse_json_page, project_files
-from repack.transport import Transport
+from repack.fetch.index import IndexFile, find_wheel, parse_html_page, parse_json_page, project_files
+from repack.fetch.transport import Transport
 
 PAGE = "https://mirror.example/simple/flashinfer-cubin/"
 SHA = "ab" * 32

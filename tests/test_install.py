@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from repack.cache import Cache
+from repack.fetch.cache import Cache
 from repack.errors import BuildError
-from repack.fetch import fetch_payload
-from repack.install import install
-from repack.plan import shipped_plan
-from repack.sources import WheelFile
+from repack.fetch.payload import fetch_payload
+from repack.environment.install import install
+from repack.rules.plan import shipped_plan
+from repack.fetch.sources import WheelFile
 from tests.support.envs import HEADER_PROBE
 
 PLAN = shipped_plan("0.6.6")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from repack.plan import shipped_plan, shipped_versions
-from repack.resolve import plan_from_wheel
+from repack.rules.plan import shipped_plan, shipped_versions
+from repack.rules.resolve import plan_from_wheel
 from tests.conftest import AFFECTED
 from tests.support.servers import CUBIN_ROOT
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from conda_package_streaming.package_streaming import stream_conda_component
 
-from repack.plan import shipped_plan
+from repack.rules.plan import shipped_plan
 from tests.conftest import cli
 from tests.support.conda_env import EXPORT_DIR, python_standin, standin
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from repack.index import parse_html_page, parse_json_page, project_files
-from repack.transport import Transport
+from repack.fetch.index import parse_html_page, parse_json_page, project_files
+from repack.fetch.transport import Transport
 from tests.support.installs import fresh_venv, pip_into, site_packages, uv_into
 from tests.support.tinywheel import make_wheel, tamper
 

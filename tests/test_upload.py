@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from repack.errors import UsageError
-from repack.upload import find_credentials
+from repack.publish.upload import find_credentials
 from tests.support.installs import fresh_venv, pip_into, site_packages, uv_into
 from tests.support.tinywheel import make_wheel, tamper
 

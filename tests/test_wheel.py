@@ -22,7 +22,7 @@ from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 from packaging.metadata import Metadata
 
-from repack.plan import shipped_plan
+from repack.rules.plan import shipped_plan
 from tests.support.servers import CUBIN_ROOT
 
 VERSION = "0.6.6"

@@ -17,7 +17,7 @@ from email.parser import HeaderParser
 from importlib import resources
 from typing import Mapping
 
-from .errors import PlanError, UnknownVersionError
+from repack.errors import PlanError, UnknownVersionError
 
 #: The files of flashinfer-python that the derivation reads.
 ARTIFACTS_MODULE = "flashinfer/artifacts.py"
@@ -110,7 +110,7 @@ def shipped_plan(version: str) -> Plan | None:
 
 
 def _shipped() -> dict:
-    text = resources.files("repack").joinpath("plans.json").read_text("utf-8")
+    text = resources.files("repack.rules").joinpath("plans.json").read_text("utf-8")
     return json.loads(text)["plans"]
 
 
@@ -298,7 +298,7 @@ def _not_needed_reason(version: str, trees: Mapping[str, ast.Module]) -> str:
 
 def require_needed(plan: Plan) -> Plan:
     """Return ``plan`` if a package is needed for it, else raise NotNeededError."""
-    from .errors import NotNeededError
+    from repack.errors import NotNeededError
 
     if not plan.needed:
         raise NotNeededError(f"flashinfer {plan.version} needs no flashinfer-cubin-headers package",

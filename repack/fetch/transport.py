@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import __version__
-from .errors import FetchError
+from repack import __version__
+from repack.errors import FetchError
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class Transport:
             if expected is not None and done != expected:
                 raise _Retryable(_Truncated(f"truncated body: {done} of {expected} bytes"))
             if sha256 and digest.hexdigest() != sha256:
-                from .errors import IntegrityError
+                from repack.errors import IntegrityError
                 raise IntegrityError(f"{label}: sha256 {digest.hexdigest()} does not match the index's {sha256}",
                                      "the file was altered in transit or on the server; do not use it")
             os.replace(tmp, dest)

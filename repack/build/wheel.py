@@ -15,11 +15,11 @@ import time
 import zipfile
 from pathlib import Path
 
-from . import __version__
-from .artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
-from .cache import atomic_write
-from .errors import BuildError
-from .verify import Payload
+from repack import __version__
+from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
+from repack.fetch.cache import atomic_write
+from repack.errors import BuildError
+from repack.fetch.verify import Payload
 
 PACKAGE_ROOT = "flashinfer_cubin/cubins/"
 TAG = "py3-none-any"

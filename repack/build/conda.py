@@ -1,7 +1,7 @@
 """Payload -> the ``flashinfer-cubin-headers`` conda package (``noarch: python``).
 
 One pure function per metadata file, as rattler-build makes them; the
-archive itself is written by :mod:`repack.conda_archive`.  Payload paths lie
+archive itself is written by :mod:`repack.build.conda_archive`.  Payload paths lie
 under ``site-packages/``, which conda and rattler relocate to
 ``lib/pythonX.Y/site-packages/`` at install time, so one package serves
 every Python.  Never ``flashinfer_cubin/__init__.py`` (it would shadow
@@ -20,14 +20,14 @@ from typing import Mapping
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from . import __version__
-from .artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
-from .cache import atomic_write
-from .conda_archive import Member, conda_bytes, tar_bz2_bytes
-from .errors import BuildError, UsageError
-from .plan import Plan
-from .verify import Payload
-from .wheel import PACKAGE_ROOT
+from repack import __version__
+from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
+from repack.fetch.cache import atomic_write
+from repack.build.conda_archive import Member, conda_bytes, tar_bz2_bytes
+from repack.errors import BuildError, UsageError
+from repack.rules.plan import Plan
+from repack.fetch.verify import Payload
+from repack.build.wheel import PACKAGE_ROOT
 
 SITE_PACKAGES = "site-packages/"
 FLASHINFER_DEPENDENCIES = ("flashinfer-python", "flashinfer-cubin")

@@ -28,7 +28,7 @@ from typing import Mapping
 
 from packaging.version import InvalidVersion, Version
 
-from .errors import PlanError, SourceError, UsageError
+from repack.errors import PlanError, SourceError, UsageError
 
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
 #: The variables flashinfer's header code reads (env.py, cubin_loader.py).
@@ -296,8 +296,8 @@ def namespace_dir(interp: Interpreter) -> str | None:
 
 def header_rules(interp: Interpreter) -> HeaderRules | None:
     """The header rules of the flashinfer-python installed in ``interp`` (None when it is not installed)."""
-    from .plan import shipped_plan
-    from .resolve import plan_from_installed
+    from repack.rules.plan import shipped_plan
+    from repack.rules.resolve import plan_from_installed
 
     dist = interp.dists.get("flashinfer-python")
     if dist is None:
@@ -322,7 +322,7 @@ def header_rules(interp: Interpreter) -> HeaderRules | None:
 
 def _later_rules(package: Path, version: str, build: str, reason: str) -> HeaderRules:
     """A version that never downloads headers into dest_dir: symlink (0.6.7.post1+) or none (older)."""
-    from .plan import _artifact_constants
+    from repack.rules.plan import _artifact_constants
 
     try:
         consts = _artifact_constants(_parse(package / "artifacts.py"))
@@ -423,8 +423,8 @@ def cubin_dir_facts(root: Path, rules: HeaderRules) -> CubinDirFacts:
 
 def _listed(path: Path, rules: HeaderRules) -> dict[str, str]:
     """The hashes flashinfer would take from this checksums.txt for the files doctor judges."""
-    from .errors import IntegrityError
-    from .verify import parse_checksums, runtime_hash
+    from repack.errors import IntegrityError
+    from repack.fetch.verify import parse_checksums, runtime_hash
 
     try:
         entries = parse_checksums(path.read_bytes(), str(path))

@@ -15,8 +15,8 @@ from html.parser import HTMLParser
 from packaging.utils import canonicalize_name, parse_wheel_filename, InvalidWheelFilename
 from packaging.version import InvalidVersion, Version
 
-from .errors import FetchError, SourceError, UnknownVersionError
-from .transport import redact
+from repack.errors import FetchError, SourceError, UnknownVersionError
+from repack.fetch.transport import redact
 
 PYPI = "https://pypi.org/simple/"
 ACCEPT = ("application/vnd.pypi.simple.v1+json, "

@@ -1,13 +1,13 @@
 """Will this environment's FlashInfer start with no network, and if not, why?
 
-Pure analysis of a :class:`~repack.probe.Environment` snapshot: each check
+Pure analysis of a :class:`~repack.environment.probe.Environment` snapshot: each check
 gives one :class:`Check` line and, for what is wrong, :class:`Problem`\\ s that
 say what is wrong, what flashinfer will do because of it, and the exact
 command that fixes it.  A fatal problem means flashinfer will reach for the
 network, or fail, while it generates its fused-MoE JIT specs at start-up.
 
 What is modelled, per flashinfer-python version (its rules read from its code
-by :mod:`repack.probe`): ``import flashinfer`` resolves FLASHINFER_CUBIN_DIR
+by :mod:`repack.environment.probe`): ``import flashinfer`` resolves FLASHINFER_CUBIN_DIR
 and checks flashinfer-cubin's version; the JIT specs then read
 ``<artifact>/checksums.txt`` (pinned sha256) and
 ``<artifact>/include/flashinferMetaInfo.h``, and the 17 BMM export headers:
@@ -23,7 +23,7 @@ import os
 import shlex
 from dataclasses import asdict, dataclass
 
-from .probe import MISSING, Environment, FileState, HeaderRules
+from repack.environment.probe import MISSING, Environment, FileState, HeaderRules
 
 HEADERS_PROJECT = "flashinfer-cubin-headers"
 METAINFO_NAME = "flashinferMetaInfo.h"

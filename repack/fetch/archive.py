@@ -18,7 +18,7 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from .errors import SourceError
+from repack.errors import SourceError
 
 EOCD_SEARCH = 64 * 1024 + 22   # the end record plus the largest possible comment
 LOCAL_HEADER_SLACK = 30 + 1024  # fixed local header + room for name and extra field

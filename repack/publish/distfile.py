@@ -21,8 +21,8 @@ from pathlib import Path
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from .digest import file_digests
-from .errors import IntegrityError, UsageError
+from repack.fetch.digest import file_digests
+from repack.errors import IntegrityError, UsageError
 
 CHUNK = 1 << 20
 

@@ -18,8 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import BuildError
-from .verify import Payload, PayloadFile
+from repack.errors import BuildError
+from repack.fetch.verify import Payload, PayloadFile
 
 
 def install(payload: Payload, cubin_dir: Path) -> list[Path]:

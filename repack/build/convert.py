@@ -38,11 +38,11 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from . import __version__
-from .artifact import DEFAULT_EPOCH, Artifact
-from .conda import build_string, hash_input_json, json_bytes, python_spec
-from .conda_archive import FORMAT_METADATA, ZSTD_LEVEL, Member, tar_bytes
-from .errors import BuildError, IntegrityError, UsageError
+from repack import __version__
+from repack.build.artifact import DEFAULT_EPOCH, Artifact
+from repack.build.conda import build_string, hash_input_json, json_bytes, python_spec
+from repack.build.conda_archive import FORMAT_METADATA, ZSTD_LEVEL, Member, tar_bytes
+from repack.errors import BuildError, IntegrityError, UsageError
 
 MAP_FILE = Path(__file__).with_name("condamap.json")
 #: zstd level of the payload tar: 3 turns flashinfer-cubin's 1.1 GB into a package in seconds,

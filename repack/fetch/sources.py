@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from .archive import LocalBytes, is_safe_relpath, read_members
-from .cache import Cache
-from .errors import FetchError, SourceError
-from .index import IndexFile, find_wheel, project_files
-from .transport import RangesIgnored, Transport, parse_content_range, redact
+from repack.fetch.archive import LocalBytes, is_safe_relpath, read_members
+from repack.fetch.cache import Cache
+from repack.errors import FetchError, SourceError
+from repack.fetch.index import IndexFile, find_wheel, project_files
+from repack.fetch.transport import RangesIgnored, Transport, parse_content_range, redact
 
 CUBIN_PROJECT = "flashinfer-cubin"
 WHEEL_ROOT = "flashinfer_cubin/cubins/"
@@ -63,7 +63,7 @@ class HTTPBytes:
         self.transport, self.url, self.label = transport, url, label
         self._tail: tuple[int, bytes] | None = None
         if size is None:
-            from .archive import EOCD_SEARCH
+            from repack.fetch.archive import EOCD_SEARCH
             resp = transport.get_range_response(url, -EOCD_SEARCH)
             parsed = parse_content_range(resp.header("Content-Range"))
             if parsed is None:

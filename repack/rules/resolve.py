@@ -15,12 +15,12 @@ from typing import Callable
 from packaging.utils import parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from .cache import Cache
-from .errors import SourceError, UnknownVersionError, UsageError
-from .index import find_wheel, project_files
-from .plan import ARTIFACTS_MODULE, JIT_PREFIX, Plan, derive_plan, shipped_plan
-from .sources import read_local_wheel, read_remote_wheel
-from .transport import Transport
+from repack.fetch.cache import Cache
+from repack.errors import SourceError, UnknownVersionError, UsageError
+from repack.fetch.index import find_wheel, project_files
+from repack.rules.plan import ARTIFACTS_MODULE, JIT_PREFIX, Plan, derive_plan, shipped_plan
+from repack.fetch.sources import read_local_wheel, read_remote_wheel
+from repack.fetch.transport import Transport
 
 PYTHON_PROJECT = "flashinfer-python"
 

@@ -14,7 +14,7 @@ Layout of ``-o DIR``::
 
 The stages run in order and each is idempotent: a re-run finds the wheels in
 place with the right sha256 and downloads nothing, and an interrupted
-download goes on from its ``.part`` (see :mod:`repack.download`).
+download goes on from its ``.part`` (see :mod:`repack.fetch.download`).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import __version__
-from .cache import Cache, atomic_write
-from .digest import file_sha256
-from .download import PRESENT, fetch_verified
-from .errors import BuildError
-from .index import find_wheel, project_files
-from .plan import Plan, require_needed, shipped_plan
-from .transport import Transport
+from repack import __version__
+from repack.fetch.cache import Cache, atomic_write
+from repack.fetch.digest import file_sha256
+from repack.fetch.download import PRESENT, fetch_verified
+from repack.errors import BuildError
+from repack.fetch.index import find_wheel, project_files
+from repack.rules.plan import Plan, require_needed, shipped_plan
+from repack.fetch.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class BundleReport:
 def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *, epoch: int | None = None,
            names: Mapping[str, str | None] | None = None, step: Step | None = None) -> BundleReport:
     """Fill ``out_dir`` with the bundle of ``version`` (see the module docstring)."""
-    from .convert import load_name_map
+    from repack.build.convert import load_name_map
 
     say = step or (lambda message: None)
     out = Path(out_dir)
@@ -110,7 +110,7 @@ def _fetch(transport: Transport, index_url: str, project: str, version: str, whe
 
 def _plan(version: str, python_wheel: Path) -> Plan:
     """The shipped plan, or one read from the flashinfer-python wheel just downloaded."""
-    from .resolve import plan_from_wheel
+    from repack.rules.resolve import plan_from_wheel
 
     plan = shipped_plan(version) or plan_from_wheel(python_wheel, version)
     require_needed(plan)
@@ -118,8 +118,8 @@ def _plan(version: str, python_wheel: Path) -> Plan:
 
 
 def _payload(plan: Plan, cubin: Path):
-    from .fetch import fetch_payload
-    from .sources import WheelFile
+    from repack.fetch.payload import fetch_payload
+    from repack.fetch.sources import WheelFile
 
     return fetch_payload(plan, [WheelFile(cubin)], Cache(None))
 
@@ -127,8 +127,8 @@ def _payload(plan: Plan, cubin: Path):
 def _drop_stale_own_wheel(out: Path, payload, epoch: int | None) -> None:
     """Our wheel built earlier from other inputs (another SOURCE_DATE_EPOCH, another flashinfer-repack):
     the bundle owns it, so both copies go before the new one is written, and wheels/ and simple/ agree."""
-    from .artifact import DEFAULT_EPOCH, DIST_NAME
-    from .wheel import wheel_bytes, wheel_filename
+    from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME
+    from repack.build.wheel import wheel_bytes, wheel_filename
 
     name = wheel_filename(payload.plan.version)
     fresh = wheel_bytes(payload, DEFAULT_EPOCH if epoch is None else epoch)
@@ -140,14 +140,14 @@ def _drop_stale_own_wheel(out: Path, payload, epoch: int | None) -> None:
 
 
 def _build_wheel(payload, wheels: Path, epoch: int | None) -> Path:
-    from .wheel import build_wheel
+    from repack.build.wheel import build_wheel
 
     return build_wheel(payload, wheels, epoch).path
 
 
 def _write_simple(root: Path, wheels: list[Path]) -> None:
-    from .distfile import read_distfile
-    from .simple import publish_simple
+    from repack.publish.distfile import read_distfile
+    from repack.publish.simple import publish_simple
 
     # the downloads were verified against the index's sha256 and ours was just built: no RECORD pass
     publish_simple(root, [read_distfile(w, check_record=False) for w in wheels], link=True)
@@ -155,9 +155,9 @@ def _write_simple(root: Path, wheels: list[Path]) -> None:
 
 def _write_channel(channel: Path, payload, wheels: list[Path], names: Mapping[str, str | None],
                    epoch: int | None, say: Step) -> None:
-    from .channel import write_repodata
-    from .conda import build_conda
-    from .convert import conda_name, convert_wheel, package_filename
+    from repack.publish.channel import write_repodata
+    from repack.build.conda import build_conda
+    from repack.build.convert import conda_name, convert_wheel, package_filename
 
     noarch = channel / "noarch"
     keep = []

@@ -27,11 +27,11 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from packaging.utils import parse_wheel_filename
 
-from . import __version__
-from .distfile import DistFile
-from .errors import PublishError, UsageError
-from .index import ACCEPT, IndexFile, parse_html_page, parse_json_page
-from .transport import redact
+from repack import __version__
+from repack.publish.distfile import DistFile
+from repack.errors import PublishError, UsageError
+from repack.fetch.index import ACCEPT, IndexFile, parse_html_page, parse_json_page
+from repack.fetch.transport import redact
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Mapping
 
-from .archive import is_safe_relpath
-from .errors import IntegrityError
-from .plan import Plan
+from repack.fetch.archive import is_safe_relpath
+from repack.errors import IntegrityError
+from repack.rules.plan import Plan
 
 
 @dataclass(frozen=True)

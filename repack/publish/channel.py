@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from .cache import atomic_write
-from .conda_archive import SUFFIXES, iter_members, read_members, split_filename
-from .digest import file_digests
-from .errors import PublishError, SourceError
+from repack.fetch.cache import atomic_write
+from repack.build.conda_archive import SUFFIXES, iter_members, read_members, split_filename
+from repack.fetch.digest import file_digests
+from repack.errors import PublishError, SourceError
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .digest import file_sha256
-from .errors import FetchError, IntegrityError
-from .index import IndexFile
-from .transport import RangesIgnored, Transport, redact
+from repack.fetch.digest import file_sha256
+from repack.errors import FetchError, IntegrityError
+from repack.fetch.index import IndexFile
+from repack.fetch.transport import RangesIgnored, Transport, redact
 
 log = logging.getLogger(__name__)
 

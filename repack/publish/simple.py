@@ -38,10 +38,10 @@ from typing import Iterator, Sequence
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from .cache import atomic_write
-from .digest import file_sha256
-from .distfile import DistFile, read_distfile
-from .errors import PublishError
+from repack.fetch.cache import atomic_write
+from repack.fetch.digest import file_sha256
+from repack.publish.distfile import DistFile, read_distfile
+from repack.errors import PublishError
 
 API_VERSION = "1.1"
 
