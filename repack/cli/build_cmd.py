@@ -1,0 +1,96 @@
+"""`build`: fetch, verify and package the headers."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from repack.cli.common import (
+    EPILOG,
+    EXIT_OK,
+    _clear_progress,
+    common_options,
+    emit_json,
+    human_size,
+    make_transport,
+    source_date_epoch,
+    source_option,
+)
+from repack.cli.pipeline import (
+    build_artifacts,
+    fetch_verified,
+    resolve_for_build,
+)
+from repack.errors import UsageError
+
+# -- build ---------------------------------------------------------------------------
+
+FORMATS = ("wheel", "conda", "conda-bz2")
+
+
+def register_build(sub) -> None:
+    p = sub.add_parser("build", help="fetch, verify and package the headers of a version",
+                       description="Fetch the BMM export headers of VERSION from a real source, verify every byte "
+                                   "against the checksums flashinfer-python pins, and build the "
+                                   "flashinfer-cubin-headers package(s) into -o DIR. Nothing is written unless "
+                                   "everything verifies.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
+    p.add_argument("-o", "--output", type=Path, default=Path("dist"), metavar="DIR",
+                   help="output directory (default: ./dist)")
+    source_option(p)
+    p.add_argument("--format", default="wheel", metavar="FMT[,FMT]",
+                   help="wheel, conda (.conda) and/or conda-bz2 (.tar.bz2), comma-separated (default wheel)")
+    conda = p.add_argument_group("conda packages (--format conda, conda-bz2)")
+    conda.add_argument("--conda-dep-name", action="append", metavar="DEP=NAME",
+                       help="depend on NAME instead of DEP, for channels that name flashinfer differently "
+                            "(DEP: flashinfer-python or flashinfer-cubin; repeatable)")
+    conda.add_argument("--conda-no-flashinfer-deps", action="store_true",
+                       help="depend on python only, for conda environments whose flashinfer-python and "
+                            "flashinfer-cubin came from pip; install flashinfer-cubin of the same version first: "
+                            "without it the headers' flashinfer_cubin/ folder breaks 'import flashinfer'")
+    conda.add_argument("--build-number", type=int, default=0, metavar="N",
+                       help="the conda build number, to rebuild the same version (default 0)")
+    common_options(p)
+    p.set_defaults(func=cmd_build)
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UsageError(f"unknown format {unknown[0] if unknown else text!r}",
+                         f"choose from {', '.join(FORMATS)}, comma-separated")
+    return list(dict.fromkeys(formats))
+
+
+def cmd_build(args) -> int:
+    from repack.rules.resolve import check_version
+
+    started = time.monotonic()
+    version = check_version(args.version)
+    formats = parse_formats(args.format)
+    if any(f != "wheel" for f in formats):
+        from repack.build.conda import conda_options_from_args
+        conda_options_from_args(args)  # a malformed --conda-* option fails before any download
+    epoch = source_date_epoch()
+    transport = make_transport(args)
+    plan = resolve_for_build(args, version, transport)
+    payload, report = fetch_verified(args, plan, transport)
+    artifacts = build_artifacts(payload, formats, args, epoch)
+    elapsed = time.monotonic() - started
+    _clear_progress()
+    transfer = {"requests": transport.stats.requests if transport else 0,
+                "bytes": transport.stats.bytes if transport else 0}
+    if args.json:
+        emit_json({"ok": True, "version": version, "source": report.source, "tried": report.tried,
+                   "seconds": round(elapsed, 3), "transfer": transfer,
+                   "artifacts": [a.to_json() for a in artifacts]})
+    else:
+        for a in artifacts:
+            print(f"built {a.path}  ({human_size(a.size)}, sha256 {a.sha256})")
+        print(f"headers of flashinfer {version} from {report.source}, verified against sha256 "
+              f"{plan.checksums_sha256[:16]}...; {human_size(transfer['bytes'])} in {transfer['requests']} "
+              f"request(s), {elapsed:.2f} s")
+    return EXIT_OK

@@ -1,0 +1,88 @@
+"""`install`: place verified headers straight into an environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from repack.cli.common import (
+    EPILOG,
+    EXIT_OK,
+    _clear_progress,
+    _target_python,
+    common_options,
+    emit_json,
+    make_transport,
+    source_option,
+)
+from repack.cli.pipeline import (
+    fetch_verified,
+    resolve_for_build,
+)
+from repack.errors import UsageError
+
+# -- install -------------------------------------------------------------------------
+
+def register_install(sub) -> None:
+    p = sub.add_parser("install", help="place the verified headers straight into an environment's cubin dir",
+                       description="Fetch and verify the BMM export headers of VERSION (as build does) and place "
+                                   "them, with the exact marker, directly where that environment's flashinfer "
+                                   "searches, atomically; where the environment has no flashinfer-cubin, also "
+                                   "checksums.txt and flashinferMetaInfo.h. Nothing is fetched at run time.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--python", metavar="PATH",
+                       help="the environment's interpreter: its FLASHINFER_CUBIN_DIR is resolved as its flashinfer "
+                            "does (default: this one)")
+    where.add_argument("--target", type=Path, metavar="DIR", help="a FLASHINFER_CUBIN_DIR to fill (created if missing)")
+    source_option(p)
+    common_options(p)
+    p.set_defaults(func=cmd_install)
+
+
+def cmd_install(args) -> int:
+    from repack.environment.install import install
+    from repack.rules.plan import require_needed
+    from repack.rules.resolve import check_version
+
+    version = check_version(args.version)
+    transport = make_transport(args)
+    plan = require_needed(resolve_for_build(args, version, transport))
+    cubin_dir, with_extras = (args.target, True) if args.target else install_destination(args, version)
+    payload, report = fetch_verified(args, plan, transport, with_extras)
+    written = install(payload, cubin_dir)
+    _clear_progress()
+    if args.json:
+        emit_json({"ok": True, "version": version, "cubin_dir": str(cubin_dir), "source": report.source,
+                   "written": [str(p) for p in written]})
+    elif not args.quiet:
+        print(f"installed the headers of flashinfer {version} into {cubin_dir} "
+              f"({len(written)} file(s) written, from {report.source})")
+        if args.target:
+            print(f"flashinfer finds them with FLASHINFER_CUBIN_DIR={cubin_dir} (and no flashinfer-cubin installed)")
+        elif not with_extras:
+            print("note: inside flashinfer-cubin these files belong to no package: `pip uninstall flashinfer-cubin` "
+                  "leaves them behind as a namespace package that breaks `import flashinfer`; the "
+                  "flashinfer-cubin-headers package (flashinfer-repack build) avoids that")
+    return EXIT_OK
+
+
+def install_destination(args, version: str) -> tuple[Path, bool]:
+    """The cubin dir of the environment of --python (default: this one), and whether it lacks flashinfer-cubin."""
+    from packaging.version import Version
+
+    from repack.environment.probe import snapshot
+    from repack.errors import BuildError
+
+    env = snapshot(dict(os.environ), python=_target_python(args.python) or sys.executable)
+    fp = env.dist("flashinfer-python")
+    if fp is None or Version(fp.version) != Version(version):
+        raise UsageError(f"{env.target} has flashinfer-python {fp.version if fp else '(none)'}, not {version}",
+                         f"install flashinfer-python=={version} there, or use --target DIR")
+    if env.cubin_dir.import_error:
+        raise BuildError(f"`import flashinfer` fails in {env.target}: {env.cubin_dir.import_error}",
+                         f"run 'flashinfer-repack doctor --python {env.interpreter.python}' for the fix")
+    return Path(env.cubin_dir.path), env.dist("flashinfer-cubin") is None

@@ -1,0 +1,88 @@
+"""`plan`: what a FlashInfer version needs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from repack.cli.common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    _clear_progress,
+    common_options,
+    emit_json,
+    index_url,
+    make_transport,
+)
+
+# -- plan ----------------------------------------------------------------------------
+
+def register_plan(sub) -> None:
+    p = sub.add_parser("plan", help="what a FlashInfer version needs, read from its own code",
+                       description="Read flashinfer-python's code of VERSION statically (never imported) and "
+                                   "report whether it needs a supplementary headers package, and exactly what: "
+                                   "artifact path, pinned checksum, headers, runtime path, marker bytes. "
+                                   "Compares the result with the plan shipped in this package.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--python-wheel", type=Path, metavar="PATH", help="read a flashinfer-python wheel on disk")
+    where.add_argument("--installed", action="store_true", help="read the flashinfer-python installed here")
+    where.add_argument("--shipped", action="store_true", help="show the shipped plan only (no network)")
+    common_options(p)
+    p.set_defaults(func=cmd_plan)
+
+
+def cmd_plan(args) -> int:
+    from repack.fetch.transport import redact
+    from repack.rules import resolve
+    from repack.rules.plan import shipped_plan
+
+    version = resolve.check_version(args.version)
+    shipped = shipped_plan(version)
+    transport = None
+    if args.shipped or (args.offline and not args.python_wheel and not args.installed):
+        if shipped is None:
+            raise resolve.UnknownVersionError(f"no plan for flashinfer {version} is shipped with this package",
+                                              "drop --shipped/--offline to read the code from the index")
+        plan, origin = shipped, "shipped with flashinfer-repack"
+    elif args.python_wheel:
+        plan, origin = resolve.plan_from_wheel(args.python_wheel, version), str(args.python_wheel)
+    elif args.installed:
+        plan, origin = resolve.plan_from_installed(version), "installed flashinfer-python"
+    else:
+        transport = make_transport(args)
+        url = index_url(args)
+        plan, origin = resolve.plan_from_index(transport, url, version), f"flashinfer-python {version} on {redact(url)}"
+    differences = shipped.differences(plan) if shipped is not None and plan is not shipped else []
+    _clear_progress()
+    if args.json:
+        data = {"ok": not differences, "origin": origin, "shipped": shipped is not None,
+                "agrees_with_shipped": (not differences) if shipped is not None else None,
+                "differences": differences, "plan": plan.to_json()}
+        if shipped is not None and not plan.header_sha256:
+            data["plan"]["header_sha256"] = dict(shipped.header_sha256)
+        if transport is not None:
+            data["transfer"] = {"requests": transport.stats.requests, "bytes": transport.stats.bytes}
+        emit_json(data)
+    else:
+        print_plan(plan, origin, shipped, differences)
+    return EXIT_FAIL if differences else EXIT_OK
+
+
+def print_plan(plan, origin: str, shipped, differences: list[str]) -> None:
+    print(f"flashinfer {plan.version}  (read from {origin})")
+    print(f"  needs a supplementary package: {'yes' if plan.needed else 'no'}")
+    print(f"  why: {plan.reason}")
+    if plan.needed:
+        print(f"  requires-python:   {plan.requires_python}")
+        print(f"  BMM artifact path: {plan.artifact_path}")
+        print(f"  pinned checksum:   sha256({plan.checksums_path}) = {plan.checksums_sha256}")
+        print(f"  runtime path:      FLASHINFER_CUBIN_DIR/{plan.dest_dir}/")
+        print(f"  marker:            {plan.marker_name} = {plan.marker_bytes!r} ({len(plan.marker_bytes)} bytes, no newline)")
+        hashes = plan.header_sha256 or (shipped.header_sha256 if shipped else {})
+        print(f"  headers ({len(plan.headers)}, from {plan.artifact_path}{plan.header_dir}/):")
+        for h in plan.headers:
+            print(f"    {h:32} {hashes.get(h, '')}")
+    if shipped is not None:
+        print("  shipped plan: " + ("agrees" if not differences else "DIFFERS: " + "; ".join(differences)))

@@ -1,0 +1,99 @@
+"""`publish`: to an index, a static simple tree, or a conda channel."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from repack.cli.common import (
+    EXIT_OK,
+    _clear_progress,
+    common_options,
+    emit_json,
+    positive_seconds,
+    progress_printer,
+)
+
+# -- publish -------------------------------------------------------------------------
+
+PUBLISH_EPILOG = """\
+credentials for --index, first found wins (never printed, logged or written anywhere):
+  1. --username / --password
+  2. user:password in the --index URL
+  3. $FLASHINFER_REPACK_USERNAME / $FLASHINFER_REPACK_PASSWORD
+  4. $TWINE_USERNAME / $TWINE_PASSWORD
+  5. the entry for the host in $NETRC or ~/.netrc
+a file already there with the same sha256 is skipped; the same name with other bytes is refused.
+--simple writes a static PEP 503/691 tree (see 'pydoc repack.publish.simple'): serve it with any web server,
+or point pip at it directly: pip install --index-url file:///path/to/DIR ...
+"""
+
+
+def register_publish(sub) -> None:
+    p = sub.add_parser("publish", help="add built packages to an index, a static simple tree or a conda channel",
+                       description="Publish wheels to a package index through the upload API that twine uses "
+                                   "(pypiserver, devpi, Artifactory, Nexus...), or into a static simple-API "
+                                   "directory, or conda packages into a channel directory. Every wheel is "
+                                   "checked against its own RECORD first.",
+                       epilog=PUBLISH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="built packages to publish")
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--index", metavar="URL", help="upload URL of an index, e.g. http://host:8080/ (pypiserver) "
+                                                     "or http://host:3141/USER/INDEX/ (devpi)")
+    dest.add_argument("--simple", type=Path, metavar="DIR", help="a static simple-API tree, updated in place")
+    dest.add_argument("--channel", type=Path, metavar="DIR", help="a conda channel directory, re-indexed in place")
+    p.add_argument("--username", help="index user (prefer the environment or ~/.netrc, see below)")
+    p.add_argument("--password", help="index password (visible to other local users in the process list; "
+                                      "prefer $FLASHINFER_REPACK_PASSWORD or ~/.netrc)")
+    p.add_argument("--simple-url", metavar="URL",
+                   help="the index's simple API, read to skip files already there (default: URL/simple/, "
+                        "then URL/+simple/)")
+    common_options(p, network=False)
+    p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S", help="connect/read timeout (default 60)")
+    p.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="retries when a gateway answers 502/503/504 (default 3)")
+    p.set_defaults(func=cmd_publish)
+
+
+def cmd_publish(args) -> int:
+    if args.channel is not None:
+        return publish_to_channel(args)
+    from repack.publish.distfile import read_distfile
+
+    dists = [read_distfile(f) for f in args.files]  # every file checked before anything is sent
+    if args.index:
+        from repack.publish.upload import Uploader, find_credentials, netrc_path
+
+        credentials = find_credentials(args.index, username=args.username, password=args.password,
+                                       env=os.environ, netrc_file=netrc_path(os.environ))
+        uploader = Uploader(args.index, credentials, simple_url=args.simple_url, timeout=args.timeout,
+                            retries=max(0, args.retries), progress=progress_printer(args))
+        destination, results = uploader.server, uploader.publish(dists)
+    else:
+        from repack.publish.simple import publish_simple
+
+        destination, results = str(args.simple), publish_simple(args.simple, dists)
+    _clear_progress()
+    if args.json:
+        emit_json({"ok": True, "destination": destination, "files": [r.to_json() for r in results]})
+    elif not args.quiet:
+        for r in results:
+            note = " (already there, same sha256)" if r.action == "skipped" else ""
+            print(f"{r.action} {r.filename}{note} -> {destination}")
+    return EXIT_OK
+
+
+def publish_to_channel(args) -> int:
+    from repack.publish.channel import publish_channel
+
+    results = publish_channel(args.channel, args.files)
+    if args.json:
+        emit_json({"ok": True, "destination": str(args.channel), "files": [r.to_json() for r in results]})
+    elif not args.quiet:
+        for r in results:
+            note = " (already there, same sha256)" if r.action == "skipped" else ""
+            print(f"{r.action} {r.subdir}/{r.filename}{note} -> {args.channel}")
+        print(f"indexed {args.channel} (repodata.json); use it as: conda install -c file://"
+              f"{args.channel.resolve()} ...")
+    return EXIT_OK
