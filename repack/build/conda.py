@@ -22,12 +22,12 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
-from repack.fetch.cache import atomic_write
 from repack.build.conda_archive import Member, conda_bytes, tar_bz2_bytes
-from repack.errors import BuildError, UsageError
-from repack.rules.plan import Plan
-from repack.fetch.verify import Payload
 from repack.build.wheel import PACKAGE_ROOT
+from repack.errors import BuildError, UsageError
+from repack.fetch.verify import Payload
+from repack.fs import atomic_write
+from repack.rules.plan import Plan
 
 SITE_PACKAGES = "site-packages/"
 FLASHINFER_DEPENDENCIES = ("flashinfer-python", "flashinfer-cubin")

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from repack.fetch.archive import is_safe_relpath
 from repack.build.artifact import DEFAULT_EPOCH
 from repack.errors import BuildError, SourceError
+from repack.fs import is_safe_relpath
 
 SUFFIXES = (".conda", ".tar.bz2")
 FORMAT_METADATA = b'{"conda_pkg_format_version": 2}'

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
-from repack.fetch.cache import atomic_write
 from repack.errors import BuildError
 from repack.fetch.verify import Payload
+from repack.fs import atomic_write
 
 PACKAGE_ROOT = "flashinfer_cubin/cubins/"
 TAG = "py3-none-any"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import posixpath
 import struct
 import zipfile
 import zlib
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from repack.errors import SourceError
+from repack.fs import is_safe_relpath
 
 EOCD_SEARCH = 64 * 1024 + 22   # the end record plus the largest possible comment
 LOCAL_HEADER_SLACK = 30 + 1024  # fixed local header + room for name and extra field
@@ -209,14 +209,6 @@ def _index(archive: zipfile.ZipFile, label: str) -> dict[str, zipfile.ZipInfo]:
             raise SourceError(f"{label} holds two members named {name!r}", "the archive is malformed")
         infos[name] = info
     return infos
-
-
-def is_safe_relpath(name: str) -> bool:
-    """True for a relative POSIX path with no ``..``, no drive, no backslash, not empty."""
-    if not name or name.startswith("/") or "\\" in name or "\x00" in name or ":" in name.split("/")[0]:
-        return False
-    parts = name.split("/")
-    return all(p not in ("", ".", "..") for p in parts) and posixpath.normpath(name) == name
 
 
 def _coalesce(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

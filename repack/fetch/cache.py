@@ -7,9 +7,9 @@ damaged cache entry is dropped, never trusted.  Writes are atomic.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
+
+from repack.fs import atomic_write
 
 
 class Cache:
@@ -49,18 +49,3 @@ class Cache:
     def wheel_path(self, filename: str) -> Path | None:
         """Where a whole downloaded wheel is kept (verified by the caller)."""
         return None if self.root is None else self.root / "wheels" / filename
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write beside the target, flush, then rename over it: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

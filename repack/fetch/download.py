@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from repack.fetch.digest import file_sha256
 from repack.errors import FetchError, IntegrityError
+from repack.fetch.digest import file_sha256
 from repack.fetch.index import IndexFile
 from repack.fetch.transport import RangesIgnored, Transport, redact
 

@@ -12,7 +12,11 @@ import urllib.parse
 from dataclasses import dataclass
 from html.parser import HTMLParser
 
-from packaging.utils import canonicalize_name, parse_wheel_filename, InvalidWheelFilename
+from packaging.utils import (
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_wheel_filename,
+)
 from packaging.version import InvalidVersion, Version
 
 from repack.errors import FetchError, SourceError, UnknownVersionError

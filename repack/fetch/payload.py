@@ -13,11 +13,17 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from repack.fetch.cache import Cache
 from repack.errors import FetchError, IntegrityError, SourceError, UnknownVersionError
-from repack.rules.plan import ARTIFACT_EXTRAS, Plan, require_needed
+from repack.fetch.cache import Cache
 from repack.fetch.sources import Source
-from repack.fetch.verify import Payload, check_checksums_file, expected_hashes, runtime_hash, verified_payload
+from repack.fetch.verify import (
+    Payload,
+    check_checksums_file,
+    expected_hashes,
+    runtime_hash,
+    verified_payload,
+)
+from repack.rules.plan import ARTIFACT_EXTRAS, Plan, require_needed
 
 log = logging.getLogger(__name__)
 

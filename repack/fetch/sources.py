@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from repack.fetch.archive import LocalBytes, is_safe_relpath, read_members
-from repack.fetch.cache import Cache
 from repack.errors import FetchError, SourceError
+from repack.fetch.archive import LocalBytes, read_members
+from repack.fetch.cache import Cache
 from repack.fetch.index import IndexFile, find_wheel, project_files
 from repack.fetch.transport import RangesIgnored, Transport, parse_content_range, redact
+from repack.fs import is_safe_relpath
 
 CUBIN_PROJECT = "flashinfer-cubin"
 WHEEL_ROOT = "flashinfer_cubin/cubins/"

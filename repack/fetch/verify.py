@@ -13,8 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Mapping
 
-from repack.fetch.archive import is_safe_relpath
 from repack.errors import IntegrityError
+from repack.fs import is_safe_relpath
 from repack.rules.plan import Plan
 
 

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from repack import __version__
-from repack.fetch.cache import Cache, atomic_write
+from repack.errors import BuildError
+from repack.fetch.cache import Cache
 from repack.fetch.digest import file_sha256
 from repack.fetch.download import PRESENT, fetch_verified
-from repack.errors import BuildError
 from repack.fetch.index import find_wheel, project_files
-from repack.rules.plan import Plan, require_needed, shipped_plan
 from repack.fetch.transport import Transport
+from repack.fs import atomic_write
+from repack.rules.plan import Plan, require_needed, shipped_plan
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,9 @@ def _write_simple(root: Path, wheels: list[Path]) -> None:
 
 def _write_channel(channel: Path, payload, wheels: list[Path], names: Mapping[str, str | None],
                    epoch: int | None, say: Step) -> None:
-    from repack.publish.channel import write_repodata
     from repack.build.conda import build_conda
     from repack.build.convert import conda_name, convert_wheel, package_filename
+    from repack.publish.channel import write_repodata
 
     noarch = channel / "noarch"
     keep = []

@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from repack.fetch.cache import atomic_write
-from repack.build.conda_archive import SUFFIXES, iter_members, read_members, split_filename
-from repack.fetch.digest import file_digests
+from repack.build.conda_archive import (
+    SUFFIXES,
+    iter_members,
+    read_members,
+    split_filename,
+)
 from repack.errors import PublishError, SourceError
+from repack.fetch.digest import file_digests
+from repack.fs import atomic_write
 
 log = logging.getLogger(__name__)
 

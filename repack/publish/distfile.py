@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.utils import (
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_wheel_filename,
+)
 from packaging.version import InvalidVersion, Version
 
-from repack.fetch.digest import file_digests
 from repack.errors import IntegrityError, UsageError
+from repack.fetch.digest import file_digests
 
 CHUNK = 1 << 20
 

@@ -23,8 +23,6 @@ is skipped.  One writer at a time (an advisory lock on ``DIR/.lock``).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import html
 import json
 import os
@@ -33,15 +31,15 @@ import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from repack.fetch.cache import atomic_write
-from repack.fetch.digest import file_sha256
-from repack.publish.distfile import DistFile, read_distfile
 from repack.errors import PublishError
+from repack.fetch.digest import file_sha256
+from repack.fs import atomic_write, locked
+from repack.publish.distfile import DistFile, read_distfile
 
 API_VERSION = "1.1"
 
@@ -137,14 +135,8 @@ def _write_metadata(target: Path, metadata: bytes) -> None:
         atomic_write(path, metadata)
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    with open(root / ".lock", "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _locked(root: Path):
+    return locked(root / ".lock")
 
 
 # -- pages ---------------------------------------------------------------------------

@@ -28,10 +28,10 @@ from typing import Callable, Iterator, Mapping, Sequence
 from packaging.utils import parse_wheel_filename
 
 from repack import __version__
-from repack.publish.distfile import DistFile
 from repack.errors import PublishError, UsageError
 from repack.fetch.index import ACCEPT, IndexFile, parse_html_page, parse_json_page
 from repack.fetch.transport import redact
+from repack.publish.distfile import DistFile
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,18 @@ from typing import Callable
 from packaging.utils import parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from repack.fetch.cache import Cache
 from repack.errors import SourceError, UnknownVersionError, UsageError
+from repack.fetch.cache import Cache
 from repack.fetch.index import find_wheel, project_files
-from repack.rules.plan import ARTIFACTS_MODULE, JIT_PREFIX, Plan, derive_plan, shipped_plan
 from repack.fetch.sources import read_local_wheel, read_remote_wheel
 from repack.fetch.transport import Transport
+from repack.rules.plan import (
+    ARTIFACTS_MODULE,
+    JIT_PREFIX,
+    Plan,
+    derive_plan,
+    shipped_plan,
+)
 
 PYTHON_PROJECT = "flashinfer-python"
 

@@ -1,0 +1,117 @@
+"""Local files: the one gate for names from outside, atomic writes, locks and bounded reads.
+
+Every module that turns a name it did not choose (an index's file name, a zip member, a line of
+``checksums.txt``, a path derived from flashinfer's code, a ``paths.json`` entry) into a path goes
+through :func:`check_relpath` / :func:`safe_join`; this check is ours, independent of the
+installed ``packaging`` (whose file-name parser has accepted names with ``/`` and ``..``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import posixpath
+import stat
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from repack.errors import RepackError
+
+
+class UnsafePathError(RepackError):
+    """A name from outside would leave its directory, or is not a plain relative path."""
+
+
+def is_safe_relpath(name: str) -> bool:
+    """True for a relative POSIX path with no ``..``, no drive, no backslash, no control character."""
+    if not name or name.startswith("/") or "\\" in name or ":" in name.split("/")[0]:
+        return False
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return False
+    parts = name.split("/")
+    return all(p not in ("", ".", "..") for p in parts) and posixpath.normpath(name) == name
+
+
+def check_relpath(name: str, what: str = "name") -> str:
+    """``name`` itself if it is a safe relative POSIX path, else :class:`UnsafePathError`."""
+    if not is_safe_relpath(name):
+        raise UnsafePathError(f"refusing the {what} {name!r}: not a plain relative path",
+                              "the source is damaged or hostile; use another source")
+    return name
+
+
+def check_filename(name: str, what: str = "file name") -> str:
+    """A single path component (no ``/`` at all), as index and channel file names must be."""
+    check_relpath(name, what)
+    if "/" in name:
+        raise UnsafePathError(f"refusing the {what} {name!r}: it names a directory",
+                              "the index or channel is damaged or hostile; use another source")
+    return name
+
+
+def safe_join(root: Path, name: str, what: str = "name") -> Path:
+    """``root / name`` for a checked ``name``; the result never lies outside ``root``."""
+    path = Path(root).joinpath(*check_relpath(name, what).split("/"))
+    # why: a link inside root could still lead out; compare real paths of what exists so far
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise UnsafePathError(f"refusing the {what} {name!r}: it resolves outside {root}",
+                              "remove the link that leads out of the directory")
+    return path
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write beside the target, flush, then rename over it: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def locked(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) for the block."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class NotRegularFileError(RepackError):
+    """A file that should be a regular file of a sane size is not."""
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
+
+    Opened without blocking (a FIFO must not hang us) and checked on the open descriptor, so a
+    link to ``/dev/zero`` or a file swapped after a check is refused, never read without bound.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise NotRegularFileError(f"cannot open {path}: {exc.strerror}", "check the file") from exc
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFileError(f"{path} is not a regular file", "replace it with the real file")
+        if info.st_size > limit:
+            raise NotRegularFileError(f"{path} is {info.st_size} bytes, more than the {limit} expected",
+                                      "replace it with the real file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise NotRegularFileError(f"{path} grew past {limit} bytes while being read", "replace it with the real file")
+    return data
