@@ -9,14 +9,28 @@ from __future__ import annotations
 
 
 class RepackError(Exception):
-    """Base class.  ``str(err)`` is the one-line message."""
+    """Base class.  ``str(err)`` is the one-line message.
+
+    Besides the message and the hint, an error may carry structured fields for machines (``--json``)
+    and for the CLI's wording: the ``value`` that was wrong, what was ``expected``, the HTTP ``status``,
+    and the ``path`` and ``line`` of the file it concerns.  The library never names a command-line
+    option in a message or hint: what to do is said in words, and only the CLI knows its flags.
+    """
 
     hint: str = ""
 
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", *, value: object = None, expected: object = None,
+                 status: int | None = None, path: str | None = None, line: int | None = None) -> None:
         super().__init__(" ".join(message.split("\n")))
         if hint:
             self.hint = hint
+        self.value, self.expected, self.status, self.path, self.line = value, expected, status, path, line
+
+    def fields(self) -> dict[str, object]:
+        """The structured fields that are set, for ``--json``."""
+        found = {"value": self.value, "expected": self.expected, "status": self.status,
+                 "path": self.path, "line": self.line}
+        return {k: v if isinstance(v, (int, str)) else str(v) for k, v in found.items() if v is not None}
 
 
 class UsageError(RepackError):
@@ -49,8 +63,8 @@ class IntegrityError(RepackError):
     ``problems`` lists every mismatch found, not only the first.
     """
 
-    def __init__(self, message: str, hint: str = "", problems: tuple[str, ...] = ()) -> None:
-        super().__init__(message, hint)
+    def __init__(self, message: str, hint: str = "", problems: tuple[str, ...] = (), **fields: object) -> None:
+        super().__init__(message, hint, **fields)  # type: ignore[arg-type]
         self.problems = tuple(problems)
 
 
