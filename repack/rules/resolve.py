@@ -22,11 +22,12 @@ from repack.fetch.sources import read_local_wheel, read_remote_wheel
 from repack.fetch.transport import Transport
 from repack.rules.plan import (
     ARTIFACTS_MODULE,
-    JIT_PREFIX,
+    PACKAGE_PREFIX,
     Plan,
     derive_plan,
     shipped_plan,
 )
+from repack.rules.scope import DATA_PREFIX
 
 PYTHON_PROJECT = "flashinfer-python"
 
@@ -39,7 +40,8 @@ def check_version(version: str) -> str:
 
 
 def _wanted(name: str) -> bool:
-    return (name == ARTIFACTS_MODULE or (name.startswith(JIT_PREFIX) and name.endswith(".py"))
+    """Every Python file of the flashinfer package (a caller may live anywhere in it), and METADATA."""
+    return ((name.startswith(PACKAGE_PREFIX) and name.endswith(".py") and not name.startswith(DATA_PREFIX))
             or (name.endswith(".dist-info/METADATA") and name.count("/") == 1))
 
 
@@ -84,7 +86,7 @@ def plan_from_installed(version: str | None = None, paths: list[str] | None = No
     # read the package directory itself, not RECORD: conda installs and copied trees may have none
     package = Path(dist.locate_file("flashinfer"))
     files: dict[str, bytes] = {}
-    for path in [package / "artifacts.py", *sorted((package / "jit").rglob("*.py"))]:
+    for path in sorted(package.rglob("*.py")):
         name = "flashinfer/" + path.relative_to(package).as_posix()
         if _wanted(name) and path.is_file():
             files[name] = path.read_bytes()
