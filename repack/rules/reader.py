@@ -529,7 +529,9 @@ class Reader:
         home = self.code.scope_of_body(d.path, d.node, self.code.scope_at(d.path, d.node))
         written = ev.value(d.marker_written, home, bound)
         compared = ev.value(d.marker_compared, home, bound) if d.marker_compared is not None else written
-        if not isinstance(written, str) or (written.strip() if d.strip else written) != compared:
+        if not d.strip and d.marker_compared is not None:
+            raise ev.cannot(home, d.marker_compared, "the marker is compared without .strip(): not modelled")
+        if not isinstance(written, str) or written.strip() != compared:
             raise ev.cannot(scope, call, f"the marker is written as {written!r} but must read back as "
                                          f"{compared!r}: flashinfer would refuse its own marker")
         headers = ev.value(d.bmm_headers, home, bound)
