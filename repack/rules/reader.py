@@ -419,6 +419,9 @@ class Reader:
             self.sites = []
             for path in todo:
                 self._scan(path)
+            for path in sorted(self.code.texts):
+                if "import *" in self.code.texts[path] and path not in todo:
+                    self._aliases(path)  # a star import binds the downloader without spelling its name
         for fid, (path, func) in self.wrappers.items():
             if not any(t.node is func for _, _, t in self.sites):
                 raise CannotTellError(path, func.lineno, f"{getattr(func, 'name', 'a lambda')}() passes its parameters "
