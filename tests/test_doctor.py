@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from packaging.version import Version
+
 from repack.environment.doctor import diagnose
-from repack.rules.plan import shipped_plan
-from repack.environment.probe import (MISSING, CubinDir, CubinDirFacts, Dist, Environment, FileState, HeaderRules, Interpreter,
+from repack.rules.plan import Plan, shipped_plan
+from repack.environment.probe import (MISSING, CubinDir, CubinDirFacts, Dist, Environment, FileState, Interpreter,
                           resolve_cubin_dir)
 from tests.conftest import AFFECTED
 from tests.support.envs import HEADER_PROBE, PROJECTS
@@ -36,18 +38,18 @@ NOBODY = "65534"
 
 # -- synthetic snapshots ---------------------------------------------------------------------
 
-def rules_for(version: str = "0.6.6", mode: str = "download") -> HeaderRules:
+def rules_for(version: str = "0.6.6", mode: str = "download") -> Plan:
     plan = shipped_plan("0.6.6")
-    return HeaderRules(version=version, build_version=version, mode=mode, reason="test",
-                       artifact_path=plan.artifact_path, checksums_sha256=plan.checksums_sha256,
-                       headers=plan.headers, header_sha256=dict(plan.header_sha256) if mode == "download" else {})
+    return replace(plan, version=version, build_version=version, mode=mode, needed=mode == "download",
+                   reason="test", header_sha256=dict(plan.header_sha256) if mode == "download" else {},
+                   cubin_env_first=Version(version) >= Version("0.6.16"))
 
 
 def good(sha: str, data: bytes | None = None, writable: bool = True) -> FileState:
     return FileState(exists=True, readable=True, sha256=sha, data=data, writable=writable)
 
 
-def healthy_files(rules: HeaderRules, root: str = "/c", writable: bool = True) -> dict[str, FileState]:
+def healthy_files(rules: Plan, root: str = "/c", writable: bool = True) -> dict[str, FileState]:
     plan = shipped_plan("0.6.6")
     listed = dict(plan.header_sha256, **{"flashinferMetaInfo.h": "m" * 64})
     files = {rules.checksums_path: good(rules.checksums_sha256, writable=writable),
@@ -185,7 +187,7 @@ def test_cubin_dir_follows_each_versions_precedence(tmp_path, version, cubin, in
     spot = package(tmp_path, cubin, init) if (cubin or not init) else None
     interp = Interpreter(python=None, python_version="3.11", site_packages=str(tmp_path / "site"),
                          dists={}, cubin_module=(spot,) if spot else None, env=env, home="/home/u")
-    rules = replace(rules_for(), version=version, build_version=version)
+    rules = rules_for(version)
     where = resolve_cubin_dir(interp, rules)
     assert where.path == (want.format(home="/home/u", pkg=spot) if want else None)
     assert (where.import_error or "").startswith(error or "")

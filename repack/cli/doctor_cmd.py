@@ -25,7 +25,8 @@ own code for that version's rules, resolves FLASHINFER_CUBIN_DIR as that version
 environment), and looks at the files there. Run it as the user that runs flashinfer: write permission is
 judged for you.
 
-exit codes: 0 flashinfer will start with no network, 1 it will reach for the network or fail, 2 usage error
+exit codes: 0 flashinfer will start with no network, 1 it will reach for the network or fail, or its
+code was not understood (verdict "unknown"), 2 usage error
 """
 
 
@@ -74,6 +75,10 @@ def print_diagnosis(env, diagnosis) -> None:
         print(f"  effect: {p.consequence}")
         print(f"  fix:    {p.fix}")
     fatal = sum(p.fatal for p in diagnosis.problems)
+    if diagnosis.verdict == "unknown":
+        print("\nverdict: unknown: this flashinfer's code was not understood, so doctor cannot tell whether it "
+              "starts with no network")
+        return
     verdict = (f"flashinfer will reach for the network or fail at start-up ({fatal} fatal problem"
                f"{'s' if fatal > 1 else ''})" if fatal else "flashinfer will start with no network")
     print(f"\nverdict: {verdict}")

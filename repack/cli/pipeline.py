@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from repack.cli.common import (
@@ -40,10 +41,36 @@ def build_artifacts(payload, formats: list[str], args, epoch: int | None) -> lis
 
 
 def resolve_for_build(args, version: str, transport):
-    from repack.rules.resolve import plan_from_index, resolve_plan
+    """The plan of ``version``, checked against its code: installed here, else on the build's own indexes."""
+    from repack.fetch.transport import redact
+    from repack.rules import resolve
 
-    derive = None if transport is None else (lambda: plan_from_index(transport, index_url(args), version))
-    return resolve_plan(version, derive)
+    readers: list = [(f"flashinfer-python installed in {sys.executable}",
+                      lambda: resolve.plan_from_installed(version))]
+    for url in code_indexes(args, transport):
+        readers.append((f"flashinfer-python {version} on {redact(url)}",
+                        lambda url=url: resolve.plan_from_index(transport, url, version)))
+    return resolve.checked_plan(version, readers)
+
+
+def code_indexes(args, transport) -> list[str]:
+    """The indexes this build reads anyway (its --from sources, --index-url): only those are asked for the code.
+
+    A build from a local wheel or directory talks to no server it was not pointed at.
+    """
+    if transport is None:
+        return []
+    urls = [index_url(args)] if getattr(args, "index_url", None) else []
+    for spec in args.sources or ["auto"]:
+        if spec in ("auto", "index"):
+            urls.append(index_url(args))
+        elif spec == "pypi":
+            urls.append(args.index_url or PYPI)
+        elif spec.startswith("index+"):
+            urls.append(spec[len("index+"):])
+        elif "://" in spec and spec.rstrip("/").endswith("/simple"):
+            urls.append(spec)
+    return list(dict.fromkeys(urls))
 
 
 def make_sources(specs: list[str], args, version: str, transport, cache) -> list:

@@ -84,5 +84,10 @@ def print_plan(plan, origin: str, shipped, differences: list[str]) -> None:
         print(f"  headers ({len(plan.headers)}, from {plan.artifact_path}{plan.header_dir}/):")
         for h in plan.headers:
             print(f"    {h:32} {hashes.get(h, '')}")
+    order = "FLASHINFER_CUBIN_DIR, then flashinfer-cubin" if plan.cubin_env_first else \
+        "flashinfer-cubin, then FLASHINFER_CUBIN_DIR"
+    mismatch = "is ignored (default cache used)" if plan.cubin_mismatch == "package-ignored" else \
+        "makes `import flashinfer` fail"
+    print(f"  cubin dir:         {order}, then the default cache; a flashinfer-cubin of another version {mismatch}")
     if shipped is not None:
         print("  shipped plan: " + ("agrees" if not differences else "DIFFERS: " + "; ".join(differences)))

@@ -23,7 +23,8 @@ import os
 import shlex
 from dataclasses import asdict, dataclass
 
-from repack.environment.probe import MISSING, Environment, FileState, HeaderRules
+from repack.environment.probe import MISSING, Environment, FileState
+from repack.rules.plan import Plan
 
 HEADERS_PROJECT = "flashinfer-cubin-headers"
 METAINFO_NAME = "flashinferMetaInfo.h"
@@ -60,8 +61,16 @@ class Diagnosis:
     def starts_offline(self) -> bool:
         return not any(p.fatal for p in self.problems)
 
+    @property
+    def verdict(self) -> str:
+        """``offline``, ``not-offline``, or ``unknown`` (flashinfer's code was not understood: no guess)."""
+        if any(p.code == "unknown" for p in self.problems):
+            return "unknown"
+        return "offline" if self.starts_offline else "not-offline"
+
     def to_json(self) -> dict:
-        return {"starts_offline": self.starts_offline, "checks": [dict(asdict(c), ok=c.ok) for c in self.checks],
+        return {"starts_offline": self.starts_offline, "verdict": self.verdict,
+                "checks": [dict(asdict(c), ok=c.ok) for c in self.checks],
                 "problems": [asdict(p) for p in self.problems]}
 
 
@@ -80,6 +89,12 @@ def diagnose(env: Environment) -> Diagnosis:
     """Every check, in the order flashinfer meets them at start-up."""
     report = _Report()
     fp, rules = env.dist("flashinfer-python"), env.rules
+    if fp is not None and env.unknown is not None:
+        report.add("flashinfer-python", f"{fp.version} in {fp.location}: unknown", [Problem(
+            "unknown", env.unknown, "doctor cannot tell whether this flashinfer starts with no network, "
+            "so it does not say that it will", "none known: report the file and line above; until then, "
+            "treat this environment as one that needs the network")])
+        return Diagnosis(tuple(report.checks), tuple(report.problems))
     if fp is None or rules is None:
         report.add("flashinfer-python", "not installed", [Problem(
             "no-flashinfer", f"flashinfer-python is not installed in {env.target}", "there is no FlashInfer to start",
@@ -95,7 +110,7 @@ def diagnose(env: Environment) -> Diagnosis:
 
 # -- packages and import ---------------------------------------------------------------
 
-def _check_packages(env: Environment, rules: HeaderRules, report: _Report) -> None:
+def _check_packages(env: Environment, rules: Plan, report: _Report) -> None:
     cubin, headers = env.dist("flashinfer-cubin"), env.dist(HEADERS_PROJECT)
     report.add("flashinfer-cubin", f"{cubin.version} (distribution metadata)" if cubin else "not installed")
     problems = []
@@ -121,7 +136,7 @@ def _check_packages(env: Environment, rules: HeaderRules, report: _Report) -> No
     report.add(HEADERS_PROJECT, f"{headers.version if headers else 'not installed'}; {needed}", problems)
 
 
-def _check_import(env: Environment, rules: HeaderRules, report: _Report) -> None:
+def _check_import(env: Environment, rules: Plan, report: _Report) -> None:
     where = env.cubin_dir
     problems = []
     if where.import_error and env.namespace_dir:
@@ -134,7 +149,7 @@ def _check_import(env: Environment, rules: HeaderRules, report: _Report) -> None
     report.add("FLASHINFER_CUBIN_DIR", f"{where.path or '(import fails)'}  [{where.source}]", problems)
 
 
-def _namespace_problem(env: Environment, rules: HeaderRules) -> Problem:
+def _namespace_problem(env: Environment, rules: Plan) -> Problem:
     cubin = env.dist("flashinfer-cubin")
     why = (f"{HEADERS_PROJECT} is installed without flashinfer-cubin" if env.dist(HEADERS_PROJECT) and not cubin
            else "files were left behind, e.g. by `pip uninstall flashinfer-cubin` after flashinfer or "
@@ -149,7 +164,7 @@ def _namespace_problem(env: Environment, rules: HeaderRules) -> Problem:
 
 # -- files -----------------------------------------------------------------------------
 
-def _check_files(env: Environment, rules: HeaderRules, report: _Report) -> None:
+def _check_files(env: Environment, rules: Plan, report: _Report) -> None:
     if not rules.artifact_path:
         report.add("artifacts", f"flashinfer {rules.version} pins no TRTLLM_GEN_BMM artifact: nothing to check")
         return
@@ -168,44 +183,46 @@ def _check_files(env: Environment, rules: HeaderRules, report: _Report) -> None:
     _check_locks(env, report)
 
 
-def _bad_headers(env: Environment, rules: HeaderRules, path_of, expected: dict[str, str], skip: bool) -> list[str]:
+def _bad_headers(env: Environment, rules: Plan, path_of, expected: dict[str, str], skip: bool) -> list[str]:
     return [h for h in rules.headers if not _accepted(env.files.state(path_of(h)), expected.get(h), skip)]
 
 
-def _check_download_mode(env: Environment, rules: HeaderRules, expected: dict[str, str], skip: bool,
+def _check_download_mode(env: Environment, rules: Plan, expected: dict[str, str], skip: bool,
                          report: _Report) -> None:
     marker_path = rules.dest_path(rules.marker_name)
     marker = env.files.state(marker_path)
     content = marker.data or b""
     problems = []
-    if marker.exists and (not marker.readable or content.decode("utf-8", "replace").strip() != rules.artifact_path):
+    # download_trtllm_headers compares the stripped marker text with what it writes (read from its code)
+    if marker.exists and (not marker.readable
+                          or content.decode("utf-8", "replace").strip() != rules.marker_content.strip()):
         problems.append(Problem(
             "marker-mismatch", f"{_abs(env, marker_path)} holds {content[:80]!r}, not the artifact path "
-            f"{rules.artifact_path!r}", "download_trtllm_headers raises RuntimeError ('Detected inconsistent "
+            f"{rules.marker_content!r}", "download_trtllm_headers raises RuntimeError ('Detected inconsistent "
             "cached artifacts') at start-up",
             f"rm -f {shlex.quote(_abs(env, marker_path))} && {_dest_fix(env, rules)}"))
     bad = _bad_headers(env, rules, rules.dest_path, expected, skip)
     if bad:
         problems.append(_download_problem(env, rules, "headers-missing", [rules.dest_path(h) for h in bad]))
-    elif not problems and content != rules.artifact_path.encode():
+    elif not problems and content != rules.marker_bytes:
         problems.append(_marker_rewrite(env, rules, marker, content))
     good = f"{len(rules.headers)} headers with the pinned sha256 and the exact marker in {rules.dest_dir}/"
     report.add("BMM export headers", f"{len(bad)} of {len(rules.headers)} missing or wrong" if bad else good, problems)
 
 
-def _marker_rewrite(env: Environment, rules: HeaderRules, marker: FileState, content: bytes) -> Problem:
+def _marker_rewrite(env: Environment, rules: Plan, marker: FileState, content: bytes) -> Problem:
     path = _abs(env, rules.dest_path(rules.marker_name))
     what = (f"{path} is missing" if not marker.exists else
-            f"{path} holds {content!r}: the right path, but not exactly its {len(rules.artifact_path)} bytes")
+            f"{path} holds {content!r}: the right path, but not exactly its {len(rules.marker_bytes)} bytes")
     if marker.writable:
         return Problem("marker-not-exact", what, "flashinfer (re)writes it at the first start: a write, no network",
                        _dest_fix(env, rules), fatal=False)
     return Problem("marker-read-only", what + "; this user cannot write there",
                    "after the headers pass, flashinfer's write_if_different fails with PermissionError at start-up",
-                   f"printf %s {shlex.quote(rules.artifact_path)} > {shlex.quote(path)}  # as the owner")
+                   f"printf %s {shlex.quote(rules.marker_content)} > {shlex.quote(path)}  # as the owner")
 
 
-def _check_symlink_mode(env: Environment, rules: HeaderRules, expected: dict[str, str], skip: bool,
+def _check_symlink_mode(env: Environment, rules: Plan, expected: dict[str, str], skip: bool,
                         report: _Report) -> None:
     bad = _bad_headers(env, rules, rules.artifact_header, expected, skip)
     problems = []
@@ -216,7 +233,7 @@ def _check_symlink_mode(env: Environment, rules: HeaderRules, expected: dict[str
     report.add("BMM export headers", f"{len(bad)} of {len(rules.headers)} missing or wrong" if bad else good, problems)
 
 
-def _symlink_problems(env: Environment, rules: HeaderRules) -> list[Problem]:
+def _symlink_problems(env: Environment, rules: Plan) -> list[Problem]:
     """ensure_symlink takes ``<dest>.lock`` and, unless the link is right, (re)makes ``dest`` at every start."""
     if not rules.symlink_modelled:
         return [Problem("symlink-not-modelled", f"flashinfer {rules.version} links the headers under "
@@ -241,13 +258,13 @@ def _symlink_problems(env: Environment, rules: HeaderRules) -> list[Problem]:
     return problems
 
 
-def _read_only(env: Environment, rules: HeaderRules, path: str, action: str) -> Problem:
+def _read_only(env: Environment, rules: Plan, path: str, action: str) -> Problem:
     return Problem("read-only", f"{path} cannot be written by this user, and flashinfer {rules.version} must "
                    f"{action} there at every start", "ensure_symlink fails with PermissionError at start-up",
                    f"chown -R \"$(id -u)\" {shlex.quote(env.files.root)}  # or run flashinfer as its owner")
 
 
-def _check_metainfo(env: Environment, rules: HeaderRules, digest: str | None, sums_ok: bool, skip: bool,
+def _check_metainfo(env: Environment, rules: Plan, digest: str | None, sums_ok: bool, skip: bool,
                     report: _Report) -> None:
     meta = env.files.state(rules.metainfo_path)
     if not sums_ok and not skip:
@@ -282,7 +299,7 @@ def _accepted(state: FileState, digest: str | None, skip_hash: bool) -> bool:
     return skip_hash or (digest is not None and state.sha256 == digest)
 
 
-def _download_problem(env: Environment, rules: HeaderRules, code: str, paths: list[str]) -> Problem:
+def _download_problem(env: Environment, rules: Plan, code: str, paths: list[str]) -> Problem:
     first = env.files.state(paths[0]) if env.files else MISSING
     names = ", ".join(p.rsplit("/", 1)[-1] for p in paths[:3])
     names += f" and {len(paths) - 3} more" if len(paths) > 3 else ""
@@ -302,14 +319,14 @@ _OFFLINE_ERROR = {
 }
 
 
-def _dest_fix(env: Environment, rules: HeaderRules) -> str:
+def _dest_fix(env: Environment, rules: Plan) -> str:
     """Place this version's headers where its flashinfer searches: ``flashinfer-repack install``."""
     python = env.interpreter.python
     where = f"--python {shlex.quote(python)}" if python else f"--target {shlex.quote(env.files.root)}"
     return f"flashinfer-repack install {rules.version} {where}"
 
 
-def _artifact_fix(env: Environment, rules: HeaderRules) -> str:
+def _artifact_fix(env: Environment, rules: Plan) -> str:
     """Files at the artifact path come with flashinfer-cubin (or, for 0.6.5-0.6.7, with ``install``)."""
     cubin = env.dist("flashinfer-cubin")
     if cubin is None and rules.mode == "download":

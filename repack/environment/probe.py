@@ -5,9 +5,11 @@ small stdlib-only script (``python -c``, from ``/``, with the caller's
 PYTHONPATH and the like, as flashinfer's own process would) that reports its version,
 site-packages, the distributions' metadata and what ``find_spec`` finds for
 ``flashinfer_cubin``; a conda prefix without a Python is read from its files.
-Then flashinfer-python's own source is read statically to learn that
-version's header rules, ``FLASHINFER_CUBIN_DIR`` is resolved with that
-version's precedence, and the files the rules name are looked at there.
+Then flashinfer-python's own source is read by the one reader
+(:mod:`repack.rules.reader`) into that version's :class:`~repack.rules.plan.Plan`,
+``FLASHINFER_CUBIN_DIR`` is resolved with the precedence the plan read from that
+version's ``jit/env.py``, and the files the plan names are looked at there.  Code
+the reader cannot tell about leaves ``Environment.unknown`` set, never a guess.
 
 The environment variables are always passed in: this module never reads
 ``os.environ``.  Writability is judged for the user running the probe (run
@@ -16,7 +18,7 @@ doctor as the user that runs flashinfer).
 
 from __future__ import annotations
 
-import ast
+import dataclasses
 import glob
 import hashlib
 import json
@@ -26,9 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from packaging.version import InvalidVersion, Version
-
 from repack.errors import PlanError, SourceError, UsageError
+from repack.rules.plan import METAINFO, Plan
 
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
 #: The variables flashinfer's header code reads (env.py, cubin_loader.py).
@@ -37,15 +38,6 @@ ENV_VARS = ("FLASHINFER_CUBIN_DIR", "FLASHINFER_WORKSPACE_BASE", "FLASHINFER_DIS
 #: Variables that decide what the target interpreter imports and finds; passed to it, not judged.
 PASSED = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE",
           "PYTHONSAFEPATH", "USER", "LOGNAME")
-#: Where the BMM export headers are included from (a directory or, from 0.6.7.post1, a symlink).
-DEST_DIR = "flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export"
-MARKER = ".artifact_hash"
-HEADER_DIR = "include/trtllmGen_bmm_export"
-METAINFO = "include/flashinferMetaInfo.h"
-#: From this version FLASHINFER_CUBIN_DIR wins over an installed flashinfer-cubin (flashinfer/jit/env.py).
-ENV_FIRST_FROM = Version("0.6.16")
-#: From this version the include symlink lives under FLASHINFER_GEN_SRC_DIR, which this probe does not model.
-GEN_SRC_FROM = Version("0.6.16")
 SMALL_FILE = 4096
 
 _SCRIPT = r"""
@@ -96,50 +88,6 @@ class Interpreter:
 
 
 @dataclass(frozen=True)
-class HeaderRules:
-    """How one flashinfer-python version treats the BMM export headers, read from its code.
-
-    ``mode``: ``download`` (0.6.5-0.6.7: headers + marker at ``dest_dir``,
-    downloaded when missing), ``symlink`` (0.6.7.post1+: headers at the
-    artifact path, ``dest_dir`` made a symlink to them at every start),
-    ``none`` (older: only checksums.txt and flashinferMetaInfo.h are read).
-    """
-
-    version: str
-    build_version: str
-    mode: str
-    reason: str
-    artifact_path: str = ""
-    checksums_sha256: str = ""
-    headers: tuple[str, ...] = ()
-    header_sha256: Mapping[str, str] = field(default_factory=dict)
-    dest_dir: str = DEST_DIR
-    marker_name: str = MARKER
-
-    @property
-    def env_var_first(self) -> bool:
-        return _version(self.version) >= ENV_FIRST_FROM
-
-    @property
-    def symlink_modelled(self) -> bool:
-        return _version(self.version) < GEN_SRC_FROM
-
-    @property
-    def checksums_path(self) -> str:
-        return self.artifact_path + "checksums.txt"
-
-    @property
-    def metainfo_path(self) -> str:
-        return self.artifact_path + METAINFO
-
-    def artifact_header(self, name: str) -> str:
-        return f"{self.artifact_path}{HEADER_DIR}/{name}"
-
-    def dest_path(self, name: str) -> str:
-        return f"{self.dest_dir}/{name}"
-
-
-@dataclass(frozen=True)
 class CubinDir:
     """FLASHINFER_CUBIN_DIR as that version resolves it; ``import_error`` if ``import flashinfer`` fails there."""
 
@@ -185,10 +133,12 @@ class Environment:
 
     target: str
     interpreter: Interpreter
-    rules: HeaderRules | None
+    rules: Plan | None
     cubin_dir: CubinDir | None
     files: CubinDirFacts | None
     namespace_dir: str | None = None  # a flashinfer_cubin folder without __init__.py
+    #: why the installed flashinfer-python's code could not be read (then ``rules`` is None): doctor says "unknown"
+    unknown: str | None = None
 
     def dist(self, project: str) -> Dist | None:
         return self.interpreter.dists.get(project)
@@ -203,11 +153,14 @@ def snapshot(env: Mapping[str, str], python: str | None = None, prefix: str | No
         interp, target = prefix_facts(Path(prefix), env), f"prefix {prefix}"
     else:
         interp, target = interpreter_facts(python or "python3", env), f"python {python}"
-    rules = header_rules(interp)
+    try:
+        rules, unknown = header_rules(interp), None
+    except (PlanError, SourceError) as exc:  # cannot tell: never judged "not needed" for want of its code
+        rules, unknown = None, str(exc)
     where = resolve_cubin_dir(interp, rules) if rules else None
     files = cubin_dir_facts(Path(where.path), rules) if where and where.path else None
     return Environment(target=target, interpreter=interp, rules=rules, cubin_dir=where, files=files,
-                       namespace_dir=namespace_dir(interp))
+                       namespace_dir=namespace_dir(interp), unknown=unknown)
 
 
 def interpreter_facts(python: str, env: Mapping[str, str]) -> Interpreter:
@@ -294,74 +247,33 @@ def namespace_dir(interp: Interpreter) -> str | None:
 
 # -- the version's rules, read from its code ---------------------------------------
 
-def header_rules(interp: Interpreter) -> HeaderRules | None:
-    """The header rules of the flashinfer-python installed in ``interp`` (None when it is not installed)."""
+def header_rules(interp: Interpreter) -> Plan | None:
+    """The plan of the flashinfer-python installed in ``interp`` (None when it is not installed).
+
+    Raises :class:`~repack.errors.PlanError` when its code cannot be read or is not understood.
+    """
     from repack.rules.plan import shipped_plan
     from repack.rules.resolve import plan_from_installed
 
     dist = interp.dists.get("flashinfer-python")
     if dist is None:
         return None
-    site = Path(dist.location)
-    build = build_version(site / "flashinfer" / "_build_meta.py") or dist.version
-    try:
-        plan = plan_from_installed(dist.version, paths=[str(site)])
-    except (PlanError, SourceError) as exc:  # a version older than the cubin artifacts, or a damaged install
-        plan = shipped_plan(dist.version)  # never judge an affected version "not needed" for want of its code
-        if plan is None:
-            return _later_rules(site / "flashinfer", dist.version, build, f"its code was not understood: {exc}")
-    if plan.needed:
-        shipped = shipped_plan(dist.version)
-        hashes = shipped.header_sha256 if shipped and shipped.artifact_path == plan.artifact_path else {}
-        return HeaderRules(version=dist.version, build_version=build, mode="download", reason=plan.reason,
-                           artifact_path=plan.artifact_path, checksums_sha256=plan.checksums_sha256,
-                           headers=plan.headers, header_sha256=dict(hashes), dest_dir=plan.dest_dir,
-                           marker_name=plan.marker_name)
-    return _later_rules(site / "flashinfer", dist.version, build, plan.reason)
-
-
-def _later_rules(package: Path, version: str, build: str, reason: str) -> HeaderRules:
-    """A version that never downloads headers into dest_dir: symlink (0.6.7.post1+) or none (older)."""
-    from repack.rules.plan import _artifact_constants
-
-    try:
-        consts = _artifact_constants(_parse(package / "artifacts.py"))
-    except PlanError:
-        consts = {}
-    headers = _bmm_export_headers(package / "jit" / "fused_moe.py")
-    links = "def ensure_symlink" in _text(package / "jit" / "cubin_loader.py")
-    artifact = consts.get("ArtifactPath.TRTLLM_GEN_BMM", "")
-    artifact = artifact.rstrip("/") + "/" if artifact else ""  # joined as f"{path}/name" (0.6.4 has no slash)
-    return HeaderRules(version=version, build_version=build, mode="symlink" if links and headers else "none",
-                       reason=reason, artifact_path=artifact,
-                       checksums_sha256=consts.get("CheckSumHash.TRTLLM_GEN_BMM", ""), headers=headers)
-
-
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError:
-        return ""
-
-
-def _parse(path: Path) -> ast.Module:
-    try:
-        return ast.parse(_text(path), filename=str(path))
-    except SyntaxError:
-        return ast.Module(body=[], type_ignores=[])
-
-
-def _bmm_export_headers(path: Path) -> tuple[str, ...]:
-    for node in _parse(path).body:
-        if (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "BMM_EXPORT_HEADERS" for t in node.targets)
-                and isinstance(node.value, ast.List)):
-            return tuple(e.value for e in node.value.elts if isinstance(e, ast.Constant))
-    return ()
+    plan = plan_from_installed(dist.version, paths=[dist.location])
+    shipped = shipped_plan(dist.version)
+    if plan.needed and shipped is not None and not shipped.differences(plan):
+        plan = dataclasses.replace(plan, header_sha256=dict(shipped.header_sha256))
+    return plan
 
 
 def build_version(path: Path) -> str | None:
-    """``__version__`` of a ``_build_meta.py``, read without importing it (what ``__version__`` will be)."""
-    for node in _parse(path).body:
+    """flashinfer-cubin's ``__version__`` from its ``_build_meta.py``, read without importing it."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
         if (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__version__" for t in node.targets)
                 and isinstance(node.value, ast.Constant)):
             return str(node.value.value)
@@ -370,23 +282,32 @@ def build_version(path: Path) -> str | None:
 
 # -- FLASHINFER_CUBIN_DIR -------------------------------------------------------------
 
-def resolve_cubin_dir(interp: Interpreter, rules: HeaderRules) -> CubinDir:
-    """``flashinfer.jit.env._get_cubin_dir()`` of that version, evaluated on the snapshot."""
+def resolve_cubin_dir(interp: Interpreter, rules: Plan) -> CubinDir:
+    """``flashinfer.jit.env._get_cubin_dir()`` of that version (rules read from its code), on the snapshot."""
     env = interp.env
-    if rules.env_var_first and env.get("FLASHINFER_CUBIN_DIR"):
-        return CubinDir(env["FLASHINFER_CUBIN_DIR"], "FLASHINFER_CUBIN_DIR (wins over flashinfer-cubin from 0.6.16)")
+    if rules.cubin_env_first and env.get("FLASHINFER_CUBIN_DIR"):
+        return CubinDir(env["FLASHINFER_CUBIN_DIR"], "FLASHINFER_CUBIN_DIR (wins over flashinfer-cubin in this version)")
     if interp.cubin_module:
-        return _from_cubin_package(interp, rules)
+        found = _from_cubin_package(interp, rules)
+        if found.import_error is None or rules.cubin_mismatch != "package-ignored" or namespace_dir(interp):
+            return found
+        return _default_cubin_dir(interp, f"flashinfer-cubin {found.cubin_version} is ignored (its version differs)")
     if env.get("FLASHINFER_CUBIN_DIR"):
         return CubinDir(env["FLASHINFER_CUBIN_DIR"], "FLASHINFER_CUBIN_DIR")
+    return _default_cubin_dir(interp, "")
+
+
+def _default_cubin_dir(interp: Interpreter, why: str) -> CubinDir:
+    env = interp.env
     if "FLASHINFER_WORKSPACE_BASE" in env:
         base, how = env["FLASHINFER_WORKSPACE_BASE"], "$FLASHINFER_WORKSPACE_BASE"
     else:
         base, how = interp.home or "~", "$HOME"
-    return CubinDir(os.path.join(base, ".cache", "flashinfer", "cubins"), f"default ({how}/.cache/flashinfer/cubins)")
+    return CubinDir(os.path.join(base, ".cache", "flashinfer", "cubins"),
+                    f"default ({how}/.cache/flashinfer/cubins)" + (f"; {why}" if why else ""))
 
 
-def _from_cubin_package(interp: Interpreter, rules: HeaderRules) -> CubinDir:
+def _from_cubin_package(interp: Interpreter, rules: Plan) -> CubinDir:
     folder = interp.cubin_module[0]
     ignored = " (FLASHINFER_CUBIN_DIR is ignored)" if interp.env.get("FLASHINFER_CUBIN_DIR") else ""
     if namespace_dir(interp):
@@ -395,7 +316,7 @@ def _from_cubin_package(interp: Interpreter, rules: HeaderRules) -> CubinDir:
     cubin_version = build_version(Path(folder) / "_build_meta.py") or "0.0.0"
     path = os.path.join(folder, "cubins")
     checked = not interp.env.get("FLASHINFER_DISABLE_VERSION_CHECK") and not (
-        rules.env_var_first and rules.build_version == "0.0.0+unknown")
+        rules.cubin_skips_unknown and rules.build_version == "0.0.0+unknown")
     error = None
     if checked and cubin_version != rules.build_version:
         error = (f"RuntimeError: flashinfer-cubin version ({cubin_version}) does not match "
@@ -405,7 +326,7 @@ def _from_cubin_package(interp: Interpreter, rules: HeaderRules) -> CubinDir:
 
 # -- the files -----------------------------------------------------------------------
 
-def watched_paths(rules: HeaderRules) -> list[str]:
+def watched_paths(rules: Plan) -> list[str]:
     """Every path under FLASHINFER_CUBIN_DIR that the rules read or write."""
     paths = [rules.checksums_path, rules.metainfo_path] + [rules.artifact_header(h) for h in rules.headers]
     if rules.mode in ("download", "symlink"):
@@ -415,13 +336,13 @@ def watched_paths(rules: HeaderRules) -> list[str]:
     return [p for p in paths if p and not p.startswith("/")]
 
 
-def cubin_dir_facts(root: Path, rules: HeaderRules) -> CubinDirFacts:
+def cubin_dir_facts(root: Path, rules: Plan) -> CubinDirFacts:
     files = {p: file_state(root / p) for p in watched_paths(rules)}
     return CubinDirFacts(root=str(root), files=files, locks=_stray_locks(root, rules),
                          listed=_listed(root / rules.checksums_path, rules) if rules.artifact_path else {})
 
 
-def _listed(path: Path, rules: HeaderRules) -> dict[str, str]:
+def _listed(path: Path, rules: Plan) -> dict[str, str]:
     """The hashes flashinfer would take from this checksums.txt for the files doctor judges."""
     from repack.errors import IntegrityError
     from repack.fetch.verify import parse_checksums, runtime_hash
@@ -459,7 +380,7 @@ def _can_write_in(directory: Path) -> bool:
     return d.is_dir() and os.access(d, os.W_OK | os.X_OK)
 
 
-def _stray_locks(root: Path, rules: HeaderRules) -> tuple[str, ...]:
+def _stray_locks(root: Path, rules: Plan) -> tuple[str, ...]:
     """``*.lock`` files that filelock leaves beside downloads (the symlink's own lock is expected)."""
     found = set()
     for base in {rules.dest_dir, rules.artifact_path.rstrip("/")} - {""}:
@@ -468,10 +389,3 @@ def _stray_locks(root: Path, rules: HeaderRules) -> tuple[str, ...]:
             found.update(str(p.relative_to(root)) for p in directory.rglob("*.lock"))
     found.discard(rules.dest_dir + ".lock")
     return tuple(sorted(found))
-
-
-def _version(text: str) -> Version:
-    try:
-        return Version(text)
-    except InvalidVersion:
-        return Version("0")

@@ -33,7 +33,7 @@ from repack.fetch.download import PRESENT, fetch_verified
 from repack.fetch.index import find_wheel, project_files
 from repack.fetch.transport import Transport
 from repack.fs import atomic_write
-from repack.rules.plan import Plan, require_needed, shipped_plan
+from repack.rules.plan import Plan, require_needed
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +110,11 @@ def _fetch(transport: Transport, index_url: str, project: str, version: str, whe
 
 
 def _plan(version: str, python_wheel: Path) -> Plan:
-    """The shipped plan, or one read from the flashinfer-python wheel just downloaded."""
-    from repack.rules.resolve import plan_from_wheel
+    """The plan read from the flashinfer-python wheel just downloaded, checked against the shipped one."""
+    from repack.rules.resolve import checked_plan, plan_from_wheel
 
-    plan = shipped_plan(version) or plan_from_wheel(python_wheel, version)
+    # the wheel is at hand: the shipped plan must agree with its code (an edited table builds nothing)
+    plan = checked_plan(version, [(python_wheel.name, lambda: plan_from_wheel(python_wheel, version))])
     require_needed(plan)
     return plan
 

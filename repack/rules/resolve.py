@@ -1,34 +1,38 @@
 """A FlashInfer version -> its Plan, from flashinfer-python's own code.
 
 The code is read, never imported: from an installed distribution, a wheel on
-disk, or the wheel on a package index read with Range requests (about 0.1 MB
-of a 8 MB wheel).  The shipped plans of the affected versions let ``build``
-work offline; ``plan`` can derive afresh and compare the two.
+disk, or the wheel on a package index read with Range requests (its Python
+files, about 0.7 MB of a 8 MB wheel).  The shipped plans of the affected
+versions let ``build`` work offline; :func:`checked_plan` compares them with
+the code wherever the code is at hand, and refuses on disagreement.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from packaging.utils import parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from repack.errors import SourceError, UnknownVersionError, UsageError
+from repack.errors import FetchError, PlanError, SourceError, UnknownVersionError, UsageError
 from repack.fetch.cache import Cache
 from repack.fetch.index import find_wheel, project_files
 from repack.fetch.sources import read_local_wheel, read_remote_wheel
 from repack.fetch.transport import Transport
 from repack.rules.plan import (
     ARTIFACTS_MODULE,
-    JIT_PREFIX,
+    PACKAGE_PREFIX,
     Plan,
     derive_plan,
     shipped_plan,
 )
+from repack.rules.scope import DATA_PREFIX
 
 PYTHON_PROJECT = "flashinfer-python"
+logger = logging.getLogger(__name__)
 
 
 def check_version(version: str) -> str:
@@ -39,7 +43,8 @@ def check_version(version: str) -> str:
 
 
 def _wanted(name: str) -> bool:
-    return (name == ARTIFACTS_MODULE or (name.startswith(JIT_PREFIX) and name.endswith(".py"))
+    """Every Python file of the flashinfer package (a caller may live anywhere in it), and METADATA."""
+    return ((name.startswith(PACKAGE_PREFIX) and name.endswith(".py") and not name.startswith(DATA_PREFIX))
             or (name.endswith(".dist-info/METADATA") and name.count("/") == 1))
 
 
@@ -76,7 +81,7 @@ def plan_from_installed(version: str | None = None, paths: list[str] | None = No
         list(importlib.metadata.distributions(name=PYTHON_PROJECT))
     if not dists:
         raise UnknownVersionError("flashinfer-python is not installed in this environment",
-                                  "install it, or use --from-index / --python-wheel")
+                                  "install it, or read the code from the index or from a flashinfer-python wheel")
     dist = dists[0]
     if version is not None and Version(dist.version) != Version(version):
         raise UnknownVersionError(f"the installed flashinfer-python is {dist.version}, not {version}",
@@ -84,7 +89,7 @@ def plan_from_installed(version: str | None = None, paths: list[str] | None = No
     # read the package directory itself, not RECORD: conda installs and copied trees may have none
     package = Path(dist.locate_file("flashinfer"))
     files: dict[str, bytes] = {}
-    for path in [package / "artifacts.py", *sorted((package / "jit").rglob("*.py"))]:
+    for path in sorted(package.rglob("*.py")):
         name = "flashinfer/" + path.relative_to(package).as_posix()
         if _wanted(name) and path.is_file():
             files[name] = path.read_bytes()
@@ -94,15 +99,43 @@ def plan_from_installed(version: str | None = None, paths: list[str] | None = No
     return plan_from_code(dist.version, files, f"installed flashinfer-python {dist.version}")
 
 
-def resolve_plan(version: str, derive: Callable[[], Plan] | None = None) -> Plan:
-    """The shipped plan of ``version`` if there is one, otherwise ``derive()``.
+#: A reader of one version's code: a label (where the code is) and the function that reads it.
+CodeReader = tuple[str, Callable[[], Plan]]
 
-    A version that is neither shipped nor derivable is unknown.
+
+def checked_plan(version: str, readers: Sequence[CodeReader]) -> Plan:
+    """The plan to build ``version`` with, checked against its own code wherever that code is at hand.
+
+    ``readers`` are tried in order until one finds the code (one that raises UnknownVersionError,
+    FetchError or SourceError did not).  With a shipped plan, the code's plan must agree with it
+    (an edited table must not build a wrong package): a disagreement, or code the reader cannot
+    tell about, is an error.  With no code at hand the shipped plan is used, and a warning says
+    that it was not checked.  Without a shipped plan, the code's plan is the answer.
     """
     shipped = shipped_plan(version)
-    if shipped is not None:
+    unavailable = []
+    for label, read in readers:
+        try:
+            derived = read()
+        except (UnknownVersionError, FetchError, SourceError) as exc:
+            unavailable.append(f"{label}: {exc}")
+            continue
+        if shipped is None:
+            return derived
+        differences = shipped.differences(derived)
+        if differences:
+            raise PlanError(f"the plan shipped for flashinfer {version} disagrees with its code ({label}): "
+                            + "; ".join(differences),
+                            "the plan table of this flashinfer-repack was edited or is wrong; reinstall "
+                            "flashinfer-repack, and report it if it persists")
+        logger.info("flashinfer %s: the shipped plan agrees with its code (%s)", version, label)
         return shipped
-    if derive is None:
-        raise UnknownVersionError(f"flashinfer {version} has no shipped plan and deriving one is off",
-                                  "drop --offline so that flashinfer-python's code can be read from the index")
-    return derive()
+    if shipped is None:
+        raise UnknownVersionError(f"flashinfer {version} has no shipped plan and its code was not found"
+                                  + (f" ({'; '.join(unavailable)})" if unavailable else ""),
+                                  "allow the network so that flashinfer-python's code can be read from the index, "
+                                  "or install that flashinfer-python here")
+    logger.warning("flashinfer %s: using the plan shipped with flashinfer-repack, NOT checked against "
+                   "flashinfer-python's code (%s)", version,
+                   "; ".join(unavailable) or "no copy of that code was at hand")
+    return shipped
