@@ -146,7 +146,7 @@ def _locked(root: Path):
 # -- pages ---------------------------------------------------------------------------
 
 #: Beside each project's files (hidden, so no page or manifest lists it): what each file was when it was
-#: last hashed.  An entry is reused only while size, mtime and inode all still match; else it is re-hashed.
+#: last hashed.  An entry is reused only while size, mtime, inode and ctime all still match; else re-hashed.
 STATE = ".entries.json"
 
 
@@ -177,7 +177,8 @@ _FIELDS = {"sha256", "size", "requires_python", "metadata_sha256"}
 
 def _stamp(path: Path) -> list[int]:
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    # ctime too: an in-place rewrite can restore the mtime (os.utime), never the ctime
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def _read_state(path: Path) -> dict[str, dict]:
