@@ -15,7 +15,6 @@ import json
 import os
 import threading
 import zipfile
-import zlib
 from pathlib import Path
 
 import pytest
@@ -141,6 +140,33 @@ def test_a_server_that_ignores_ranges_and_streams_forever_is_cut_at_the_index_si
     result = index_build(run_cli, tmp_path, hostile, extra=("--cache-dir", str(cache)), env={"TMPDIR": str(scratch)})
     assert "more than the" in failed(result, tmp_path / "out")
     assert files_under(scratch) == [] and [f for f in files_under(cache) if "wheels/" in f] == []
+
+
+def test_a_build_stopped_by_sigterm_removes_its_temporary(tmp_path, hostile, small):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = hostile.endless("files/w.whl")
+    hostile.page("flashinfer-cubin", [entry(url, small, size=4 << 30)])  # the index vouches for 4 GiB
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHINFER_")}
+    child = subprocess.Popen([sys.executable, "-m", "repack", "build", VERSION, "-o", str(tmp_path / "out"),
+                              "--cache-dir", str(cache), "--from", "index+" + hostile.url + "simple/", *FAST],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # until the stream is being written
+            if list(cache.rglob("*.part")) or child.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert list(cache.rglob("*.part")), child.stderr.read() if child.poll() is not None else "no .part"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(30) == 130
+    finally:
+        child.kill()
+    assert "interrupted" in child.stderr.read()
+    assert list(cache.rglob("*.part")) == []
 
 
 def test_an_endless_stream_that_nobody_sized_stops_at_the_wheel_cap(monkeypatch, tmp_path, hostile):

@@ -26,7 +26,6 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from packaging.utils import parse_wheel_filename
 
-from repack import __version__
 from repack.errors import FetchError, PublishError, RepackError, UsageError
 from repack.fetch.index import ACCEPT, IndexFile, parse_html_page, parse_json_page
 from repack.fetch.transport import (

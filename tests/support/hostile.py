@@ -20,7 +20,6 @@ import re
 import ssl
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -197,12 +196,3 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         except OSError:
             return False
-
-
-def wait_until(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
