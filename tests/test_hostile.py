@@ -366,6 +366,16 @@ def test_an_upload_refusal_never_shows_the_password(password, tmp_path, hostile)
     assert password[:6] not in text or len(password) < 4
 
 
+def test_publish_waits_only_the_documented_timeout(tmp_path, hostile):
+    from repack.publish.distfile import read_distfile
+    from repack.publish.upload import Uploader
+
+    hostile.answer("", 200, b"ok", delay=3)  # answers, but after three timeouts of 1 s (the old wait was 10)
+    with pytest.raises(PublishError, match=r"cannot reach http://127\.0\.0\.1:\d+/ \(POST for demo-1\.0-py3-none-any"
+                                           r"\.whl\): timed out"):
+        Uploader(hostile.url, None, retries=0, timeout=1).publish([read_distfile(make_wheel(tmp_path, "demo", "1.0"))])
+
+
 # -- 5. self-healing caches ------------------------------------------------------------------------
 
 def test_a_tampered_cached_wheel_is_dropped_with_a_warning_and_the_index_used_again(run_cli, tmp_path, hostile,

@@ -107,8 +107,9 @@ class HostileServer:
         self.routes["/" + path] = lambda h: h.send_plain(status, b"", "text/plain", {"Location": location})
         return self.url + path
 
-    def answer(self, path: str, status: int, body: bytes, ctype: str = "text/plain", reason: str | None = None) -> str:
-        self.routes["/" + path] = lambda h: h.send_plain(status, body, ctype, reason=reason)
+    def answer(self, path: str, status: int, body: bytes, ctype: str = "text/plain", reason: str | None = None,
+               delay: float = 0.0) -> str:
+        self.routes["/" + path] = lambda h: (self.stopping.wait(delay), h.send_plain(status, body, ctype, reason=reason))
         return self.url + path
 
 
