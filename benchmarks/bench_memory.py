@@ -3,7 +3,8 @@
     python benchmarks/bench_memory.py [--version 0.6.6]
 
 Each build is the real CLI in a fresh child process; its peak resident memory is the child's own
-``ru_maxrss`` (from ``os.wait4``), so nothing of this script is counted.  Servers run on 127.0.0.1:
+high-water mark (``VmHWM`` of its address space after exec, read as it exits: ``ru_maxrss`` would
+inherit this script's peak across fork and exec).  Servers run on 127.0.0.1:
 
 * normal, ranges:      the real flashinfer-cubin wheel on a simple index, read by HTTP ranges;
 * normal, no ranges:   the same, the server ignoring Range (the whole wheel is streamed to disk);
@@ -31,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from repack.fetch.digest import file_sha256  # noqa: E402
 from repack.rules.plan import shipped_plan  # noqa: E402
 from tests.support.envs import real_wheel  # noqa: E402
 from tests.support.hostile import HostileServer  # noqa: E402
@@ -39,26 +41,41 @@ from tests.support.servers import FileServer  # noqa: E402
 TARGETS = {"normal": 100, "hostile": 200}
 
 
+#: The child: the real CLI, reporting its own peak (kB) into the file named by its first argument at exit.
+CHILD = """
+import atexit, sys
+report = sys.argv.pop(1)
+def peak():
+    with open("/proc/self/status") as fh:
+        kb = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
+    with open(report, "w") as fh:
+        fh.write(kb)
+atexit.register(peak)
+from repack.cli import main
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
 def build(version: str, index_url: str, out: Path) -> tuple[int, float, float, str]:
-    """(exit code, peak MB, seconds, last stderr line) of one build in a fresh child process."""
-    cmd = [sys.executable, "-m", "repack", "build", version, "-o", str(out), "--from", "index+" + index_url,
-           "--no-cache", "--timeout", "10", "--retries", "0"]
+    """(exit code, peak MB, seconds, first stderr line) of one build in a fresh child process."""
+    report = out.parent / f"{out.name}.peak"
+    cmd = [sys.executable, "-c", CHILD, str(report), "build", version, "-o", str(out), "--from",
+           "index+" + index_url, "--no-cache", "--timeout", "10", "--retries", "0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PIP_INDEX_URL"))}
     env["TMPDIR"] = str(out.parent)
     started = time.monotonic()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
-    err = child.stderr.read().decode() if child.stderr else ""
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    lines = [line for line in err.splitlines() if line.strip()]
-    return child.returncode, usage.ru_maxrss / 1024, time.monotonic() - started, (lines[0] if lines else "")
+    child = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    lines = [line for line in child.stderr.splitlines() if line.strip()]
+    return child.returncode, int(report.read_text()) / 1024, time.monotonic() - started, (lines[0] if lines else "")
 
 
 def zip_bomb(version: str, inflated: int = 2 << 30) -> bytes:
-    """A wheel-named zip whose checksums.txt inflates to ``inflated`` zero bytes."""
+    """A wheel-named zip holding every wanted member; its checksums.txt inflates to ``inflated`` zero bytes."""
     plan = shipped_plan(version)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
+        for header in plan.headers:
+            zf.writestr("flashinfer_cubin/cubins/" + plan.source_path(header).replace("//", "/"), b"// x\n")
         info = zipfile.ZipInfo("flashinfer_cubin/cubins/" + plan.checksums_path)
         info.compress_type = zipfile.ZIP_DEFLATED
         with zf.open(info, "w", force_zip64=True) as fh:
@@ -77,7 +94,7 @@ def main() -> None:
     parser.add_argument("--version", default="0.6.6")
     args = parser.parse_args()
     wheel = real_wheel("flashinfer-cubin", args.version)
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    digest = file_sha256(wheel)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp, FileServer() as good, HostileServer() as bad:
         good.serve_project("flashinfer-cubin", [wheel])
@@ -87,7 +104,8 @@ def main() -> None:
         rows += hostile_rows(args.version, bad, wheel, digest, Path(tmp))
     print(f"{'build':<36} {'exit':>4} {'peak MB':>8} {'target':>7} {'s':>6}  first stderr line")
     for kind, label, code, peak, seconds, line in rows:
-        print(f"{label:<36} {code:>4} {peak:>8.1f} {TARGETS[kind]:>7} {seconds:>6.1f}  {line[:90]}")
+        said = line.replace("flashinfer-repack: error: ", "")[:100]
+        print(f"{label:<36} {code:>4} {peak:>8.1f} {TARGETS[kind]:>7} {seconds:>6.1f}  {said}")
 
 
 def hostile_rows(version: str, server: HostileServer, wheel: Path, digest: str, tmp: Path) -> list[tuple]:

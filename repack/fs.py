@@ -81,14 +81,21 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 @contextlib.contextmanager
 def locked(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) for the block."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) for the block.
+
+    A directory is locked itself, so that no lock file is left among its contents (a bundle's
+    ``wheels/`` is a pip ``--find-links`` folder; a cubin directory is flashinfer's).
+    """
+    if lock_file.is_dir():
+        fd = os.open(lock_file, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    else:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class NotRegularFileError(RepackError):

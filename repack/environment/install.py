@@ -33,7 +33,7 @@ def install(payload: Payload, cubin_dir: Path) -> list[Path]:
         return []  # a read-only, already-correct tree needs no write (not even a lock file)
     stage = _make_stage(cubin_dir)
     try:
-        with locked(stage.parent / ".flashinfer-repack.lock"):  # two installs into one tree: one at a time
+        with locked(cubin_dir):  # two installs into one tree: one at a time
             pending = [(dest, f) for dest, f in targets if not _holds(dest, f.sha256)]
             staged = [(_stage_file(stage, f), dest, f) for dest, f in pending]
             for path, dest, _f in staged:

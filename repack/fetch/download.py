@@ -29,13 +29,14 @@ PRESENT, DOWNLOADED, RESUMED = "present", "downloaded", "resumed"
 def fetch_verified(transport: Transport, found: IndexFile, dest: Path) -> tuple[str, int]:
     """Make ``dest`` hold ``found``'s bytes; return (what happened, bytes transferred).
 
-    One process at a time per destination (a lock beside it): two runs into one directory never
-    append to one ``.part``, and the second finds the first's verified file.
+    One process at a time per destination directory (a lock on the directory itself): two runs into
+    one directory never append to one ``.part``, and the second finds the first's verified file.
     """
     if not found.sha256:
         raise IntegrityError(f"the index lists no sha256 for {found.filename}, so it cannot be verified",
                              "use an index that publishes hashes (PEP 503 #sha256= fragments or PEP 691)")
-    with locked(dest.with_name(f".{dest.name}.lock")):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with locked(dest.parent):
         return _fetch_locked(transport, found, dest, found.sha256.lower())
 
 

@@ -70,7 +70,7 @@ def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *,
     names = load_name_map() if names is None else dict(names)
     report = BundleReport(out, version)
     out.mkdir(parents=True, exist_ok=True)
-    with locked(out / ".lock"):  # two bundle runs into one directory: one after the other, never interleaved
+    with locked(out):  # two bundle runs into one directory: one after the other, never interleaved
         _fill(version, out, transport, index_url, epoch, names, say, report)
     return report
 
