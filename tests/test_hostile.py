@@ -122,6 +122,19 @@ def test_install_refuses_a_payload_path_that_leaves_the_target(tmp_path, small_c
     assert not (tmp_path / "escape.h").exists() and files_under(tmp_path) == []
 
 
+def test_a_plan_whose_paths_leave_the_cubin_dir_never_makes_a_payload(small_cubin_wheel):
+    import dataclasses
+
+    from repack.fetch.payload import fetch_payload
+    from repack.fetch.sources import WheelFile
+    from repack.rules.plan import shipped_plan
+
+    plan = shipped_plan(VERSION)
+    evil = dataclasses.replace(plan, dest_dir="../../../etc")
+    with pytest.raises(UnsafePathError, match="payload path"):
+        fetch_payload(evil, [WheelFile(small_cubin_wheel(VERSION))], Cache(None))
+
+
 # -- 2. bounded everything -----------------------------------------------------------------------
 
 def test_a_server_trickling_a_byte_every_half_second_cannot_hang_a_build(run_cli, tmp_path, hostile):
