@@ -14,8 +14,9 @@ import os
 import posixpath
 import stat
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from repack.errors import RepackError
 
@@ -80,22 +81,29 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 @contextlib.contextmanager
 def locked(lock_file: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) for the block."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """Hold an exclusive ``flock`` on ``lock_file`` (created if missing) for the block.
+
+    A directory is locked itself, so that no lock file is left among its contents (a bundle's
+    ``wheels/`` is a pip ``--find-links`` folder; a cubin directory is flashinfer's).
+    """
+    if lock_file.is_dir():
+        fd = os.open(lock_file, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    else:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class NotRegularFileError(RepackError):
     """A file that should be a regular file of a sane size is not."""
 
 
-def read_regular(path: Path, limit: int) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file.
 
     Opened without blocking (a FIFO must not hang us) and checked on the open descriptor, so a
     link to ``/dev/zero`` or a file swapped after a check is refused, never read without bound.
@@ -104,14 +112,56 @@ def read_regular(path: Path, limit: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise NotRegularFileError(f"cannot open {path}: {exc.strerror}", "check the file") from exc
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise NotRegularFileError(f"{path} is not a regular file", "replace it with the real file")
-        if info.st_size > limit:
-            raise NotRegularFileError(f"{path} is {info.st_size} bytes, more than the {limit} expected",
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotRegularFileError(f"{path} is not a regular file", "replace it with the real file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes."""
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > limit:
+            raise NotRegularFileError(f"{path} is {size} bytes, more than the {limit} expected",
                                       "replace it with the real file")
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise NotRegularFileError(f"{path} grew past {limit} bytes while being read", "replace it with the real file")
     return data
+
+
+#: A temporary of another run older than this is abandoned even if its process id is alive again.
+STALE_AFTER = 24 * 3600
+
+
+def temporary_name(target: Path) -> Path:
+    """The private temporary beside ``target`` for this process: ``.<name>.<pid>.part``."""
+    return target.with_name(f".{target.name}.{os.getpid()}.part")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove ``.<name>.<pid>.part`` files left by runs that were killed (their process is gone,
+    or they are a day old); a live run's temporary is left alone.  Returns what was removed."""
+    removed = []
+    for path in folder.glob(".*.part") if folder.is_dir() else []:
+        pid = path.name[: -len(".part")].rpartition(".")[2]
+        try:
+            age = time.time() - path.lstat().st_mtime
+        except OSError:
+            continue
+        if pid.isdigit() and int(pid) != os.getpid() and (not _alive(int(pid)) or age > STALE_AFTER):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True

@@ -8,7 +8,6 @@ headers-only ``flashinfer_cubin`` package would shadow flashinfer-cubin.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import time
@@ -20,6 +19,7 @@ from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
 from repack.errors import BuildError
 from repack.fetch.verify import Payload
 from repack.fs import atomic_write
+from repack.wheelfile import urlsafe_b64
 
 PACKAGE_ROOT = "flashinfer_cubin/cubins/"
 TAG = "py3-none-any"
@@ -104,4 +104,4 @@ def wheel_bytes(payload: Payload, epoch: int) -> bytes:
 
 
 def _urlsafe(data: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return urlsafe_b64(hashlib.sha256(data).digest())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -34,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    # why: a SIGTERM (docker stop, CI cancel) must unwind like ^C, so that temporaries are removed
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -46,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(args, RepackError(f"{exc.strerror or exc}{where}",
                                               "check that the path exists, is a directory where one is "
                                               "needed, is writable, and that the disk has room"))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def report_error(args, exc: RepackError) -> int:

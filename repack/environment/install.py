@@ -20,24 +20,25 @@ from pathlib import Path
 
 from repack.errors import BuildError
 from repack.fetch.verify import Payload, PayloadFile
+from repack.fs import NotRegularFileError, locked, read_regular, safe_join
 
 
 def install(payload: Payload, cubin_dir: Path) -> list[Path]:
     """Install ``payload`` (headers, marker, extras) under ``cubin_dir``; return the paths written."""
     cubin_dir = Path(cubin_dir)
     _refuse_symlinked_dest(payload, cubin_dir)
-    pending = [f for f in _ordered(payload) if not _holds(cubin_dir / f.path, f.sha256)]
-    if not pending:
-        return []
+    # every path comes from flashinfer's code and checksums.txt: through the gate, never joined blindly
+    targets = [(safe_join(cubin_dir, f.path, "payload path"), f) for f in _ordered(payload)]
+    if all(_holds(dest, f.sha256) for dest, f in targets):
+        return []  # a read-only, already-correct tree needs no write (not even a lock file)
     stage = _make_stage(cubin_dir)
     try:
-        staged = [(_stage_file(stage, f), f) for f in pending]
-        written = []
-        for path, f in staged:
-            dest = cubin_dir / f.path
-            _place(path, dest)
-            written.append(dest)
-        return written
+        with locked(cubin_dir):  # two installs into one tree: one at a time
+            pending = [(dest, f) for dest, f in targets if not _holds(dest, f.sha256)]
+            staged = [(_stage_file(stage, f), dest, f) for dest, f in pending]
+            for path, dest, _f in staged:
+                _place(path, dest)
+            return [dest for _path, dest, _f in staged]
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -50,10 +51,14 @@ def _ordered(payload: Payload) -> list[PayloadFile]:
 
 
 def _holds(path: Path, sha256: str) -> bool:
-    try:
-        return path.is_file() and not path.is_symlink() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256
-    except OSError:
+    try:  # bounded: a header is small, and a FIFO or device in its place is simply "not there"
+        return not path.is_symlink() and hashlib.sha256(read_regular(path, HOLD_LIMIT)).hexdigest() == sha256
+    except (NotRegularFileError, OSError):
         return False
+
+
+#: The payload's largest file (checksums.txt) is 321 KB: a larger file in its place is not it.
+HOLD_LIMIT = 16 << 20
 
 
 def _refuse_symlinked_dest(payload: Payload, cubin_dir: Path) -> None:
@@ -76,7 +81,7 @@ def _make_stage(cubin_dir: Path) -> Path:
 
 def _stage_file(stage: Path, f: PayloadFile) -> Path:
     """Write one file in the stage and read it back: what is moved into place is what was verified."""
-    path = stage / f.path
+    path = safe_join(stage, f.path, "payload path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:

@@ -18,11 +18,17 @@ from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
 from repack.errors import SourceError
-from repack.fs import is_safe_relpath
+from repack.fs import is_safe_relpath, open_regular
 
 EOCD_SEARCH = 64 * 1024 + 22   # the end record plus the largest possible comment
 LOCAL_HEADER_SLACK = 30 + 1024  # fixed local header + room for name and extra field
 COALESCE_GAP = 512 * 1024       # read a gap this small rather than make another request
+#: Caps checked on the declared sizes before anything is fetched or inflated (a zip bomb's member that
+#: inflates to 2 GiB is refused from its directory entry).  flashinfer-cubin 0.6.6: a 2.37 MB central
+#: directory; its largest wanted member, checksums.txt, is 321 KB; flashinfer-python's code files are smaller.
+DIRECTORY_LIMIT = 8 << 20
+MEMBER_LIMIT = 16 << 20
+TOTAL_LIMIT = 64 << 20
 
 
 class ByteSource(Protocol):
@@ -37,7 +43,7 @@ class ByteSource(Protocol):
 class LocalBytes:
     def __init__(self, path: Path) -> None:
         self.label = str(path)
-        self._fh = open(path, "rb")
+        self._fh = open_regular(path)  # a FIFO or a device is not a wheel
         self.size = os.fstat(self._fh.fileno()).st_size
 
     def read(self, start: int, end: int) -> bytes:
@@ -149,18 +155,37 @@ def read_members(source: ByteSource, names: Iterable[str] | Callable[[str], bool
     if missing:
         raise SourceError(f"{source.label} lacks {len(missing)} expected member(s), e.g. {missing[0]}",
                           "is this the flashinfer-cubin wheel of the same version?")
+    _check_declared_sizes(source, [infos[n] for n in wanted])
     cache.prefetch((infos[n].header_offset, infos[n].header_offset + LOCAL_HEADER_SLACK
                     + len(n.encode()) + infos[n].compress_size) for n in wanted)
     out = {}
     for name in wanted:
         try:
             out[name] = archive.read(infos[name])
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, zlib.error) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, zlib.error,
+                NotImplementedError) as exc:
             raise SourceError(f"{source.label}: member {name} is damaged: {exc}",
                               "the archive is corrupt or was truncated; fetch it again") from exc
         if on_member:
             on_member(name, len(out[name]))
     return out
+
+
+def _check_declared_sizes(source: ByteSource, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse, before inflating or fetching, members whose declared sizes are absurd: zipfile never
+    inflates past a member's declared size, so capping the declaration caps the memory."""
+    for info in infos:
+        if info.file_size > MEMBER_LIMIT or info.compress_size > MEMBER_LIMIT + 1024:
+            raise SourceError(f"{source.label}: member {info.filename} declares {info.file_size} bytes "
+                              f"({info.compress_size} compressed), more than the {MEMBER_LIMIT} expected",
+                              "the archive is not a flashinfer wheel (or is a zip bomb); use another source")
+        if info.header_offset + info.compress_size > source.size:
+            raise SourceError(f"{source.label}: member {info.filename} lies past the end of the file",
+                              "the file is truncated or malformed")
+    total = sum(info.file_size for info in infos)
+    if total > TOTAL_LIMIT:
+        raise SourceError(f"{source.label}: the wanted members declare {total} bytes, more than the "
+                          f"{TOTAL_LIMIT} expected", "the archive is not a flashinfer wheel; use another source")
 
 
 def _open(cache: SpanCache) -> zipfile.ZipFile:
@@ -188,13 +213,19 @@ def _prefetch_directory(cache: SpanCache) -> None:
     cd_size, cd_offset = struct.unpack("<II", tail[pos + 12: pos + 20])
     if cd_offset == 0xFFFFFFFF or cd_size == 0xFFFFFFFF:
         loc = tail.rfind(b"PK\x06\x07", 0, pos)
-        if loc >= 0:
+        if loc >= 0 and len(tail) - loc >= 20:
             (z64_offset,) = struct.unpack("<Q", tail[loc + 8: loc + 16])
+            if z64_offset + 56 > size:
+                raise SourceError(f"{cache.source.label}: its zip64 end record lies past the end of the file",
+                                  "the file is truncated or malformed")
             rec = cache.read(z64_offset, z64_offset + 56)
             cd_size, cd_offset = struct.unpack("<QQ", rec[40:56])
     if cd_offset + cd_size > size:
         raise SourceError(f"{cache.source.label}: central directory lies past the end of the file",
                           "the file is truncated")
+    if cd_size > DIRECTORY_LIMIT or tail_start + pos - cd_offset > DIRECTORY_LIMIT:
+        raise SourceError(f"{cache.source.label}: central directory of {cd_size} bytes, more than the "
+                          f"{DIRECTORY_LIMIT} expected", "the archive is not a flashinfer wheel; use another source")
     cache.prefetch([(cd_offset, tail_start + pos)])
 
 

@@ -17,7 +17,8 @@ from typing import Callable
 from repack.errors import FetchError, IntegrityError
 from repack.fetch.digest import file_sha256
 from repack.fetch.index import IndexFile
-from repack.fetch.transport import RangesIgnored, Transport, redact
+from repack.fetch.transport import WHEEL_LIMIT, RangesIgnored, Transport, redact
+from repack.fs import locked
 
 log = logging.getLogger(__name__)
 
@@ -26,33 +27,43 @@ PRESENT, DOWNLOADED, RESUMED = "present", "downloaded", "resumed"
 
 
 def fetch_verified(transport: Transport, found: IndexFile, dest: Path) -> tuple[str, int]:
-    """Make ``dest`` hold ``found``'s bytes; return (what happened, bytes transferred)."""
+    """Make ``dest`` hold ``found``'s bytes; return (what happened, bytes transferred).
+
+    One process at a time per destination directory (a lock on the directory itself): two runs into
+    one directory never append to one ``.part``, and the second finds the first's verified file.
+    """
     if not found.sha256:
         raise IntegrityError(f"the index lists no sha256 for {found.filename}, so it cannot be verified",
                              "use an index that publishes hashes (PEP 503 #sha256= fragments or PEP 691)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with locked(dest.parent):
+        return _fetch_locked(transport, found, dest, found.sha256.lower())
+
+
+def _fetch_locked(transport: Transport, found: IndexFile, dest: Path, sha256: str) -> tuple[str, int]:
     if dest.is_file():
-        if file_sha256(dest) == found.sha256:
+        if file_sha256(dest) == sha256:
             return PRESENT, 0
-        log.info("%s differs from the index's %s: fetching it again", dest, found.sha256)
+        log.info("%s differs from the index's %s: fetching it again", dest, sha256)
         dest.unlink()
     part = dest.with_name(dest.name + ".part")
     before = transport.stats.bytes
     if found.url.startswith("file:"):
-        transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
+        transport.download(found.url, dest, size=found.size, sha256=sha256, label=found.filename)
         return DOWNLOADED, 0
     resumed = part.is_file() and part.stat().st_size > 0
     try:
         _append_ranges(transport, found, part)
     except RangesIgnored:
         part.unlink(missing_ok=True)
-        transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
+        transport.download(found.url, dest, size=found.size, sha256=sha256, label=found.filename)
         return DOWNLOADED, transport.stats.bytes - before
-    if file_sha256(part) != found.sha256:
+    if file_sha256(part) != sha256:
         part.unlink()
         if resumed:  # the partial bytes were of another file (the index changed): start over once
-            return fetch_verified(transport, found, dest)[0], transport.stats.bytes - before
+            return _fetch_locked(transport, found, dest, sha256)[0], transport.stats.bytes - before
         raise IntegrityError(f"{found.filename} from {redact(found.url)} does not have the index's sha256 "
-                             f"{found.sha256}", "the file was altered in transit or on the server; do not use it")
+                             f"{sha256}", "the file was altered in transit or on the server; do not use it")
     os.replace(part, dest)
     return (RESUMED if resumed else DOWNLOADED), transport.stats.bytes - before
 
@@ -62,6 +73,9 @@ def _append_ranges(transport: Transport, found: IndexFile, part: Path) -> None:
     part.parent.mkdir(parents=True, exist_ok=True)
     offset = part.stat().st_size if part.is_file() else 0
     total = found.size if found.size is not None else _total(transport.get_range_response(found.url, 0, 1), found)
+    if total > WHEEL_LIMIT:
+        raise FetchError(f"{redact(found.url)} is {total} bytes, more than the {WHEEL_LIMIT} a wheel may be",
+                         "the server sends something other than a flashinfer wheel; use another index")
     if offset > total:
         part.unlink()
         offset = 0

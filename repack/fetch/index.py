@@ -8,6 +8,7 @@ tested without a server.
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -19,8 +20,9 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from repack.errors import FetchError, SourceError, UnknownVersionError
-from repack.fetch.transport import redact
+from repack.errors import SourceError, UnknownVersionError
+from repack.fetch.transport import PAGE_LIMIT, HTTPStatusError, check_link, redact
+from repack.fs import is_safe_relpath
 
 PYPI = "https://pypi.org/simple/"
 ACCEPT = ("application/vnd.pypi.simple.v1+json, "
@@ -45,9 +47,9 @@ def project_files(transport, index_url: str, project: str) -> list[IndexFile]:
     """Every file the index lists for ``project`` (absolute URLs)."""
     url = project_url(index_url, project)
     try:
-        resp = transport.get(url, headers={"Accept": ACCEPT})
-    except FetchError as exc:
-        if "HTTP 404" in str(exc):
+        resp = transport.get(url, headers={"Accept": ACCEPT}, limit=PAGE_LIMIT)
+    except HTTPStatusError as exc:
+        if exc.status == 404:
             raise UnknownVersionError(f"the index {redact(index_url)} has no project {project}",
                                       "check --index-url; the project must be published there") from exc
         raise
@@ -63,7 +65,7 @@ def find_wheel(files: list[IndexFile], project: str, version: str, index_url: st
     matches = []
     for f in files:
         try:
-            name, ver, _build, tags = parse_wheel_filename(f.filename)
+            name, ver, _build, tags = parse_wheel_filename(wheel_filename(f.filename))
         except (InvalidWheelFilename, InvalidVersion):
             continue
         if name == canonicalize_name(project) and ver == want:
@@ -77,22 +79,42 @@ def find_wheel(files: list[IndexFile], project: str, version: str, index_url: st
     return matches[0]
 
 
+#: A wheel file name as the binary distribution format spells it, checked by us: every
+#: ``packaging`` release from 23.2 to 26.0 accepts names with ``/`` and ``..`` in them.
+WHEEL_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._]*[A-Za-z0-9])?-[A-Za-z0-9_.!+]+(?:-[0-9][A-Za-z0-9_]*)?"
+                        r"-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+\.whl")
+
+
+def wheel_filename(filename: str) -> str:
+    """``filename`` if it is a plain wheel file name (one path component), else InvalidWheelFilename."""
+    if not WHEEL_NAME.fullmatch(filename) or not is_safe_relpath(filename):
+        raise InvalidWheelFilename(f"not a plain wheel file name: {filename!r}")
+    return filename
+
+
 def _version_of(filename: str) -> str | None:
     try:
-        return str(parse_wheel_filename(filename)[1])
+        return str(parse_wheel_filename(wheel_filename(filename))[1])
     except (InvalidWheelFilename, InvalidVersion):
         return None
 
 
 def parse_json_page(body: bytes, page_url: str) -> list[IndexFile]:
     try:  # a malformed page (files not a list, an entry without url...) is the server's fault, not ours
-        return [IndexFile(filename=f["filename"], url=urllib.parse.urljoin(page_url, f["url"]),
-                          sha256=(f.get("hashes") or {}).get("sha256"), size=f.get("size"),
-                          requires_python=f.get("requires-python"), yanked=bool(f.get("yanked")))
-                for f in json.loads(body)["files"]]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise SourceError(f"{redact(page_url)} is not a PEP 691 project page: {exc!r}",
-                          "is --index-url a simple-API root (ending in /simple/)?") from exc
+        files = json.loads(body)["files"]
+        return [_json_entry(f, page_url) for f in files]
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise SourceError(f"{redact(page_url)} is not a PEP 691 project page: {type(exc).__name__}",
+                          "the index URL must be a simple-API root (ending in /simple/)") from exc
+
+
+def _json_entry(f: dict, page_url: str) -> IndexFile:
+    url = _link(page_url, f["url"])
+    size = f.get("size")
+    if size is not None and (type(size) is not int or size < 0):
+        raise TypeError(f"size {size!r}")
+    return IndexFile(filename=_text(f["filename"]), url=url, sha256=_sha256((f.get("hashes") or {}).get("sha256")),
+                     size=size, requires_python=f.get("requires-python"), yanked=bool(f.get("yanked")))
 
 
 def parse_html_page(body: bytes, page_url: str) -> list[IndexFile]:
@@ -101,18 +123,44 @@ def parse_html_page(body: bytes, page_url: str) -> list[IndexFile]:
         parser.feed(body.decode("utf-8", "replace"))
         parser.close()
     except AssertionError as exc:  # html.parser's way of giving up on what is not HTML
-        raise SourceError(f"{redact(page_url)} is not an HTML project page", "is --index-url a simple-API root?") from exc
+        raise SourceError(f"{redact(page_url)} is not an HTML project page",
+                          "the index URL must be a simple-API root") from exc
     out = []
     for href, attrs in parser.anchors:
-        url = urllib.parse.urljoin(page_url, href)
+        url = _link(page_url, href)
         parts = urllib.parse.urlsplit(url)
         fragment = urllib.parse.parse_qs(parts.fragment)
         filename = urllib.parse.unquote(parts.path.rsplit("/", 1)[-1])
-        out.append(IndexFile(filename=filename, url=parts._replace(fragment="").geturl(),
-                             sha256=(fragment.get("sha256") or [None])[0],
-                             requires_python=attrs.get("data-requires-python"),
-                             yanked="data-yanked" in attrs))
+        try:
+            sha256 = _sha256((fragment.get("sha256") or [None])[0])
+        except TypeError as exc:
+            raise SourceError(f"{redact(page_url)} lists {filename!r} with a malformed sha256",
+                              "the index is damaged; use another source") from exc
+        out.append(IndexFile(filename=filename, url=parts._replace(fragment="").geturl(), sha256=sha256,
+                             requires_python=attrs.get("data-requires-python"), yanked="data-yanked" in attrs))
     return out
+
+
+def _link(page_url: str, href: object) -> str:
+    """An absolute link, by the scheme policy: a remote page may link only to http(s)."""
+    url = urllib.parse.urljoin(page_url, _text(href))
+    check_link(page_url, url)
+    return url
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _sha256(value: object) -> str | None:
+    """A sha256 as lower-case hex (pip compares case-insensitively), or None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise TypeError("a sha256 must be 64 hex digits")
+    return value.lower()
 
 
 class _Anchors(HTMLParser):

@@ -87,9 +87,8 @@ def _from_source(plan: Plan, source: Source, extras: Sequence[str]) -> tuple[Pay
             plan, data[plan.checksums_path],
             {h: data[plan.source_path(h)] for h in plan.headers},
             {e: data[plan.artifact_path + e] for e in extras}, source=source.label)
-    except IntegrityError as exc:
-        exc.args = (f"{source.label}: {exc.args[0]}",)
-        raise
+    except IntegrityError as exc:  # wrapped, never edited: say which source served the bytes
+        raise IntegrityError(f"{source.label}: {exc}", exc.hint, exc.problems) from exc
     return payload, data[plan.checksums_path]
 
 

@@ -21,8 +21,15 @@ from repack.errors import FetchError, SourceError
 from repack.fetch.archive import LocalBytes, read_members
 from repack.fetch.cache import Cache
 from repack.fetch.index import IndexFile, find_wheel, project_files
-from repack.fetch.transport import RangesIgnored, Transport, parse_content_range, redact
-from repack.fs import is_safe_relpath
+from repack.fetch.transport import FILE_LIMIT, RangesIgnored, Transport, parse_content_range, redact
+from repack.fs import (
+    NotRegularFileError,
+    UnsafePathError,
+    check_filename,
+    is_safe_relpath,
+    read_regular,
+    safe_join,
+)
 
 CUBIN_PROJECT = "flashinfer-cubin"
 WHEEL_ROOT = "flashinfer_cubin/cubins/"
@@ -126,19 +133,41 @@ class RemoteWheel:
 
 def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
                       members: Sequence[str] | Callable[[str], bool]) -> dict[str, bytes]:
-    """Members of a remote wheel: from a whole copy already in the cache, else by Range requests,
-    else (the server ignores ranges) streamed whole once, checked against the index's sha256."""
-    cached = cache.wheel_path(found.filename)
-    if cached is not None and cached.is_file():
+    """Members of a remote wheel: from a whole copy already in the cache (checked first), else by Range
+    requests, else (the server ignores ranges) streamed whole once, checked against the index's sha256."""
+    cached = cache.get_wheel(found.filename, found.sha256)
+    if cached is not None:
         return read_local_wheel(cached, members)
     try:
         return read_members(HTTPBytes(transport, found.url, found.size, found.filename), members)
     except RangesIgnored:
         pass
+    dest = _cache_destination(cache, found.filename)
+    if dest is not None:
+        try:
+            cache.record_wheel(dest, _download(transport, found, dest))
+            return read_local_wheel(dest, members)
+        except OSError as exc:  # a read-only or full cache: stream into a temporary instead
+            cache.disable(exc)
     with tempfile.TemporaryDirectory(prefix="flashinfer-repack-") as tmp:
-        dest = cached or Path(tmp) / found.filename
-        transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
+        dest = Path(tmp) / check_filename(found.filename, "wheel file name")
+        try:
+            _download(transport, found, dest)
+        except OSError as exc:
+            raise SourceError(f"cannot keep a temporary copy of {found.filename} in {tmp}: {exc.strerror}",
+                              "free some space in the temporary directory (TMPDIR)") from exc
         return read_local_wheel(dest, members)
+
+
+def _cache_destination(cache: Cache, filename: str) -> Path | None:
+    try:
+        return cache.wheel_path(filename)
+    except UnsafePathError as exc:
+        raise SourceError(str(exc), exc.hint) from exc
+
+
+def _download(transport: Transport, found: IndexFile, dest: Path) -> str:
+    return transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
 
 
 @dataclass
@@ -154,7 +183,7 @@ class ArtifactoryURL:
 
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
         base = self.base_url if self.base_url.endswith("/") else self.base_url + "/"
-        return {p: self.transport.get(urllib.parse.urljoin(base, p.replace("//", "/"))).body
+        return {p: self.transport.get(urllib.parse.urljoin(base, p.replace("//", "/")), limit=FILE_LIMIT).body
                 for p in _checked(paths)}
 
 
@@ -171,21 +200,19 @@ class ArtifactoryDir:
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
         if not self.root.is_dir():
             raise SourceError(f"{self.root} is not a directory", "give an artifactory-layout directory")
-        real_root = os.path.realpath(self.root)
         out = {}
         for p in _checked(paths):
-            path = os.path.realpath(self.root / p.replace("//", "/"))
-            if os.path.commonpath([real_root, path]) != real_root:
-                raise SourceError(f"{self.root / p} leads outside {self.root} through a link",
-                                  "refusing a path that escapes the source directory")
             try:
-                with open(path, "rb") as fh:
-                    out[p] = fh.read()
-            except FileNotFoundError as exc:
+                path = safe_join(self.root, p.replace("//", "/"), "artifact path")
+            except UnsafePathError as exc:
+                raise SourceError(str(exc), exc.hint) from exc
+            if not os.path.lexists(path):
                 raise SourceError(f"{self.root} lacks {p}",
-                                  "is this an artifactory-layout directory (e.g. site-packages/flashinfer_cubin/cubins)?") from exc
-            except OSError as exc:
-                raise SourceError(f"cannot read {path}: {exc.strerror}", "check permissions") from exc
+                                  "is this an artifactory-layout directory (e.g. site-packages/flashinfer_cubin/cubins)?")
+            try:
+                out[p] = read_regular(path, FILE_LIMIT)
+            except NotRegularFileError as exc:
+                raise SourceError(str(exc), "an artifactory-layout directory holds regular files only") from exc
         return out
 
 
@@ -193,8 +220,8 @@ def read_local_wheel(path: Path, members: Sequence[str] | Callable[[str], bool])
     """Members of a wheel on disk (exact names, or a predicate over every name)."""
     try:
         source = LocalBytes(path)
-    except OSError as exc:
-        raise SourceError(f"cannot open {path}: {exc.strerror}", "check the path to the wheel") from exc
+    except NotRegularFileError as exc:
+        raise SourceError(str(exc), "check the path to the wheel") from exc
     try:
         return read_members(source, members)
     finally:

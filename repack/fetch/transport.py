@@ -1,37 +1,76 @@
-"""HTTP transfers: keep-alive, explicit timeouts, retries with backoff, ranges.
+"""HTTP transfers: the one client for every byte on the network, and the one owner of its policy.
 
-The only module that imports ``requests``.  Proxies (``HTTPS_PROXY``,
-``NO_PROXY``...) and ``~/.netrc`` credentials are honoured through
-``requests``' own environment handling, the way pip users expect.  ``file://``
-URLs are read from disk so that a static index or artifactory mirror on a
-shared filesystem works too.  Every failure becomes a :class:`FetchError`.
+The only module that imports ``requests``.  It decides, for every caller (fetch, index, upload):
+
+* **sizes**: every body has an expected size (the index's, a range's, ``Content-Length``) or a
+  documented cap (:data:`PAGE_LIMIT`, :data:`FILE_LIMIT`, :data:`WHEEL_LIMIT`, :data:`REPLY_LIMIT`),
+  and a body that would pass it is cut off, never held or written beyond it;
+* **time**: ``timeout`` bounds the connection and each read, and a whole transfer must also keep
+  pace: its first bytes within ``timeout``, then :data:`MIN_RATE` on average (a server that trickles
+  a byte every half second fails after ``timeout`` seconds, not never);
+* **schemes and redirects**: http(s) only on the wire, redirects followed by hand and an
+  https -> http one refused; ``file://`` read only when it names a regular file;
+* **credentials**: sent only to the host they were given for (userinfo in a URL, ``~/.netrc``,
+  :meth:`Transport.add_credentials`), and only over https or to a loopback address;
+* **redaction**: :func:`redact` (a URL) and :func:`scrub` (any text) are the one place secrets are
+  removed from what a message may show.
+
+Proxies (``HTTPS_PROXY``, ``NO_PROXY``) are honoured through ``requests``' own environment handling,
+the way pip users expect.  Every failure becomes a :class:`FetchError`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import ipaddress
+import json
 import logging
 import os
+import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from repack import __version__
-from repack.errors import FetchError
+from repack.errors import FetchError, IntegrityError
+from repack.fs import NotRegularFileError, open_regular
 
 log = logging.getLogger(__name__)
 
 #: ``progress(label, done_bytes, total_bytes_or_None)``
 Progress = Callable[[str, int, "int | None"], None]
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
 CHUNK = 1 << 16
+
+#: A simple-API project page (PyPI's largest are a few MB).
+PAGE_LIMIT = 32 << 20
+#: One file of an artifactory layout (checksums.txt is 321 KB, a header under 100 KB).
+FILE_LIMIT = 16 << 20
+#: A whole wheel whose size nobody announced (flashinfer-cubin wheels are under 300 MB).
+WHEEL_LIMIT = 1 << 30
+#: What an upload's answer may carry (only its first line is ever shown).
+REPLY_LIMIT = 1 << 20
+#: Bytes per second a transfer must keep on average once its first ``timeout`` seconds are over.
+MIN_RATE = 16 << 10
 
 
 class RangesIgnored(Exception):
     """The server answered a Range request with the whole body (200)."""
+
+
+class ConnectionFailed(FetchError):
+    """No answer at all (refused, reset, timed out); ``reason`` says which, in a few words."""
+
+    def __init__(self, message: str, hint: str = "", reason: str = "") -> None:
+        super().__init__(message, hint)
+        self.reason = reason
 
 
 @dataclass
@@ -48,13 +87,31 @@ class Response:
     status: int
     headers: Mapping[str, str]  # keys lower-cased
     body: bytes
+    reason: str = ""
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name.lower(), default)
 
 
+@dataclass
+class _Pace:
+    """The deadline of one transfer: first bytes within ``timeout``, then :data:`MIN_RATE` on average."""
+
+    timeout: float
+    start: float = field(default_factory=time.monotonic)
+    done: int = 0
+    expired: bool = False
+
+    def deadline(self) -> float:
+        return self.start + self.timeout + self.done / MIN_RATE
+
+    def check(self) -> None:
+        if self.expired or time.monotonic() > self.deadline():
+            raise _Retryable(_TooSlow(f"too slow: {self.done} bytes in {time.monotonic() - self.start:.1f} s"))
+
+
 class Transport:
-    """One keep-alive session with the retry policy of this project.
+    """One keep-alive session with the retry, size, time and credential policy of this project.
 
     ``sleep`` is injectable so that tests of the backoff need no real waiting.
     """
@@ -69,13 +126,20 @@ class Transport:
         self.progress = progress
         self.trust_env = trust_env
         self.stats = Stats()
-        self._session = None
+        self._session: Any = None
+        self._credentials: dict[str, tuple[str, str]] = {}
 
     # -- public calls ---------------------------------------------------------
 
-    def get(self, url: str, headers: Mapping[str, str] | None = None) -> Response:
-        """GET the whole body, checked against Content-Length."""
-        return self._with_retries(url, lambda: self._get_once(url, dict(headers or {}), None))
+    def add_credentials(self, url: str, username: str, password: str) -> None:
+        """Send ``username:password`` to ``url``'s host (and only there, only over https or loopback)."""
+        _check_credentials_allowed(url)
+        self._credentials[_host_key(url)] = (username, password)
+
+    def get(self, url: str, headers: Mapping[str, str] | None = None, *, limit: int = PAGE_LIMIT) -> Response:
+        """GET the whole body (at most ``limit`` bytes), checked against Content-Length."""
+        url = self._take_userinfo(url)
+        return self._with_retries(url, lambda: self._get_once(url, dict(headers or {}), None, limit))
 
     def get_range(self, url: str, start: int, end: int | None = None) -> bytes:
         """Bytes ``start`` to ``end`` (exclusive); ``start < 0`` asks for a suffix.
@@ -85,38 +149,88 @@ class Transport:
         return self.get_range_response(url, start, end).body
 
     def get_range_response(self, url: str, start: int, end: int | None = None) -> Response:
+        url = self._take_userinfo(url)
         spec = f"bytes={start}" if start < 0 else f"bytes={start}-{'' if end is None else end - 1}"
         want = -start if start < 0 else (None if end is None else end - start)
-        return self._with_retries(url, lambda: self._get_once(url, {"Range": spec}, want))
+        limit = FILE_LIMIT if want is None else want
+        return self._with_retries(url, lambda: self._get_once(url, {"Range": spec}, want, limit))
 
     def download(self, url: str, dest: Path, *, size: int | None = None, sha256: str | None = None,
                  label: str = "") -> str:
-        """Stream ``url`` to ``dest`` atomically; verify size and sha256; return the sha256."""
+        """Stream ``url`` to ``dest`` atomically; verify size and sha256; return the sha256.
+
+        At most ``size`` bytes (else the announced length, else :data:`WHEEL_LIMIT`) are written.
+        """
+        url = self._take_userinfo(url)
         return self._with_retries(url, lambda: self._download_once(url, dest, size, sha256, label or url))
+
+    def send(self, method: str, url: str, *, headers: Mapping[str, str] | None = None, data: Any = None,
+             limit: int = REPLY_LIMIT) -> Response:
+        """One request, no retry, no redirect followed, any status returned; the body cut at ``limit``.
+
+        For callers with their own policy on statuses (the upload API): a connection that fails
+        raises :class:`ConnectionFailed`.
+        """
+        url = self._take_userinfo(url)
+        _check_scheme(url)
+        try:
+            resp = self._request(method, url, dict(headers or {}), data=data)
+        except _CONNECTION_ERRORS() as exc:
+            reason = _describe(exc)
+            raise ConnectionFailed(f"cannot reach {redact(url)}: {reason}", _hint_for(exc), reason) from None
+        with resp:
+            pace = _Pace(self.timeout)
+            body = b"".join(self._stream(resp, pace, limit, cut=True))
+        return Response(url, resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, body,
+                        resp.reason or "")
 
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
             self._session = None
 
-    # -- internals --------------------------------------------------------------
+    # -- requests -------------------------------------------------------------------
 
-    def _session_get(self, url: str, headers: dict, stream: bool):
+    def _open(self) -> Any:
         import requests
 
         if self._session is None:
             self._session = requests.Session()
-            self._session.trust_env = self.trust_env
+            self._session.trust_env = self.trust_env  # proxies; netrc is read by _HostAuth, not requests
             self._session.headers["User-Agent"] = f"flashinfer-repack/{__version__}"
             self._session.headers["Accept-Encoding"] = "identity"
+        return self._session
+
+    def _request(self, method: str, url: str, headers: dict[str, str], data: Any = None) -> Any:
         self.stats.requests += 1
-        return self._session.get(url, headers=headers, stream=stream,
-                                 timeout=(self.timeout, self.timeout), allow_redirects=True)
+        return self._open().request(method, url, headers=headers, data=data, stream=True,
+                                    timeout=(self.timeout, self.timeout), allow_redirects=False,
+                                    auth=_HostAuth(self))
 
-    def _with_retries(self, url: str, attempt: Callable):
-        import requests
-        import urllib3
+    def _get_following(self, url: str, headers: dict[str, str]) -> Any:
+        """GET, following redirects by hand so that each hop is checked against the policy."""
+        for _ in range(MAX_REDIRECTS + 1):
+            _check_scheme(url)
+            resp = self._request("GET", url, headers)
+            location = resp.headers.get("Location")
+            if resp.status_code not in REDIRECT_STATUSES or not location:
+                return resp
+            resp.close()
+            target = urllib.parse.urljoin(url, location)
+            _check_redirect(url, target)
+            url = target
+        raise FetchError(f"{redact(url)}: more than {MAX_REDIRECTS} redirects", "check the URL")
 
+    def _take_userinfo(self, url: str) -> str:
+        """Credentials in a URL become credentials for its host; the URL goes on without them."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        self.add_credentials(url, urllib.parse.unquote(parts.username or ""),
+                             urllib.parse.unquote(parts.password or ""))
+        return redact(url)
+
+    def _with_retries(self, url: str, attempt: Callable[[], Any]) -> Any:
         last: Exception | None = None
         for number in range(self.retries + 1):
             if number:
@@ -127,106 +241,268 @@ class Transport:
                 return attempt()
             except _Retryable as exc:
                 last = exc.cause
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                    requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
-                    urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+            except _CONNECTION_ERRORS() as exc:
                 last = exc
-            except (requests.exceptions.RequestException, ValueError) as exc:
-                # a URL that cannot be requested at all (no scheme, ftp://, bad port): no retry;
+            except _REQUEST_ERRORS() as exc:
+                # a URL that cannot be requested at all (no scheme, bad port): no retry;
                 # the exception's own text may carry credentials, so it is not shown
                 raise FetchError(f"cannot request {redact(url)}: {type(exc).__name__}",
-                                 "check the --from / --index-url value (an http(s):// or file:// URL)") from None
+                                 "check the source or index URL (an http(s):// or file:// URL)") from None
         raise FetchError(f"cannot fetch {redact(url)}: {_describe(last)} (after {self.retries + 1} attempts)",
                          _hint_for(last)) from last
 
-    def _get_once(self, url: str, headers: dict, want: int | None) -> Response:
+    # -- bodies ---------------------------------------------------------------------
+
+    def _get_once(self, url: str, headers: dict[str, str], want: int | None, limit: int) -> Response:
         if url.startswith("file:"):
-            return self._read_file_url(url, headers)
-        with self._session_get(url, headers, stream=True) as resp:
+            return self._read_file_url(url, headers, limit)
+        with self._get_following(url, headers) as resp:
             _raise_for_status(resp, url)
             if "Range" in headers and resp.status_code == 200:
                 raise RangesIgnored(url)
-            body = self._read_body(resp, url)
+            pace = _Pace(self.timeout)
+            body = b"".join(self._stream(resp, pace, limit, label=_label(url)))
+            _check_length(resp, body)
             if "Range" in headers:
                 _check_content_range(resp, url, headers["Range"], body, want)
             return Response(resp.url, resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, body)
 
-    def _read_body(self, resp, url: str) -> bytes:
-        expected = resp.headers.get("Content-Length")
-        total = int(expected) if expected and expected.isdigit() else None
-        label = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
-        chunks, done = [], 0
-        for chunk in resp.raw.stream(CHUNK, decode_content=False):
-            chunks.append(chunk)
-            done += len(chunk)
-            self.stats.bytes += len(chunk)
-            if self.progress:
-                self.progress(label, done, total)
-        body = b"".join(chunks)
-        if expected is not None and expected.isdigit() and len(body) != int(expected):
-            raise _Retryable(_Truncated(f"truncated body: {len(body)} of {expected} bytes"))
-        return body
+    def _stream(self, resp: Any, pace: _Pace, limit: int, *, label: str = "", cut: bool = False) -> Iterator[bytes]:
+        """The body in chunks, at most ``limit`` bytes, under ``pace``'s deadline.
+
+        ``cut``: stop quietly at ``limit`` (a reply whose first line is all we show) rather than fail.
+        """
+        announced = _content_length(resp)
+        if announced is not None and announced > limit and not cut:
+            raise FetchError(f"{redact(resp.url)} announces {announced} bytes, more than the {limit} expected",
+                             "the server sends something other than what was asked for; use another source")
+        with _Watchdog(pace, _socket_of(resp)):
+            try:
+                for chunk in resp.raw.stream(CHUNK, decode_content=False):
+                    pace.check()
+                    if pace.done + len(chunk) > limit:
+                        if cut:
+                            yield chunk[: limit - pace.done]
+                            return
+                        raise FetchError(f"{redact(resp.url)} sent more than the {limit} bytes expected",
+                                         "the server sends something other than what was asked for; "
+                                         "use another source")
+                    pace.done += len(chunk)
+                    self.stats.bytes += len(chunk)
+                    if self.progress and label:
+                        self.progress(label, pace.done, announced)
+                    yield chunk
+            except _CONNECTION_ERRORS():
+                pace.check()  # the watchdog closed the socket: say "too slow", not "reset"
+                raise
+        pace.check()
 
     def _download_once(self, url: str, dest: Path, size: int | None, sha256: str | None, label: str) -> str:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-        digest = hashlib.sha256()
-        done = 0
         try:
-            if url.startswith("file:"):
-                resp_ctx = None
-                src = open(_file_path(url), "rb")
-                total = os.fstat(src.fileno()).st_size
-                chunks = iter(lambda: src.read(CHUNK), b"")
-            else:
-                resp_ctx = self._session_get(url, {}, stream=True)
-                _raise_for_status(resp_ctx, url)
-                header = resp_ctx.headers.get("Content-Length")
-                total = int(header) if header and header.isdigit() else size
-                chunks = resp_ctx.raw.stream(CHUNK, decode_content=False)
             with open(tmp, "wb") as out:
-                for chunk in chunks:
-                    out.write(chunk)
-                    digest.update(chunk)
-                    done += len(chunk)
-                    if resp_ctx is not None:
-                        self.stats.bytes += len(chunk)
-                    if self.progress:
-                        self.progress(label, done, total)
-            if resp_ctx is not None:
-                resp_ctx.close()
-            else:
-                src.close()
-            expected = size if size is not None else total
+                digest, done, expected = self._stream_to(url, out, size, label)
             if expected is not None and done != expected:
                 raise _Retryable(_Truncated(f"truncated body: {done} of {expected} bytes"))
-            if sha256 and digest.hexdigest() != sha256:
-                from repack.errors import IntegrityError
-                raise IntegrityError(f"{label}: sha256 {digest.hexdigest()} does not match the index's {sha256}",
+            if sha256 and digest != sha256.lower():
+                raise IntegrityError(f"{label}: sha256 {digest} does not match the index's {sha256.lower()}",
                                      "the file was altered in transit or on the server; do not use it")
             os.replace(tmp, dest)
-            return digest.hexdigest()
+            return digest
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _read_file_url(self, url: str, headers: Mapping[str, str]) -> Response:
+    def _stream_to(self, url: str, out: Any, size: int | None, label: str) -> tuple[str, int, int | None]:
+        digest, done, expected = hashlib.sha256(), 0, size
+        for chunk, expected in self._whole_body(url, size):
+            out.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if self.progress:
+                self.progress(label, done, expected)
+        return digest.hexdigest(), done, expected
+
+    def _whole_body(self, url: str, size: int | None) -> Iterator[tuple[bytes, int | None]]:
+        """Chunks of a whole file and its expected size (the index's, else the announced one);
+        never more than that, nor more than :data:`WHEEL_LIMIT` when nobody said."""
+        if url.startswith("file:"):
+            with _open_file_url(_file_path(url)) as fh:
+                total = os.fstat(fh.fileno()).st_size
+                if size is not None and total != size:
+                    raise FetchError(f"{redact(url)} is {total} bytes, the index says {size}",
+                                     "the file is not the one the index lists")
+                for chunk in iter(lambda: fh.read(CHUNK), b""):
+                    yield chunk, total
+            return
+        with self._get_following(url, {}) as resp:
+            _raise_for_status(resp, url)
+            expected = size if size is not None else _content_length(resp)
+            for chunk in self._stream(resp, _Pace(self.timeout), WHEEL_LIMIT if expected is None else expected):
+                yield chunk, expected
+
+    def _read_file_url(self, url: str, headers: Mapping[str, str], limit: int) -> Response:
+        spec = headers.get("Range")
+        self.stats.requests += 1
         path = _file_path(url)
         if os.path.isdir(path):
             path = os.path.join(path, "index.html")
-        spec = headers.get("Range")
-        self.stats.requests += 1
-        try:
-            with open(path, "rb") as fh:
-                if not spec:
-                    return Response(url, 200, {"content-type": _guess_type(path)}, fh.read())
-                total = os.fstat(fh.fileno()).st_size
-                first, _, last = spec[len("bytes="):].partition("-")
-                start = max(0, total - int(last)) if not first else int(first)
-                stop = min(total, int(last) + 1) if first and last else total
-                data = os.pread(fh.fileno(), max(0, stop - start), start)
-        except OSError as exc:
-            raise FetchError(f"cannot read {url}: {exc.strerror}", "check the path") from exc
+        with _open_file_url(path) as fh:
+            total = os.fstat(fh.fileno()).st_size
+            if not spec:
+                if total > limit:
+                    raise FetchError(f"{redact(url)} is {total} bytes, more than the {limit} expected",
+                                     "the file is not what was asked for")
+                return Response(url, 200, {"content-type": _guess_type(path)}, fh.read(limit))
+            first, _, last = spec[len("bytes="):].partition("-")
+            start = max(0, total - int(last)) if not first else int(first)
+            stop = min(total, int(last) + 1) if first and last else total
+            data = os.pread(fh.fileno(), min(limit, max(0, stop - start)), start)
         return Response(url, 206, {"content-range": f"bytes {start}-{stop - 1}/{total}"}, data)
+
+
+# -- policy ---------------------------------------------------------------------------------
+
+class _HostAuth:
+    """requests' auth hook: credentials for exactly this request's host, under the transport's policy.
+
+    Given for every request, so that requests never applies ``~/.netrc`` on its own (it would do so
+    again after a redirect to another scheme or host).
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def __call__(self, request: Any) -> Any:
+        url = request.url
+        found = self.transport._credentials.get(_host_key(url))
+        if found is None and self.transport.trust_env:
+            found = _netrc_for(url)
+        if found is not None and _may_carry_credentials(url):
+            token = base64.b64encode(f"{found[0]}:{found[1]}".encode()).decode()
+            request.headers["Authorization"] = f"Basic {token}"
+        return request
+
+
+def _netrc_for(url: str) -> tuple[str, str] | None:
+    from requests.utils import get_netrc_auth
+
+    found = get_netrc_auth(url)
+    return (found[0], found[1]) if found else None
+
+
+def _host_key(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port or {"https": 443, "http": 80}.get(parts.scheme, 0)
+    except ValueError:
+        port = 0
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _may_carry_credentials(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname or ""))
+
+
+def _check_credentials_allowed(url: str) -> None:
+    if not _may_carry_credentials(url):
+        raise FetchError(f"refusing to send credentials to {redact(url)} over plain http",
+                         "use an https URL for a server that needs a password (plain http only on this machine)")
+
+
+def _check_scheme(url: str) -> None:
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("http", "https"):
+        raise FetchError(f"cannot request {redact(url)}: the scheme {scheme or 'none'!r} is not http(s)",
+                         "give an http(s):// URL, or a path on this machine")
+
+
+def _check_redirect(origin: str, target: str) -> None:
+    """A redirect may not leave http(s), nor go from https down to plain http."""
+    old, new = urllib.parse.urlsplit(origin).scheme, urllib.parse.urlsplit(target).scheme
+    if new not in ("http", "https") or (old == "https" and new == "http"):
+        raise FetchError(f"refusing the redirect from {redact(origin)} to {redact(target)}",
+                         "a server may not send a secure request on over plain http or to another scheme; "
+                         "use the final URL if you trust it")
+
+
+def check_link(page_url: str, link: str) -> None:
+    """A page from a remote index may link only to http(s); a page on this machine may also link to files."""
+    page, target = urllib.parse.urlsplit(page_url).scheme, urllib.parse.urlsplit(link).scheme
+    allowed = ("http", "https", "file") if page == "file" else ("http", "https")
+    if target not in allowed:
+        raise FetchError(f"{redact(page_url)} links to {redact(link)}, a {target or 'schemeless'} URL",
+                         "a remote index may link only to http(s) files; the index is damaged or hostile")
+
+
+# -- watchdog and small readers ------------------------------------------------------------------
+
+class _Watchdog:
+    """Shuts the socket of a transfer that falls behind its pace, so a blocked read returns at once."""
+
+    def __init__(self, pace: _Pace, sock: socket.socket | None) -> None:
+        self.pace, self.sock = pace, sock
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "_Watchdog":
+        if self.sock is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(0.2, max(0.0, self.pace.deadline() - time.monotonic()))):
+            if time.monotonic() > self.pace.deadline():
+                self.pace.expired = True
+                try:
+                    self.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+                except OSError:
+                    pass
+                return
+
+
+def _socket_of(resp: Any) -> socket.socket | None:
+    connection = getattr(resp.raw, "_connection", None) or getattr(resp.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _content_length(resp: Any) -> int | None:
+    value = resp.headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else None
+
+
+def _check_length(resp: Any, body: bytes) -> None:
+    announced = _content_length(resp)
+    if announced is not None and len(body) != announced:
+        raise _Retryable(_Truncated(f"truncated body: {len(body)} of {announced} bytes"))
+
+
+def _label(url: str) -> str:
+    return urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def _open_file_url(path: str) -> Any:
+    """A local file opened only if it is a regular file (never a device, FIFO or directory)."""
+    try:
+        return open_regular(Path(path))
+    except NotRegularFileError as exc:
+        raise FetchError(str(exc), "give a regular file") from exc
 
 
 class _Retryable(Exception):
@@ -239,23 +515,50 @@ class _Truncated(Exception):
     pass
 
 
+class _TooSlow(Exception):
+    pass
+
+
 class _HTTPStatus(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"HTTP {status} {reason}".strip())
         self.status = status
 
 
-def _raise_for_status(resp, url: str) -> None:
+def _CONNECTION_ERRORS() -> tuple[type[BaseException], ...]:
+    import requests
+    import urllib3
+
+    return (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
+            urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
+
+
+def _REQUEST_ERRORS() -> tuple[type[BaseException], ...]:
+    import requests
+
+    return (requests.exceptions.RequestException, ValueError)
+
+
+def _raise_for_status(resp: Any, url: str) -> None:
     if resp.status_code < 400:
         return
     err = _HTTPStatus(resp.status_code, resp.reason or "")
     resp.close()
     if resp.status_code in RETRY_STATUSES:
         raise _Retryable(err)
-    raise FetchError(f"cannot fetch {redact(url)}: {err}", _hint_for(err))
+    raise HTTPStatusError(f"cannot fetch {redact(url)}: {err}", _hint_for(err), resp.status_code)
 
 
-def _check_content_range(resp, url: str, spec: str, body: bytes, want: int | None) -> None:
+class HTTPStatusError(FetchError):
+    """The server answered with an HTTP error status (``status``)."""
+
+    def __init__(self, message: str, hint: str = "", status: int = 0) -> None:
+        super().__init__(message, hint)
+        self.status = status
+
+
+def _check_content_range(resp: Any, url: str, spec: str, body: bytes, want: int | None) -> None:
     """The 206 must hold exactly the bytes asked for (clipped only at the end of the file)."""
     if resp.status_code != 206:
         raise FetchError(f"cannot fetch {redact(url)}: expected 206 Partial Content, got {resp.status_code}")
@@ -273,7 +576,7 @@ def _check_content_range(resp, url: str, spec: str, body: bytes, want: int | Non
         exact = last == total - 1 and len(body) == min(int(asked_last), total)
     if not exact:
         raise FetchError(f"cannot fetch {redact(url)}: asked for {spec}, the server sent bytes {first}-{last}/{total}",
-                         "the server answers ranges wrongly; use another --from source")
+                         "the server answers ranges wrongly; use another source")
 
 
 def parse_content_range(value: str) -> tuple[int, int, int] | None:
@@ -286,7 +589,9 @@ def parse_content_range(value: str) -> tuple[int, int, int] | None:
     return int(first), int(last), int(total)
 
 
-def _describe(exc: Exception | None) -> str:
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, _TooSlow):
+        return str(exc)
     text = str(exc) if exc else "unknown error"
     for marker in ("Connection refused", "Connection reset", "timed out", "Name or service not known",
                    "Temporary failure in name resolution", "Connection aborted", "IncompleteRead",
@@ -296,16 +601,20 @@ def _describe(exc: Exception | None) -> str:
     return text if len(text) < 200 else text[:200] + "..."
 
 
-def _hint_for(exc: Exception | None) -> str:
+def _hint_for(exc: BaseException | None) -> str:
     status = getattr(exc, "status", None)
     if status in (401, 403):
-        return "the server refused access: check credentials (~/.netrc) or use another --from source"
+        return "the server refused access: check the credentials (~/.netrc) or use another source"
     if status == 404:
-        return "the server has no such file: check the URL, the version, and the --from source"
+        return "the server has no such file: check the URL, the version and the source"
     if isinstance(exc, _Truncated):
-        return "the connection dropped mid-transfer; retry, or use another --from source"
-    return "check the network, the proxy settings (HTTPS_PROXY, NO_PROXY), or use another --from source"
+        return "the connection dropped mid-transfer; retry, or use another source"
+    if isinstance(exc, _TooSlow):
+        return f"the server sends too slowly (under {MIN_RATE // 1024} KiB/s); retry later or use another source"
+    return "check the network, the proxy settings (HTTPS_PROXY, NO_PROXY), or use another source"
 
+
+# -- redaction: the one place secrets leave text -------------------------------------------------
 
 def redact(url: str) -> str:
     """Drop userinfo so that credentials never reach a message or a log (even from a malformed URL)."""
@@ -313,6 +622,32 @@ def redact(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def secret_forms(username: str, password: str) -> list[str]:
+    """Every form in which a password could travel back inside a server's text."""
+    token = f"{username}:{password}"
+    forms = {password, urllib.parse.quote(password, safe=""), urllib.parse.quote(password),
+             urllib.parse.quote_plus(password), json.dumps(password)[1:-1], json.dumps(password, ensure_ascii=False)[1:-1]}
+    for raw in (token, password):
+        encoded = base64.b64encode(raw.encode()).decode()
+        forms |= {encoded, encoded.rstrip("="), base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")}
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
+#: Below this length a secret cannot be scrubbed without mangling ordinary words: such text is withheld.
+SHORT_SECRET = 4
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret replaced by ``***``, or withheld whole when a secret is too short
+    to find reliably.  Call it before any truncation: a cut may otherwise fall inside a secret."""
+    forms = [s for s in secrets if s]
+    if any(len(s) < SHORT_SECRET for s in forms):
+        return "(message withheld: it may contain the password)" if text else text
+    for secret in sorted(forms, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _file_path(url: str) -> str:
@@ -325,4 +660,3 @@ def _guess_type(path: str) -> str:
     if path.endswith(".html"):
         return "text/html"
     return "application/octet-stream"
-

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from repack.errors import IntegrityError
-from repack.fs import is_safe_relpath
+from repack.fs import check_relpath, is_safe_relpath
 from repack.rules.plan import Plan
 
 
@@ -134,4 +134,7 @@ def verified_payload(plan: Plan, checksums: bytes, headers: Mapping[str, bytes],
                              problems=tuple(problems))
     files = [PayloadFile(plan.dest_path(h), headers[h], want[h]) for h in sorted(plan.headers)]
     files.append(PayloadFile(plan.dest_path(plan.marker_name), plan.marker_bytes, sha256(plan.marker_bytes)))
+    # the paths come from flashinfer's code: every builder and install writes them, so they pass the gate here
+    for f in files + extra_files:
+        check_relpath(f.path, "payload path")
     return Payload(plan=plan, files=tuple(files), extras=tuple(extra_files), source=source)

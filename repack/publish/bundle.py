@@ -32,7 +32,7 @@ from repack.fetch.digest import file_sha256
 from repack.fetch.download import PRESENT, fetch_verified
 from repack.fetch.index import find_wheel, project_files
 from repack.fetch.transport import Transport
-from repack.fs import atomic_write
+from repack.fs import atomic_write, check_filename, locked, remove_stale_temporaries, safe_join
 from repack.rules.plan import Plan, require_needed
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class BundleReport:
     fetched: dict[str, str] = field(default_factory=dict)   # wheel -> present / downloaded / resumed
     transferred: int = 0                                      # bytes of wheels that crossed the wire
     files: list[dict] = field(default_factory=list)         # the manifest's entries
+    verified: dict[str, str] = field(default_factory=dict)  # bundle path -> the sha256 it was verified with
 
     def to_json(self) -> dict:
         return {"root": str(self.root), "version": self.version, "fetched": self.fetched,
@@ -68,8 +69,16 @@ def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *,
     out = Path(out_dir)
     names = load_name_map() if names is None else dict(names)
     report = BundleReport(out, version)
+    out.mkdir(parents=True, exist_ok=True)
+    with locked(out):  # two bundle runs into one directory: one after the other, never interleaved
+        _fill(version, out, transport, index_url, epoch, names, say, report)
+    return report
+
+
+def _fill(version: str, out: Path, transport: Transport, index_url: str, epoch: int | None,
+          names: dict[str, str | None], say: Step, report: BundleReport) -> None:
     wheels = out / "wheels"
-    _clear_stale_temporaries(wheels)
+    remove_stale_temporaries(wheels)
     python = _fetch(transport, index_url, PYTHON_PROJECT, version, wheels, report, say)
     plan = _plan(version, python)
     cubin = _fetch(transport, index_url, CUBIN_PROJECT, version, wheels, report, say)
@@ -78,33 +87,28 @@ def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *,
     _drop_stale_own_wheel(out, payload, epoch)
     ours = _build_wheel(payload, wheels, epoch)
     say("writing the static simple index")
+    _drop_stale_simple_copies(out / "simple", [python, cubin, ours])
     _write_simple(out / "simple", [python, cubin, ours])
     _write_channel(out / "conda", payload, [python, cubin], names, epoch, say)
     atomic_write(out / "conda-map.json", (json.dumps({"names": names}, indent=1, sort_keys=True) + "\n").encode())
     atomic_write(out / "README.txt", readme(plan, [python.name, cubin.name, ours.name]).encode())
     say("writing manifest.json")
-    report.files = write_manifest(out, version)
-    return report
+    report.files = write_manifest(out, version, report.verified)
 
 
 # -- stages --------------------------------------------------------------------------------
 
-def _clear_stale_temporaries(wheels: Path) -> None:
-    """Temporaries of a killed streaming download (``.<name>.<pid>.part``); resumable ``<name>.part`` stay."""
-    for path in wheels.glob(".*.part") if wheels.is_dir() else []:
-        path.unlink(missing_ok=True)
-
-
 def _fetch(transport: Transport, index_url: str, project: str, version: str, wheels: Path,
            report: BundleReport, say: Step) -> Path:
     found = find_wheel(project_files(transport, index_url, project), project, version, index_url)
-    dest = wheels / found.filename
+    dest = safe_join(wheels, check_filename(found.filename, "wheel file name"), "wheel file name")
     if not dest.is_file():
         say(f"downloading {found.filename}" + (f" ({found.size / 1e6:.0f} MB)" if found.size else ""))
     what, transferred = fetch_verified(transport, found, dest)
     if what == PRESENT:
         say(f"{found.filename}: present, sha256 matches the index")
     report.fetched[found.filename] = what
+    report.verified[f"wheels/{found.filename}"] = (found.sha256 or "").lower()
     report.transferred += transferred
     return dest
 
@@ -137,6 +141,19 @@ def _drop_stale_own_wheel(out: Path, payload, epoch: int | None) -> None:
     for old in (out / "wheels" / name, out / "simple" / DIST_NAME / name):
         if old.is_file() and old.read_bytes() != fresh:
             log.info("replacing %s, built from other inputs", old)
+            old.unlink()
+            old.with_name(old.name + ".metadata").unlink(missing_ok=True)
+
+
+def _drop_stale_simple_copies(simple: Path, wheels: list[Path]) -> None:
+    """simple/ is the bundle's own: a copy there that differs from the verified wheel (left by a run
+    that was interrupted or raced) goes, so that a rerun repairs the bundle instead of refusing."""
+    from packaging.utils import canonicalize_name
+
+    for wheel in wheels:
+        old = simple / canonicalize_name(wheel.name.split("-", 1)[0]) / wheel.name
+        if old.is_file() and not old.samefile(wheel) and file_sha256(old) != file_sha256(wheel):
+            log.info("replacing %s, which differs from the verified %s", old, wheel)
             old.unlink()
             old.with_name(old.name + ".metadata").unlink(missing_ok=True)
 
@@ -188,14 +205,23 @@ def _remove_other_builds(noarch: Path, keep: list[str]) -> None:
 
 # -- manifest and readme ---------------------------------------------------------------------
 
-def write_manifest(root: Path, version: str) -> list[dict]:
-    """``manifest.json``: every file of the bundle (hidden ones aside) with its sha256 and size."""
+def write_manifest(root: Path, version: str, verified: Mapping[str, str] | None = None) -> list[dict]:
+    """``manifest.json``: every file of the bundle (hidden ones aside) with its sha256 and size.
+
+    The digests are taken now, after every file's final write, and each file in ``verified`` must
+    still have the digest it was verified with: the manifest never vouches for other bytes.
+    """
     files = []
     for rel in sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()):
         if rel == MANIFEST or any(part.startswith(".") for part in rel.split("/")):
             continue
         path = root / rel
         files.append({"path": rel, "sha256": file_sha256(path), "size": path.stat().st_size})
+    have = {f["path"]: f["sha256"] for f in files}
+    changed = [rel for rel, digest in (verified or {}).items() if have.get(rel) != digest]
+    if changed:
+        raise BuildError(f"{', '.join(changed)} changed after it was verified",
+                         "another process is writing into the bundle directory; run the bundle again alone")
     data = {"flashinfer_version": version, "generator": f"flashinfer-repack {__version__}", "files": files}
     try:
         atomic_write(root / MANIFEST, (json.dumps(data, indent=1) + "\n").encode())

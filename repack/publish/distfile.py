@@ -9,10 +9,7 @@ its bytes.  A wheel altered after it was built is refused here.
 
 from __future__ import annotations
 
-import base64
-import csv
 import hashlib
-import io
 import zipfile
 from dataclasses import dataclass
 from email.parser import HeaderParser
@@ -27,6 +24,7 @@ from packaging.version import InvalidVersion, Version
 
 from repack.errors import IntegrityError, UsageError
 from repack.fetch.digest import file_digests
+from repack.wheelfile import RecordRow, dist_info_dir, read_record, urlsafe_b64
 
 CHUNK = 1 << 20
 
@@ -89,7 +87,7 @@ def read_distfile(path: Path, *, check_record: bool = True) -> DistFile:
 def _check_wheel(path: Path, project: str, check_record: bool) -> bytes:
     try:
         with zipfile.ZipFile(path) as zf:
-            dist_info = _dist_info_dir(zf, path)
+            dist_info = dist_info_dir(zf.namelist(), path.name)
             metadata = zf.read(dist_info + "METADATA")
             if check_record:
                 problems = _record_problems(zf, dist_info)
@@ -108,46 +106,32 @@ def _check_wheel(path: Path, project: str, check_record: bool) -> bytes:
     return metadata
 
 
-def _dist_info_dir(zf: zipfile.ZipFile, path: Path) -> str:
-    found = {n.split("/", 1)[0] + "/" for n in zf.namelist()
-             if n.count("/") == 1 and n.endswith("/METADATA") and n.split("/", 1)[0].endswith(".dist-info")}
-    if len(found) != 1:
-        raise IntegrityError(f"{path.name} holds {len(found)} .dist-info directories, expected 1",
-                             "this is not a well-formed wheel")
-    return found.pop()
-
-
 def _record_problems(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
     """Every RECORD entry whose hash or size disagrees, and every file RECORD omits."""
-    rows = list(csv.reader(io.StringIO(zf.read(dist_info + "RECORD").decode("utf-8"))))
     listed, problems = set(), []
-    for row in rows:
-        if not row or not row[0]:
+    for row in read_record(zf.read(dist_info + "RECORD"), dist_info + "RECORD"):
+        listed.add(row.name)
+        if row.name == dist_info + "RECORD" or not row.algorithm:
             continue
-        name, digest, size = (row + ["", "", ""])[:3]
-        listed.add(name)
-        if name == dist_info + "RECORD" or not digest:
-            continue
-        problems += _entry_problem(zf, name, digest, size)
+        problems += _entry_problem(zf, row)
     problems += [f"{n} is not in RECORD" for n in zf.namelist() if not n.endswith("/") and n not in listed]
     return problems
 
 
-def _entry_problem(zf: zipfile.ZipFile, name: str, digest: str, size: str) -> list[str]:
-    algo, _, want = digest.partition("=")
-    if algo not in ("sha256", "sha384", "sha512"):
-        return [f"{name}: RECORD uses the weak or unknown hash {algo!r}"]
+def _entry_problem(zf: zipfile.ZipFile, row: RecordRow) -> list[str]:
+    if row.algorithm not in ("sha256", "sha384", "sha512"):
+        return [f"{row.name}: RECORD uses the weak or unknown hash {row.algorithm!r}"]
     try:
-        h, n = hashlib.new(algo), 0
-        with zf.open(name) as fh:
+        h, n = hashlib.new(row.algorithm), 0
+        with zf.open(row.name) as fh:
             for chunk in iter(lambda: fh.read(CHUNK), b""):
                 h.update(chunk)
                 n += len(chunk)
     except KeyError:
-        return [f"{name} is in RECORD but not in the wheel"]
-    got = base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()
-    if got != want:
-        return [f"{name}: {algo} {got}, RECORD says {want}"]
-    if size and size.isdigit() and int(size) != n:
-        return [f"{name}: {n} bytes, RECORD says {size}"]
+        return [f"{row.name} is in RECORD but not in the wheel"]
+    got = urlsafe_b64(h.digest())
+    if got != row.digest:
+        return [f"{row.name}: {row.algorithm} {got}, RECORD says {row.digest}"]
+    if row.size is not None and row.size != n:
+        return [f"{row.name}: {n} bytes, RECORD says {row.size}"]
     return []

@@ -38,7 +38,7 @@ from packaging.version import Version
 
 from repack.errors import PublishError
 from repack.fetch.digest import file_sha256
-from repack.fs import atomic_write, locked
+from repack.fs import atomic_write, check_filename, locked, safe_join
 from repack.publish.distfile import DistFile, read_distfile
 
 API_VERSION = "1.1"
@@ -86,7 +86,7 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False)
 
 def _check_free(root: Path, dist: DistFile) -> None:
     """Refuse a different file under a name the tree already serves."""
-    target = root / dist.project / dist.filename
+    target = _target(root, dist)
     if not target.exists() or (target.samefile(dist.path)):
         return
     have = file_sha256(target)
@@ -97,8 +97,12 @@ def _check_free(root: Path, dist: DistFile) -> None:
                            "or find out why the bytes differ")
 
 
+def _target(root: Path, dist: DistFile) -> Path:
+    return safe_join(root, f"{check_filename(dist.project, 'project name')}/{check_filename(dist.filename)}")
+
+
 def _add(root: Path, dist: DistFile, link: bool) -> Added:
-    target = root / dist.project / dist.filename
+    target = _target(root, dist)
     if target.exists():  # _check_free saw the same bytes there
         _write_metadata(target, dist.metadata)
         return Added(dist.filename, "skipped", dist.sha256, target)
@@ -141,34 +145,52 @@ def _locked(root: Path):
 
 # -- pages ---------------------------------------------------------------------------
 
+#: Beside each project's files (hidden, so no page or manifest lists it): what each file was when it was
+#: last hashed.  An entry is reused only while size, mtime, inode and ctime all still match; else re-hashed.
+STATE = ".entries.json"
+
+
 def project_entries(root: Path, project: str) -> list[Entry]:
-    """Every wheel in the project's directory.  Hashes already on its JSON page are reused
-    when the size still matches; a file placed by hand is read afresh."""
+    """Every wheel in the project's directory, re-hashed unless it is exactly the file hashed before."""
     folder = root / project
-    known = {e.filename: e for e in _read_json_entries(folder / "index.json")}
-    entries = []
+    state = _read_state(folder / STATE)
+    entries, fresh = [], {}
     for path in sorted(folder.glob("*.whl")):
-        entry = known.get(path.name)
+        stamp = _stamp(path)
+        known = state.get(path.name)
         metadata = path.with_name(path.name + ".metadata")
-        if entry is None or entry.size != path.stat().st_size or not metadata.is_file():
+        if not (isinstance(known, dict) and known.get("stamp") == stamp and _FIELDS <= known.keys()
+                and metadata.is_file()):
             dist = read_distfile(path, check_record=False)
             _write_metadata(path, dist.metadata)
-            entry = Entry(path.name, dist.sha256, dist.size, dist.requires_python, dist.metadata_sha256)
-        entries.append(entry)
+            known = {"stamp": stamp, "sha256": dist.sha256, "size": dist.size,
+                     "requires_python": dist.requires_python, "metadata_sha256": dist.metadata_sha256}
+        fresh[path.name] = known
+        entries.append(Entry(path.name, known["sha256"], known["size"], known["requires_python"],
+                             known["metadata_sha256"]))
+    atomic_write(folder / STATE, (json.dumps(fresh, indent=1, sort_keys=True) + "\n").encode())
     return sorted(entries, key=lambda e: (_version(e.filename), e.filename))
+
+
+_FIELDS = {"sha256", "size", "requires_python", "metadata_sha256"}
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    # ctime too: an in-place rewrite can restore the mtime (os.utime), never the ctime
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+
+
+def _read_state(path: Path) -> dict[str, dict]:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _version(filename: str) -> Version:
     return parse_wheel_filename(filename)[1]
-
-
-def _read_json_entries(path: Path) -> list[Entry]:
-    try:
-        files = json.loads(path.read_text("utf-8"))["files"]
-        return [Entry(f["filename"], f["hashes"]["sha256"], f["size"], f.get("requires-python"),
-                      (f.get("core-metadata") or {}).get("sha256")) for f in files]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
 
 
 def write_project_pages(root: Path, project: str) -> None:

@@ -14,7 +14,6 @@ server echoes one back.
 
 from __future__ import annotations
 
-import base64
 import logging
 import netrc
 import os
@@ -27,10 +26,17 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from packaging.utils import parse_wheel_filename
 
-from repack import __version__
-from repack.errors import PublishError, UsageError
+from repack.errors import FetchError, PublishError, RepackError, UsageError
 from repack.fetch.index import ACCEPT, IndexFile, parse_html_page, parse_json_page
-from repack.fetch.transport import redact
+from repack.fetch.transport import (
+    PAGE_LIMIT,
+    ConnectionFailed,
+    Response,
+    Transport,
+    redact,
+    scrub,
+    secret_forms,
+)
 from repack.publish.distfile import DistFile
 
 log = logging.getLogger(__name__)
@@ -66,8 +72,7 @@ class Credentials:
 
     def secrets(self) -> list[str]:
         """Every form in which these could leak into text, to scrub from server messages."""
-        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        return [s for s in (self.password, token, urllib.parse.quote(self.password, safe="")) if len(s) >= 3]
+        return secret_forms(self.username, self.password)
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,13 @@ class Uploader:
         self.simple_urls = [simple_url] if simple_url else [self.url + "simple/", self.url + "+simple/"]
         self.credentials, self.timeout, self.retries = credentials, timeout, retries
         self.sleep, self.progress = sleep, progress
-        self._session = None
+        # every byte goes through the one transport: its timeouts, size caps and credential policy
+        self.transport = Transport(timeout=timeout, retries=0)
+        if credentials is not None:
+            try:
+                self.transport.add_credentials(self.url, credentials.username, credentials.password)
+            except FetchError as exc:
+                raise UsageError(f"{exc} (credentials from {credentials.origin})", exc.hint) from None
 
     def publish(self, dists: Sequence[DistFile]) -> list[UploadResult]:
         try:
@@ -237,7 +248,7 @@ class Uploader:
         if listed is not None:
             return self._already_there(dist, listed)
         resp = self._post(dist)
-        if resp.status_code == 409:  # the index has it although its simple page did not say so
+        if resp.status == 409:  # the index has it although its simple page did not say so
             listed = self.listed(dist)
             if listed is None:
                 raise self._refusal(resp, dist)
@@ -260,9 +271,7 @@ class Uploader:
         return UploadResult(dist.filename, "skipped", dist.sha256, True)
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        self.transport.close()
 
     # -- reading the simple page ---------------------------------------------------------
 
@@ -276,16 +285,17 @@ class Uploader:
         return None
 
     def _read_page(self, url: str) -> list[IndexFile] | None:
-        resp = self._request("GET", url, headers={"Accept": ACCEPT, "Cache-Control": "no-cache"}, what=url)
-        if resp.status_code != 200:
+        resp = self._request("GET", url, headers={"Accept": ACCEPT, "Cache-Control": "no-cache"}, what=url,
+                             limit=PAGE_LIMIT)
+        if resp.status != 200:
             # 404: no such project (or not a simple root); a redirect elsewhere (pypiserver's fallback to
             # PyPI) says nothing about this index either
             return None
-        ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        ctype = resp.header("Content-Type").split(";")[0].strip().lower()
         parse = parse_json_page if ctype.endswith("json") else parse_html_page
         try:
-            return parse(resp.content, url)
-        except Exception as exc:  # a page we cannot parse is not this index's simple API
+            return parse(resp.body, url)
+        except RepackError as exc:  # a page we cannot parse is not this index's simple API
             log.info("%s: not a simple page (%s)", redact(url), exc)
             return None
 
@@ -297,68 +307,56 @@ class Uploader:
             body = MultipartBody(fields, dist.path, self.progress)
             resp = self._request("POST", self.url, data=body, what=dist.filename,
                                  headers={"Content-Type": body.content_type})
-            if resp.status_code not in RETRY_STATUSES or number == self.retries:
+            if resp.status not in RETRY_STATUSES or number == self.retries:
                 break
-            log.info("%s answered %s; retrying", self.server, resp.status_code)
+            log.info("%s answered %s; retrying", self.server, resp.status)
             self.sleep(0.5 * 2 ** number)
-        if resp.status_code in (200, 201, 204, 409):
+        if resp.status in (200, 201, 204, 409):
             return resp
         raise self._refusal(resp, dist)
 
-    def _refusal(self, resp, dist: DistFile) -> PublishError:
-        status = f"HTTP {resp.status_code} {resp.reason or ''}".strip()
-        said = self._scrub(_first_line(resp))
+    def _refusal(self, resp: Response, dist: DistFile) -> PublishError:
+        status = f"HTTP {resp.status} {resp.reason or ''}".strip()
+        said = _first_line(resp, self._secrets())  # scrubbed before it is cut
         where = f"{self.server} answered {status} to the upload of {dist.filename}" + (f": {said}" if said else "")
-        if resp.status_code == 401:
+        if resp.status == 401:
             hint = ("check the username and password (" + self.credentials.origin + ")" if self.credentials else
                     "no credentials were found: pass --username/--password, set FLASHINFER_REPACK_USERNAME and "
                     "FLASHINFER_REPACK_PASSWORD, or add the host to ~/.netrc")
-        elif resp.status_code == 409:
+        elif resp.status == 409:
             where += " (a file of that name exists there, and the index's simple page could not be read to compare)"
             hint = "pass --simple-url so that the two files can be compared, or remove the file from the index"
-        elif resp.status_code == 403:
+        elif resp.status == 403:
             hint = ("the index refused this user: check the credentials (" + (self.credentials.origin if
                     self.credentials else "none were found") + ") and that the user may upload here "
                     "(pypiserver: the -P password file; devpi: acl_upload)")
-        elif 300 <= resp.status_code < 400:
-            where += f" (redirect to {redact(resp.headers.get('Location', '?'))})"
+        elif 300 <= resp.status < 400:
+            where += f" (redirect to {redact(resp.header('Location', '?'))})"
             hint = "give the exact upload URL; an upload is never sent on through a redirect"
-        elif resp.status_code == 413:
+        elif resp.status == 413:
             hint = "the file is larger than the server (or a proxy in front of it) accepts"
-        elif resp.status_code >= 500:
+        elif resp.status >= 500:
             hint = "the index failed; see its logs, then publish again (files already there are skipped)"
         else:
             hint = "the index refused the file; see its message"
         return PublishError(self._scrub(where), hint)
 
+    def _secrets(self) -> list[str]:
+        return self.credentials.secrets() if self.credentials else []
+
     def _scrub(self, text: str) -> str:
-        for secret in self.credentials.secrets() if self.credentials else ():
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._secrets())
 
-    def _request(self, method: str, url: str, *, what: str, **kwargs):
-        import requests
-
-        session = self._open()
-        same_host = urllib.parse.urlsplit(url).netloc == urllib.parse.urlsplit(self.url).netloc
-        auth = (self.credentials.username.encode(), self.credentials.password.encode()) \
-            if self.credentials is not None and same_host else None  # credentials go to the index host only
+    def _request(self, method: str, url: str, *, what: str, headers: Mapping[str, str],
+                 data: object = None, limit: int | None = None) -> Response:
         try:
-            return session.request(method, url, timeout=(self.timeout, self.timeout * 10),
-                                   allow_redirects=False, auth=auth, **kwargs)
-        except requests.exceptions.RequestException as exc:
-            reason = type(exc).__name__ if not isinstance(exc, requests.exceptions.ConnectionError) else \
-                _connection_reason(exc)
-            raise PublishError(f"cannot reach {self.server} ({method} for {Path(what).name}): {reason}",
-                               "check the --index URL, the network and the proxy settings") from None
-
-    def _open(self):
-        import requests
-
-        if self._session is None:
-            self._session = requests.Session()
-            self._session.headers["User-Agent"] = f"flashinfer-repack/{__version__}"
-        return self._session
+            return self.transport.send(method, url, headers=headers, data=data,
+                                       **({"limit": limit} if limit else {}))
+        except ConnectionFailed as exc:
+            raise PublishError(f"cannot reach {self.server} ({method} for {Path(what).name}): {exc.reason}",
+                               "check the index URL, the network and the proxy settings") from None
+        except FetchError as exc:
+            raise PublishError(f"{method} for {Path(what).name}: {exc}", exc.hint) from None
 
 
 def _host_port(parts: urllib.parse.SplitResult) -> str:
@@ -368,26 +366,18 @@ def _host_port(parts: urllib.parse.SplitResult) -> str:
     return host + (f":{parts.port}" if parts.port else "")
 
 
-def _first_line(resp) -> str:
-    ctype = resp.headers.get("Content-Type", "")
+def _first_line(resp: Response, secrets: Sequence[str]) -> str:
+    """The server's message on one line, secrets scrubbed first: a cut must never fall inside one."""
+    ctype = resp.header("Content-Type")
     if not ctype.startswith(("text/", "application/json")):
         return ""
-    text = resp.text
+    text = resp.body.decode("utf-8", "replace")
     if "html" in ctype:
         import html
         import re
         text = html.unescape(re.sub(r"(?is)<(head|script|style)\b.*?</\1>|<[^>]+>", " ", text))
-    line = " ".join(text.split())
+    line = scrub(" ".join(text.split()), secrets)
     return line[:200] + ("..." if len(line) > 200 else "")
-
-
-def _connection_reason(exc: Exception) -> str:
-    text = str(exc)
-    for marker in ("Connection refused", "Connection reset", "timed out", "Name or service not known",
-                   "Remote end closed connection", "Connection aborted"):
-        if marker in text:
-            return marker.lower()
-    return "connection failed"
 
 
 def netrc_path(env: Mapping[str, str]) -> Path:
