@@ -34,10 +34,19 @@ HEADER_PROBE = Path(__file__).with_name("header_probe.py")
 TORCH = "torch==2.13.0"
 GPU_ONLY = {"nvidia-cutlass-dsl", "nvidia-cudnn-frontend", "torch", "cuda-tile"}
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
+#: set per test by conftest: only tests marked ``real`` may fetch a real wheel
+REAL_ALLOWED = True
+
+
+class RealWheelInFastTier(RuntimeError):
+    """A test without the ``real`` marker asked for a real flashinfer wheel."""
 
 
 def real_wheel(project: str, version: str) -> Path:
     """The real wheel of ``project==version`` from PyPI, downloaded once."""
+    if not REAL_ALLOWED:
+        raise RealWheelInFastTier(f"{project}=={version} is a real wheel: mark the test "
+                                  "@pytest.mark.real, or use tests.support.synthetic's version")
     dest = STORE / "wheels"
     prefix = f"{project.replace('-', '_')}-{version}-"
     found = sorted(dest.glob(prefix + "*.whl")) if dest.is_dir() else []
