@@ -49,7 +49,8 @@ def header_bytes(name: str) -> bytes:
     guard = name.replace("/", "_").replace(".", "_").upper()
     body = "".join(f"constexpr int k{guard}_{i} = {i * 7919 % 10007};\n" for i in range(8 + 2 * len(name)))
     return (f"// synthetic {name}: not NVIDIA's header, made by flashinfer-repack's tests\n"
-            f"#pragma once\n#ifndef {guard}\n#define {guard}\n{body}#endif\n").encode()
+            f"#pragma once\n#ifndef {guard}\n#define {guard}\nenum class {guard}_KIND {{ A, B }};\n"
+            f"{body}#endif\n").encode()
 
 
 def meta_info_bytes() -> bytes:
