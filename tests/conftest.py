@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import envs, synthetic
-from tests.support.envs import FlashinferEnv, real_wheel
+from tests.support.envs import FlashinferEnv, real_wheel, trimmed_cubin_wheel
 from tests.support.isolation import Isolation
 
 AFFECTED = ("0.6.5", "0.6.6", "0.6.7")
@@ -64,9 +64,14 @@ def pytest_sessionfinish(session, exitstatus):
         return
     written = _ISOLATION.pop().stop()
     if written:
-        shown = "\n  ".join(written[:20])
+        where: dict[str, int] = {}
+        for path in written:
+            top = "/".join(path.split("/")[:2])
+            where[top] = where.get(top, 0) + 1
+        shown = "\n  ".join(f"~/{top}: {n} file(s)" for top, n in sorted(where.items()))
         session.config.get_terminal_writer().line(
-            f"FAILED: the tests wrote {len(written)} path(s) under the real home:\n  {shown}", red=True)
+            f"FAILED: {len(written)} file(s) appeared under the real home during the run (another process "
+            f"on this machine? see FLASHINFER_REPACK_TEST_HOME_IGNORE):\n  {shown}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -80,18 +85,20 @@ def synthetic_wheels(tmp_path_factory) -> dict[tuple[str, str], Path]:
            {("flashinfer-cubin", synthetic.VERSION): synthetic.cubin_wheel(out)}
 
 
-def _wheel(project: str, synthetic_wheels):
+def _wheel(project: str, synthetic_wheels, real=real_wheel):
     def get(version: str) -> Path:
         if version in SYNTHETIC:
             return synthetic_wheels[(project, version)]
-        return real_wheel(project, version)
+        return real(project, version)
     return get
 
 
 @pytest.fixture(scope="session")
 def cubin_wheel(synthetic_wheels):
-    """``cubin_wheel(version)``: the synthetic wheel for a synthetic version, else the real one from PyPI."""
-    return _wheel("flashinfer-cubin", synthetic_wheels)
+    """``cubin_wheel(version)``: the synthetic wheel for a synthetic version, else the real
+    flashinfer-cubin from PyPI without its kernels (``envs.trimmed_cubin_wheel``: every other member
+    byte for byte, 10 MB instead of 250-300 MB)."""
+    return _wheel("flashinfer-cubin", synthetic_wheels, lambda _, version: trimmed_cubin_wheel(version))
 
 
 @pytest.fixture(scope="session")
@@ -145,6 +152,16 @@ def flashinfer_env() -> FlashinferEnv:
         yield FlashinferEnv(root / "venv").create()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def unprivileged_user() -> str:
+    """The uid of 'nobody' (65534) for ``setpriv``; skips where the tests cannot switch users."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run flashinfer as an unprivileged user")
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux), to run flashinfer as an unprivileged user")
+    return "65534"
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from tests.conftest import cli
 from tests.support.conda_env import (EXPORT_DIR, conda_meta, files_under, python_standin, solve,
                                      solve_and_install, standin)
 from tests.support import synthetic
-from tests.support.envs import real_wheel
+from tests.support.envs import real_wheel, trimmed_cubin_wheel
 
 VERSION = synthetic.VERSION
 PLAN = synthetic.plan()
@@ -320,7 +320,7 @@ def test_the_solver_honours_the_exact_pins(tmp_path, packages):
 def test_real_flashinfer_starts_offline_with_the_conda_headers(channel, flashinfer_env, tmp_path):
     """pip's flashinfer in a conda prefix + our pip-mode conda package: vLLM's snippet, no network."""
     built = cli("build", REAL, "--format", "conda", "--conda-no-flashinfer-deps", "-o", str(tmp_path / "real"),
-                "--no-cache", "--json", "--from", str(real_wheel("flashinfer-cubin", REAL)))
+                "--no-cache", "--json", "--from", str(trimmed_cubin_wheel(REAL)))
     assert built.returncode == 0, built.stderr
     assert publish(channel, Path(json.loads(built.stdout)["artifacts"][0]["path"])).returncode == 0
     prefix = tmp_path / "prefix"
@@ -330,7 +330,7 @@ def test_real_flashinfer_starts_offline_with_the_conda_headers(channel, flashinf
     flashinfer_env.remove("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")  # ...but not flashinfer
     # pip first: 'pip install --target' skips a top-level folder (flashinfer_cubin/) that already exists
     flashinfer_env.pip("install", "-q", "--no-deps", "--target", str(site),
-                       str(real_wheel("flashinfer-python", REAL)), str(real_wheel("flashinfer-cubin", REAL)))
+                       str(real_wheel("flashinfer-python", REAL)), str(trimmed_cubin_wheel(REAL)))
     env = {"PYTHONPATH": str(site)}
     without = flashinfer_env.run_snippet(fast_clock=True, env=env)
     assert not without["ok"] and "BatchedGemmEnums.h not found" in without["error"], without
