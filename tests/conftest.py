@@ -30,8 +30,16 @@ DEFAULT_INDEX: list[str] = []
 
 # -- tiers -------------------------------------------------------------------------------------------
 
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the tests in reverse order (with -p no:randomly), to expose order dependence")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly, which then should be off
 def pytest_collection_modifyitems(config, items):
     """``network`` and ``slow`` tests, and those in a real FlashInfer venv, belong to the real tier."""
+    if config.getoption("--reverse"):
+        items.reverse()
     for item in items:
         if (item.get_closest_marker("network") or item.get_closest_marker("slow")
                 or "flashinfer_env" in getattr(item, "fixturenames", ())):

@@ -6,7 +6,8 @@ build of torch comes from is part of the machine, not of the tests); ``.netrc`` 
 credential tests see only what they set up.  The wheel store (``$FLASHINFER_REPACK_TEST_STORE``)
 keeps its explicit path and is the one place under the real home that tests may write.
 ``FLASHINFER_REPACK_TEST_HOME_IGNORE`` (``:``-separated paths relative to the home) names places
-that other processes on a shared machine write while the tests run.
+that other processes on a shared machine write while the tests run; toolchain directories
+(``TOOLCHAINS``) are not walked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from pathlib import Path
 VARIABLES = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME",
              "FLASHINFER_WORKSPACE_BASE")
 COPIED_CONFIG = (".config/pip/pip.conf", ".pip/pip.conf", ".config/uv/uv.toml")
+#: toolchains installed under the home: hundreds of thousands of files that no test writes; walking
+#: them would cost more than the fast tier's slowest test
+TOOLCHAINS = (".pyenv", ".rustup", ".cargo", ".m2", ".nvm", ".sdkman", ".gradle")
 
 
 class Isolation:
@@ -63,6 +67,7 @@ class Isolation:
     def written(self) -> list[str]:
         ignored = {self.store} | {(self.real_home / p).resolve() for p in
                                   os.environ.get("FLASHINFER_REPACK_TEST_HOME_IGNORE", "").split(":") if p}
+        ignored |= {(self.real_home / p).resolve() for p in TOOLCHAINS}
         found = []
         for top, dirs, files in os.walk(self.real_home):
             dirs[:] = [d for d in dirs if Path(top, d).resolve() not in ignored]
