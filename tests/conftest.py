@@ -35,11 +35,14 @@ def pytest_addoption(parser):
                      help="run the tests in reverse order (with -p no:randomly), to expose order dependence")
 
 
-@pytest.hookimpl(trylast=True)  # after pytest-randomly, which then should be off
+def pytest_collection_finish(session):
+    if session.config.getoption("--reverse"):  # after every reordering plugin and the deselection
+        session.items.reverse()
+
+
 def pytest_collection_modifyitems(config, items):
-    """``network`` and ``slow`` tests, and those in a real FlashInfer venv, belong to the real tier."""
-    if config.getoption("--reverse"):
-        items.reverse()
+    """``network`` and ``slow`` tests, and those in a real FlashInfer venv, belong to the real tier.
+    (This conftest hook runs before the marker selection of ``-m``.)"""
     for item in items:
         if (item.get_closest_marker("network") or item.get_closest_marker("slow")
                 or "flashinfer_env" in getattr(item, "fixturenames", ())):
