@@ -1,4 +1,10 @@
-"""Shared fixtures: the real wheels, one FlashInfer venv, and the CLI."""
+"""Shared fixtures: two tiers, an isolated home, the wheels (synthetic or real), one FlashInfer venv, the CLI.
+
+Fast tier (the default ``pytest``): a synthetic flashinfer-python and flashinfer-cubin made at test
+time (``tests/support/synthetic.py``), served by a session index on 127.0.0.1 that is every CLI run's
+default index; no real wheel, no network.  Real tier (``pytest -m real``): the real wheels from PyPI,
+a venv with real flashinfer.  A test that asks for a real wheel without the ``real`` marker fails.
+"""
 
 from __future__ import annotations
 
@@ -12,27 +18,142 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.envs import FlashinferEnv, real_wheel
+from tests.support import envs, synthetic
+from tests.support.envs import FlashinferEnv, real_wheel, trimmed_cubin_wheel
+from tests.support.isolation import Isolation
 
 AFFECTED = ("0.6.5", "0.6.6", "0.6.7")
+SYNTHETIC = (synthetic.VERSION, synthetic.FIXED)
+#: the default index of every ``cli()`` run: the session's synthetic index (set by ``synthetic_index``)
+DEFAULT_INDEX: list[str] = []
+
+
+# -- tiers -------------------------------------------------------------------------------------------
+
+def pytest_addoption(parser):
+    parser.addoption("--reverse", action="store_true",
+                     help="run the tests in reverse order (with -p no:randomly), to expose order dependence")
+
+
+def pytest_collection_finish(session):
+    if session.config.getoption("--reverse"):  # after every reordering plugin and the deselection
+        session.items.reverse()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``network`` and ``slow`` tests, and those in a real FlashInfer venv, belong to the real tier.
+    (This conftest hook runs before the marker selection of ``-m``.)"""
+    for item in items:
+        if (item.get_closest_marker("network") or item.get_closest_marker("slow")
+                or "flashinfer_env" in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real)
+
+
+@pytest.fixture(autouse=True)
+def _tier_guard(request):
+    """Only tests marked ``real`` may fetch a real wheel, so the fast tier can never need one."""
+    envs.REAL_ALLOWED = request.node.get_closest_marker("real") is not None
+    yield
+    envs.REAL_ALLOWED = False
+
+
+# -- isolation ---------------------------------------------------------------------------------------
+
+_ISOLATION: list[Isolation] = []
+
+
+def pytest_configure(config):
+    """Point HOME, XDG_* and FLASHINFER_WORKSPACE_BASE into a temporary home before anything runs
+    (a session fixture would be too late for modules that read them at import)."""
+    if not hasattr(config, "workerinput"):
+        _ISOLATION.append(Isolation(store=envs.STORE).start())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run if anything new appeared under the real home (the wheel store excepted)."""
+    if not _ISOLATION:
+        return
+    written = _ISOLATION.pop().stop()
+    if written:
+        where: dict[str, int] = {}
+        for path in written:
+            top = "/".join(path.split("/")[:2])
+            where[top] = where.get(top, 0) + 1
+        shown = "\n  ".join(f"~/{top}: {n} file(s)" for top, n in sorted(where.items()))
+        session.config.get_terminal_writer().line(
+            f"FAILED: {len(written)} file(s) appeared under the real home during the run (another process "
+            f"on this machine? see FLASHINFER_REPACK_TEST_HOME_IGNORE):\n  {shown}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# -- wheels ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def synthetic_wheels(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """(project, version) -> the synthetic wheel, made once per session."""
+    out = tmp_path_factory.mktemp("synthetic")
+    return {("flashinfer-python", v): synthetic.python_wheel(out, v) for v in SYNTHETIC} | \
+           {("flashinfer-cubin", synthetic.VERSION): synthetic.cubin_wheel(out)}
+
+
+def _wheel(project: str, synthetic_wheels, real=real_wheel):
+    def get(version: str) -> Path:
+        if version in SYNTHETIC:
+            return synthetic_wheels[(project, version)]
+        return real(project, version)
+    return get
 
 
 @pytest.fixture(scope="session")
-def cubin_wheel():
-    """``cubin_wheel(version)``: the real flashinfer-cubin wheel from PyPI (downloaded once)."""
-    return lambda version: real_wheel("flashinfer-cubin", version)
+def cubin_wheel(synthetic_wheels):
+    """``cubin_wheel(version)``: the synthetic wheel for a synthetic version, else the real
+    flashinfer-cubin from PyPI without its kernels (``envs.trimmed_cubin_wheel``: every other member
+    byte for byte, 10 MB instead of 250-300 MB)."""
+    return _wheel("flashinfer-cubin", synthetic_wheels, lambda _, version: trimmed_cubin_wheel(version))
 
 
 @pytest.fixture(scope="session")
-def python_wheel():
-    """``python_wheel(version)``: the real flashinfer-python wheel from PyPI (downloaded once)."""
-    return lambda version: real_wheel("flashinfer-python", version)
+def python_wheel(synthetic_wheels):
+    """``python_wheel(version)``: the synthetic wheel for a synthetic version, else the real one from PyPI."""
+    return _wheel("flashinfer-python", synthetic_wheels)
+
+
+def plan_of(version: str):
+    """The plan of a synthetic or shipped version (with header hashes)."""
+    from repack.rules.plan import shipped_plan
+
+    return synthetic.plan(version) if version in SYNTHETIC else shipped_plan(version)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def synthetic_index(synthetic_wheels):
+    """A simple index on 127.0.0.1 with the synthetic flashinfer-python and flashinfer-cubin, for the
+    whole session; it is the default index of ``cli()``, so no test reaches PyPI by accident."""
+    from tests.support.servers import FileServer
+
+    with FileServer() as server:
+        for (project, _), path in sorted(synthetic_wheels.items()):
+            server.serve_project(project, [path])
+        DEFAULT_INDEX.append(server.index_url)
+        try:
+            yield server
+        finally:
+            DEFAULT_INDEX.remove(server.index_url)
+
+
+@pytest.fixture
+def plan_server(synthetic_index):
+    """The session's synthetic index with its log cleared: building a version that has no shipped
+    plan reads flashinfer-python's code from it, and tests that count requests add these."""
+    synthetic_index.log.clear()
+    return synthetic_index
 
 
 @pytest.fixture(scope="session")
 def flashinfer_env() -> FlashinferEnv:
-    """One venv with the local CPU torch, shared by every acceptance test (versions swapped with pip).
+    """One venv with the local CPU torch, shared by the real-tier tests (versions swapped with pip).
 
+    Tests that install anything else into it must restore it (``FlashinferEnv.restoring``).
     It lies in a world-readable temporary directory (pytest's are private to
     root) so that tests can run flashinfer as an unprivileged user.
     """
@@ -42,6 +163,16 @@ def flashinfer_env() -> FlashinferEnv:
         yield FlashinferEnv(root / "venv").create()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def unprivileged_user() -> str:
+    """The uid of 'nobody' (65534) for ``setpriv``; skips where the tests cannot switch users."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run flashinfer as an unprivileged user")
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux), to run flashinfer as an unprivileged user")
+    return "65534"
 
 
 @pytest.fixture
@@ -57,7 +188,8 @@ def shared_tmp():
 
 @pytest.fixture(scope="session")
 def headers_wheel(tmp_path_factory, cubin_wheel):
-    """``headers_wheel(version)``: our wheel, built by the CLI from the real local flashinfer-cubin wheel."""
+    """``headers_wheel(version)``: our wheel, built by the CLI from the (synthetic or real) local
+    flashinfer-cubin wheel."""
     built: dict[str, Path] = {}
 
     def build(version: str) -> Path:
@@ -72,8 +204,14 @@ def headers_wheel(tmp_path_factory, cubin_wheel):
 
 
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m repack ARGS`` as a user would; no FlashInfer variables leak in."""
+    """Run ``python -m repack ARGS`` as a user would.
+
+    No FlashInfer variable and no index setting of the caller leaks in; the default index is the
+    session's synthetic index (``env={"PIP_INDEX_URL": ...}`` or ``--index-url`` choose another).
+    """
     run_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PIP_INDEX_URL"))}
+    if DEFAULT_INDEX:
+        run_env["PIP_INDEX_URL"] = DEFAULT_INDEX[-1]
     run_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "repack", *args], capture_output=True, text=True,
                           env=run_env, cwd=cwd, timeout=timeout)
@@ -84,20 +222,19 @@ def run_cli():
     return cli
 
 
-# -- a local HTTP server and what it serves, made at test time from the real wheels ------------
+# -- what the local servers serve, made at test time ------------------------------------------------
 
 @pytest.fixture(scope="session")
 def artifactory_tree(tmp_path_factory, cubin_wheel):
     """``artifactory_tree(version)``: a directory in NVIDIA's artifactory layout holding
-    ``<artifact>/checksums.txt`` and the 17 headers, extracted from the real flashinfer-cubin wheel."""
-    from repack.rules.plan import shipped_plan
+    ``<artifact>/checksums.txt`` and the 17 headers, extracted from that version's flashinfer-cubin wheel."""
     from tests.support.servers import artifact_members, extract_tree
 
     made: dict[str, Path] = {}
 
     def make(version: str) -> Path:
         if version not in made:
-            paths = artifact_members(shipped_plan(version))
+            paths = artifact_members(plan_of(version))
             dest = tmp_path_factory.mktemp(f"artifactory-{version}")
             made[version] = extract_tree(cubin_wheel(version), paths, dest)
         return made[version]
@@ -107,18 +244,18 @@ def artifactory_tree(tmp_path_factory, cubin_wheel):
 
 @pytest.fixture(scope="session")
 def small_cubin_wheel(tmp_path_factory, cubin_wheel):
-    """``small_cubin_wheel(version)``: a small zip named like the real flashinfer-cubin wheel, holding
-    exactly its 19 members under the BMM artifact (checksums.txt, flashinferMetaInfo.h, 17 headers)."""
-    from repack.rules.plan import ARTIFACT_EXTRAS, shipped_plan
+    """``small_cubin_wheel(version)``: a small zip named like that version's flashinfer-cubin wheel,
+    holding exactly its 19 members under the BMM artifact (checksums.txt, flashinferMetaInfo.h, 17 headers)."""
+    from repack.rules.plan import ARTIFACT_EXTRAS
     from tests.support.servers import CUBIN_ROOT, artifact_members, copy_members
 
     made: dict[str, Path] = {}
 
     def make(version: str) -> Path:
         if version not in made:
-            real = cubin_wheel(version)
-            names = [CUBIN_ROOT + p for p in artifact_members(shipped_plan(version), ARTIFACT_EXTRAS[1:])]
-            made[version] = copy_members(real, names, tmp_path_factory.mktemp(f"small-{version}") / real.name)
+            source = cubin_wheel(version)
+            names = [CUBIN_ROOT + p for p in artifact_members(plan_of(version), ARTIFACT_EXTRAS[1:])]
+            made[version] = copy_members(source, names, tmp_path_factory.mktemp(f"small-{version}") / source.name)
         return made[version]
 
     return make

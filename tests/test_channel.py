@@ -26,14 +26,15 @@ from pathlib import Path
 
 import pytest
 
-from repack.rules.plan import shipped_plan
 from tests.conftest import cli
 from tests.support.conda_env import (EXPORT_DIR, conda_meta, files_under, python_standin, solve,
                                      solve_and_install, standin)
-from tests.support.envs import real_wheel
+from tests.support import synthetic
+from tests.support.envs import real_wheel, trimmed_cubin_wheel
 
-VERSION = "0.6.6"
-PLAN = shipped_plan(VERSION)
+VERSION = synthetic.VERSION
+PLAN = synthetic.plan()
+REAL = "0.6.6"  # the real tier's flashinfer
 PYTHONS = ("3.11", "3.12")
 
 
@@ -169,7 +170,7 @@ def corruptions(package: Path, out: Path) -> dict[str, tuple[Path, str]]:
     flipped.write_bytes(raw[:middle] + bytes([raw[middle] ^ 0xFF]) + raw[middle + 1:])
     renamed = out / package.name.replace("flashinfer-cubin-headers", "flashinfer-cubin")
     renamed.write_bytes(raw)
-    not_conda = out / "flashinfer-cubin-headers-0.6.6-py3-none-any.whl"
+    not_conda = out / f"flashinfer-cubin-headers-{VERSION}-py3-none-any.whl"
     not_conda.write_bytes(raw)
     return {"truncated": (truncated, "not a readable conda package"),
             "flipped": (flipped, "not a readable conda package"),
@@ -276,7 +277,8 @@ def test_publishers_take_turns(channel, packages):
             assert snapshot(channel) == before
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    assert waiting.wait(timeout=60) == 0, waiting.stderr.read()
+    _, err = waiting.communicate(timeout=60)  # reads and closes both pipes (an open one is a ResourceWarning)
+    assert waiting.returncode == 0, err
     assert packages["conda"].name in repodata(channel)["packages.conda"]
 
 
@@ -315,17 +317,20 @@ def test_the_solver_honours_the_exact_pins(tmp_path, packages):
 
 
 @pytest.mark.slow
-def test_real_flashinfer_starts_offline_with_the_conda_headers(channel, packages, flashinfer_env, tmp_path):
+def test_real_flashinfer_starts_offline_with_the_conda_headers(channel, flashinfer_env, tmp_path):
     """pip's flashinfer in a conda prefix + our pip-mode conda package: vLLM's snippet, no network."""
-    assert publish(channel, packages["pip-conda"]).returncode == 0
+    built = cli("build", REAL, "--format", "conda", "--conda-no-flashinfer-deps", "-o", str(tmp_path / "real"),
+                "--no-cache", "--json", "--from", str(trimmed_cubin_wheel(REAL)))
+    assert built.returncode == 0, built.stderr
+    assert publish(channel, Path(json.loads(built.stdout)["artifacts"][0]["path"])).returncode == 0
     prefix = tmp_path / "prefix"
     solve_and_install(channel, ["python 3.11.*"], prefix, tmp_path / "pkgs")
     site = prefix / "lib" / "python3.11" / "site-packages"
-    flashinfer_env.use(VERSION)  # flashinfer's light dependencies in the venv whose interpreter we borrow...
+    flashinfer_env.use(REAL)  # flashinfer's light dependencies in the venv whose interpreter we borrow...
     flashinfer_env.remove("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")  # ...but not flashinfer
     # pip first: 'pip install --target' skips a top-level folder (flashinfer_cubin/) that already exists
     flashinfer_env.pip("install", "-q", "--no-deps", "--target", str(site),
-                       str(real_wheel("flashinfer-python", VERSION)), str(real_wheel("flashinfer-cubin", VERSION)))
+                       str(real_wheel("flashinfer-python", REAL)), str(trimmed_cubin_wheel(REAL)))
     env = {"PYTHONPATH": str(site)}
     without = flashinfer_env.run_snippet(fast_clock=True, env=env)
     assert not without["ok"] and "BatchedGemmEnums.h not found" in without["error"], without

@@ -19,13 +19,13 @@ from conda_package_streaming.package_streaming import stream_conda_info
 
 from repack.build.conda import parse_dependency_names, python_spec
 from repack.errors import BuildError, UsageError
-from repack.rules.plan import shipped_plan
 from tests.conftest import cli
 from tests.support.conda_env import EXPORT_DIR
+from tests.support import synthetic
 
-VERSION = "0.6.6"
+VERSION = synthetic.VERSION
 EPOCH = "1700000000"
-PLAN = shipped_plan(VERSION)
+PLAN = synthetic.plan()
 INFO_FILES = {"info/index.json", "info/paths.json", "info/files", "info/link.json", "info/about.json",
               "info/hash_input.json"}
 ARCHIVES = {"conda": ".conda", "conda-bz2": ".tar.bz2"}

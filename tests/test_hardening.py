@@ -9,26 +9,31 @@ import pytest
 
 from repack.fetch.archive import SpanCache
 from repack.errors import SourceError
+from tests.support import synthetic
 from tests.test_build_sources import FAST, VERSION, build, failed, succeeded
 
 SECRET = "hunter2-s3cret"
 
 
 def test_credentials_in_an_index_url_never_reach_the_output(run_cli, tmp_path, file_server, python_wheel):
-    file_server.serve_project("flashinfer-python", [python_wheel("0.6.8")])  # no flashinfer-cubin there
+    file_server.serve_project("flashinfer-python", [python_wheel(synthetic.FIXED)])  # no flashinfer-cubin there
     index = file_server.index_url.replace("http://", f"http://bob:{SECRET}@")
     out = tmp_path / "out"
-    for result in (build(run_cli, out, "index+" + index),
-                   run_cli("plan", "0.6.9", "--index-url", index, "--json", *FAST),
-                   run_cli("plan", "0.6.8", "--index-url", index, "--json", *FAST)):
+    no_cubin = build(run_cli, out, "index+" + index)
+    unknown = run_cli("plan", "0.6.9", "--index-url", index, "--json", *FAST)
+    known = run_cli("plan", synthetic.FIXED, "--index-url", index, "--json", *FAST)
+    for result in (no_cubin, unknown, known):
         assert SECRET not in result.stdout + result.stderr
-        assert result.returncode in (0, 1), result.stderr
-    assert json.loads(result.stdout)["origin"].startswith("flashinfer-python 0.6.8 on http://127.0.0.1:")
+    assert "has no project flashinfer-cubin" in failed(no_cubin, out)
+    assert unknown.returncode == 1 and json.loads(unknown.stdout)["kind"] == "UnknownVersionError"
+    assert "flashinfer-python 0.6.9 is not on http://127.0.0.1:" in json.loads(unknown.stdout)["error"]
+    assert known.returncode == 0, known.stderr
+    assert json.loads(known.stdout)["origin"].startswith(f"flashinfer-python {synthetic.FIXED} on http://127.0.0.1:")
 
 
 def test_an_index_without_the_wheel_passes_the_turn_to_the_next_source(run_cli, tmp_path, file_server,
                                                                       python_wheel, small_cubin_wheel):
-    file_server.serve_project("flashinfer-python", [python_wheel("0.6.8")])
+    file_server.serve_project("flashinfer-python", [python_wheel(synthetic.FIXED)])
     report = succeeded(build(run_cli, tmp_path / "out", "index+" + file_server.index_url,
                              str(small_cubin_wheel(VERSION))))
     assert report["source"].startswith("wheel ")

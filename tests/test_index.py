@@ -10,6 +10,7 @@ import pytest
 from repack.errors import SourceError, UnknownVersionError
 from repack.fetch.index import IndexFile, find_wheel, parse_html_page, parse_json_page, project_files
 from repack.fetch.transport import Transport
+from tests.support import synthetic
 
 PAGE = "https://mirror.example/simple/flashinfer-cubin/"
 SHA = "ab" * 32
@@ -82,7 +83,7 @@ def test_find_wheel_unknown_version_lists_what_is_there(version):
 def test_project_files_from_a_real_server(index_format, file_server, small_cubin_wheel):
     from tests.support.servers import file_sha256
 
-    wheel = small_cubin_wheel("0.6.6")
+    wheel = small_cubin_wheel(synthetic.VERSION)
     file_server.index_format = index_format
     index = file_server.serve_project("flashinfer-cubin", [wheel])
     transport = Transport(retries=0, timeout=5)

@@ -14,17 +14,18 @@ from repack.fetch.cache import Cache
 from repack.errors import BuildError
 from repack.fetch.payload import fetch_payload
 from repack.environment.install import install
-from repack.rules.plan import shipped_plan
 from repack.fetch.sources import WheelFile
+from tests.support import synthetic
 from tests.support.envs import HEADER_PROBE
 
-PLAN = shipped_plan("0.6.6")
+VERSION = synthetic.VERSION
+PLAN = synthetic.plan()
 DEST = PLAN.dest_dir
 
 
 @pytest.fixture(scope="module")
 def payload(cubin_wheel):
-    return fetch_payload(PLAN, [WheelFile(cubin_wheel("0.6.6"))], Cache(None), with_extras=True)
+    return fetch_payload(PLAN, [WheelFile(cubin_wheel(VERSION))], Cache(None), with_extras=True)
 
 
 def sha(path: Path) -> str:
@@ -166,19 +167,19 @@ def test_doctor_and_install_on_a_conda_prefix_without_python(record, python_whee
     (prefix / "conda-meta" / "python-3.11.7-h0.json").write_text(json.dumps({"name": "python", "version": "3.11.7"}))
     scheme = {k: str(site) for k in ("purelib", "platlib")}
     scheme.update(scripts=str(prefix / "bin2"), data=str(prefix), headers=str(prefix / "include"))
-    with InstallerWheel.open(python_wheel("0.6.6")) as source:
+    with InstallerWheel.open(python_wheel(VERSION)) as source:
         install_wheel(source, SchemeDictionaryDestination(scheme, interpreter="/usr/bin/python3",
                                                           script_kind="posix"), additional_metadata={})
     if not record:
-        (site / "flashinfer_python-0.6.6.dist-info" / "RECORD").unlink()
+        (site / f"flashinfer_python-{VERSION}.dist-info" / "RECORD").unlink()
     env = {"HOME": str(tmp_path / "home")}
     code, report = doctor(run_cli, "--prefix", str(prefix), env=env)
     cubins = tmp_path / "home" / ".cache" / "flashinfer" / "cubins"
     assert code == 1 and report["python"] is None and report["cubin_dir"] == str(cubins)
     fixes = {p["fix"] for p in report["problems"] if p["fatal"]}
-    assert f"flashinfer-repack install 0.6.6 --target {cubins}" in fixes
+    assert f"flashinfer-repack install {VERSION} --target {cubins}" in fixes
 
-    result = run_cli("install", "0.6.6", "--target", str(cubins), "--from", str(cubin_wheel("0.6.6")), "--no-cache")
+    result = run_cli("install", VERSION, "--target", str(cubins), "--from", str(cubin_wheel(VERSION)), "--no-cache")
     assert result.returncode == 0, result.stderr
     code, report = doctor(run_cli, "--prefix", str(prefix), env=env)
     assert code == 0 and report["problems"] == [], report

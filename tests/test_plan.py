@@ -33,6 +33,7 @@ WHEELS = {
 }
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("version", WHEELS)
 def test_derived_plan_of_each_real_wheel(version, python_wheel):
     needed, words = WHEELS[version]
@@ -64,6 +65,7 @@ def flashinfer_function(wheel: Path, module: str, name: str):
     return namespace[name]
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("version", AFFECTED)
 def test_shipped_hashes_are_the_real_files_and_flashinfers_own_choice(version, cubin_wheel, python_wheel):
     plan = shipped_plan(version)
@@ -79,6 +81,7 @@ def test_shipped_hashes_are_the_real_files_and_flashinfers_own_choice(version, c
     assert plan.marker_bytes == plan.artifact_path.encode() and len(plan.marker_bytes) == 70
 
 
+@pytest.mark.real
 def test_flashinfers_rule_is_not_a_substring_match(cubin_wheel, python_wheel):
     """Why the rule matters: Enums.h must not take BatchedGemmEnums.h's line (the control for the test above)."""
     plan = shipped_plan("0.6.6")
@@ -101,6 +104,7 @@ def plan_json(result) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.real
 def test_plan_from_the_index_reads_a_little_and_agrees(run_cli, python_index, file_server, python_wheel):
     report = plan_json(run_cli("plan", "0.6.6", "--json", "--index-url", python_index, "--retries", "0"))
     shipped = shipped_plan("0.6.6")
@@ -122,6 +126,7 @@ def test_plan_shipped_uses_no_network(run_cli, tmp_path):
     assert "transfer" not in report
 
 
+@pytest.mark.real
 def test_plan_python_wheel_text_and_json(run_cli, python_wheel):
     wheel = str(python_wheel("0.6.6"))
     report = plan_json(run_cli("plan", "0.6.6", "--python-wheel", wheel, "--json"))
@@ -134,6 +139,7 @@ def test_plan_python_wheel_text_and_json(run_cli, python_wheel):
         assert f"{header:32} {digest}" in text.stdout
 
 
+@pytest.mark.real
 def test_plan_for_an_unaffected_version_says_not_needed_and_why(run_cli, python_wheel, python_index):
     text = run_cli("plan", "0.6.8", "--python-wheel", str(python_wheel("0.6.8")))
     assert text.returncode == 0, text.stderr
@@ -146,6 +152,7 @@ def test_plan_for_an_unaffected_version_says_not_needed_and_why(run_cli, python_
     assert report["agrees_with_shipped"] is None
 
 
+@pytest.mark.real
 def test_plan_reports_a_disagreement_with_the_shipped_plan(run_cli, python_wheel, tmp_path):
     """A flashinfer-python 0.6.6 whose pinned checksum differs: plan must say so and exit 1."""
     real = python_wheel("0.6.6")
@@ -168,6 +175,7 @@ def test_plan_reports_a_disagreement_with_the_shipped_plan(run_cli, python_wheel
     assert dataclasses.replace(shipped, checksums_sha256="f" * 64).differences(plan_from_wheel(altered)) == []
 
 
+@pytest.mark.real
 def test_plan_of_a_wheel_of_another_version_is_a_usage_error(run_cli, python_wheel):
     result = run_cli("plan", "0.6.6", "--python-wheel", str(python_wheel("0.6.8")))
     assert result.returncode == 2
@@ -176,7 +184,8 @@ def test_plan_of_a_wheel_of_another_version_is_a_usage_error(run_cli, python_whe
 
 @pytest.mark.network
 def test_plan_against_real_pypi_agrees_with_the_shipped_plan(run_cli):
-    result = run_cli("plan", "0.6.6", "--json", "--retries", "2", env={"PIP_CONFIG_FILE": "/dev/null"})
+    pypi = {"PIP_CONFIG_FILE": "/dev/null", "PIP_INDEX_URL": ""}  # the default index, not the tests' own
+    result = run_cli("plan", "0.6.6", "--json", "--retries", "2", env=pypi)
     report = plan_json(result)
     assert report["origin"] == "flashinfer-python 0.6.6 on https://pypi.org/simple/"
     assert report["agrees_with_shipped"] is True and report["differences"] == []

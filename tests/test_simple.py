@@ -17,6 +17,7 @@ from repack.fetch.index import parse_html_page, parse_json_page, project_files
 from repack.fetch.transport import Transport
 from tests.support.installs import fresh_venv, pip_into, site_packages, uv_into
 from tests.support.tinywheel import make_wheel, tamper
+from tests.support import synthetic
 
 PROJECT = "flashinfer-cubin-headers"
 EXPORT = "flashinfer_cubin/cubins/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export"
@@ -67,7 +68,7 @@ def publish(run_cli, tree: Path, *wheels: Path):
 
 
 def test_pages_hashes_and_pep658_metadata(tmp_path, run_cli, headers_wheel):
-    wheel = headers_wheel("0.6.6")
+    wheel = headers_wheel(synthetic.VERSION)
     tree = tmp_path / "simple"
     result, report = publish(run_cli, tree, wheel)
     assert result.returncode == 0, result.stderr
@@ -87,7 +88,7 @@ def test_pages_hashes_and_pep658_metadata(tmp_path, run_cli, headers_wheel):
     assert f'data-dist-info-metadata="sha256={sha256(meta_file)}"' in page
 
     data = json.loads((tree / PROJECT / "index.json").read_text())
-    assert data["meta"]["api-version"] == "1.1" and data["versions"] == ["0.6.6"]
+    assert data["meta"]["api-version"] == "1.1" and data["versions"] == [synthetic.VERSION]
     [jentry] = data["files"]
     assert jentry["size"] == wheel.stat().st_size
     assert jentry["core-metadata"] == {"sha256": sha256(meta_file)}
@@ -99,27 +100,27 @@ def test_pages_hashes_and_pep658_metadata(tmp_path, run_cli, headers_wheel):
 
 
 def test_pip_and_uv_install_over_file_url(tmp_path, run_cli, headers_wheel, demo_wheels):
-    wheel = headers_wheel("0.6.6")
+    wheel = headers_wheel(synthetic.VERSION)
     tree = tmp_path / "simple"
     assert publish(run_cli, tree, wheel, *demo_wheels)[0].returncode == 0
 
     python = fresh_venv(tmp_path / "venv")
     # --no-deps: flashinfer-python and flashinfer-cubin are not in this tree (test_bundle installs all three)
-    done = pip_into(python, "install", "--no-deps", "--index-url", tree.as_uri() + "/", f"{PROJECT}==0.6.6", "fi-demo")
+    done = pip_into(python, "install", "--no-deps", "--index-url", tree.as_uri() + "/", f"{PROJECT}=={synthetic.VERSION}", "fi-demo")
     assert done.returncode == 0, done.stderr
     site = site_packages(python)
-    assert (site / EXPORT / ".artifact_hash").read_bytes().endswith(b"c111d7c/")
+    assert (site / EXPORT / ".artifact_hash").read_bytes()== synthetic.ARTIFACT.encode()
     assert (site / EXPORT / "BatchedGemmEnums.h").is_file()
     assert (site / "fi_demo" / "__init__.py").read_text() == "VERSION = '1.0'\n"  # 2.0 needs Python <3
 
     uv_python = fresh_venv(tmp_path / "uv-venv")
-    uv = uv_into(uv_python, tmp_path / "uv-cache", "--no-deps", "--index-url", tree.as_uri() + "/", f"{PROJECT}==0.6.6")
+    uv = uv_into(uv_python, tmp_path / "uv-cache", "--no-deps", "--index-url", tree.as_uri() + "/", f"{PROJECT}=={synthetic.VERSION}")
     assert uv.returncode == 0, uv.stderr
     assert (site_packages(uv_python) / EXPORT / "BatchedGemmEnums.h").is_file()
 
 
 def test_static_web_server_pep658_and_requires_python(tmp_path, run_cli, headers_wheel, demo_wheels):
-    wheel = headers_wheel("0.6.6")
+    wheel = headers_wheel(synthetic.VERSION)
     tree = tmp_path / "simple"
     assert publish(run_cli, tree, wheel, *demo_wheels)[0].returncode == 0
     python = fresh_venv(tmp_path / "venv")
@@ -127,7 +128,7 @@ def test_static_web_server_pep658_and_requires_python(tmp_path, run_cli, headers
         files = project_files(Transport(retries=0), server.url, PROJECT)  # our own client reads it too
         assert [(f.filename, f.sha256) for f in files] == [(wheel.name, sha256(wheel))]
 
-        dry = pip_into(python, "install", "--dry-run", "--no-deps", "--index-url", server.url, f"{PROJECT}==0.6.6")
+        dry = pip_into(python, "install", "--dry-run", "--no-deps", "--index-url", server.url, f"{PROJECT}=={synthetic.VERSION}")
         assert dry.returncode == 0, dry.stderr
         assert f"/{PROJECT}/{wheel.name}.metadata" in server.log  # pip resolved from the PEP 658 file
         assert f"/{PROJECT}/{wheel.name}" not in server.log        # without fetching the wheel
@@ -148,7 +149,7 @@ def test_updated_in_place_idempotent_and_refuses_other_bytes(tmp_path, run_cli, 
     assert again.returncode == 0 and report["files"][0]["action"] == "skipped"
     assert {p: p.read_bytes() for p in tree.rglob("index.*")} == pages
 
-    added, _ = publish(run_cli, tree, headers_wheel("0.6.6"))
+    added, _ = publish(run_cli, tree, headers_wheel(synthetic.VERSION))
     assert added.returncode == 0, added.stderr
     root = json.loads((tree / "index.json").read_text())
     assert [p["name"] for p in root["projects"]] == ["fi-demo", PROJECT]
@@ -162,7 +163,7 @@ def test_updated_in_place_idempotent_and_refuses_other_bytes(tmp_path, run_cli, 
 
 
 def test_tampered_wheel_is_refused_before_anything_is_written(tmp_path, run_cli, headers_wheel):
-    bad = tamper(headers_wheel("0.6.6"), tmp_path / "bad" / headers_wheel("0.6.6").name, "BatchedGemmEnums.h")
+    bad = tamper(headers_wheel(synthetic.VERSION), tmp_path / "bad" / headers_wheel(synthetic.VERSION).name, "BatchedGemmEnums.h")
     tree = tmp_path / "simple"
     result, _ = publish(run_cli, tree, bad)
     assert result.returncode == 1
@@ -171,7 +172,7 @@ def test_tampered_wheel_is_refused_before_anything_is_written(tmp_path, run_cli,
 
 
 def test_same_files_give_the_same_pages(tmp_path, run_cli, headers_wheel, demo_wheels):
-    files = [headers_wheel("0.6.6"), *demo_wheels]
+    files = [headers_wheel(synthetic.VERSION), *demo_wheels]
     one, two = tmp_path / "one", tmp_path / "two"
     assert publish(run_cli, one, *files)[0].returncode == 0
     for f in reversed(files):

@@ -26,6 +26,7 @@ from repack.errors import UsageError
 from repack.publish.upload import find_credentials
 from tests.support.installs import fresh_venv, pip_into, site_packages, uv_into
 from tests.support.tinywheel import make_wheel, tamper
+from tests.support import synthetic
 
 PROJECT = "flashinfer-cubin-headers"
 EXPORT = "flashinfer_cubin/cubins/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export"
@@ -40,7 +41,8 @@ def free_port() -> int:
 
 
 def start_server(cmd: list[str], ready_url: str, log: Path, timeout: float = 60) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:  # the child keeps its own descriptor; ours must not leak
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -154,7 +156,7 @@ def test_credentials_order(tmp_path):
 # -- pypiserver ------------------------------------------------------------------------------
 
 def test_pypiserver_publish_then_pip_and_uv_install(pypiserver, run_cli, headers_wheel, tmp_path):
-    wheel = headers_wheel("0.6.6")
+    wheel = headers_wheel(synthetic.VERSION)
     env = {"FLASHINFER_REPACK_USERNAME": USER, "FLASHINFER_REPACK_PASSWORD": PASSWORD}
     result = publish(run_cli, "--index", pypiserver["url"], str(wheel), "--json", "-v", env=env)
     assert result.returncode == 0, result.stderr
@@ -165,13 +167,13 @@ def test_pypiserver_publish_then_pip_and_uv_install(pypiserver, run_cli, headers
     assert stored.read_bytes() == wheel.read_bytes()
 
     python = fresh_venv(tmp_path / "pip-venv")
-    done = pip_into(python, "install", "--no-deps", "--index-url", pypiserver["simple"], f"{PROJECT}==0.6.6")
+    done = pip_into(python, "install", "--no-deps", "--index-url", pypiserver["simple"], f"{PROJECT}=={synthetic.VERSION}")
     assert done.returncode == 0, done.stderr
-    assert (installed_headers(python) / ".artifact_hash").read_bytes().endswith(b"c111d7c/")
+    assert (installed_headers(python) / ".artifact_hash").read_bytes()== synthetic.ARTIFACT.encode()
 
     uv_python = fresh_venv(tmp_path / "uv-venv")
     done = uv_into(uv_python, tmp_path / "uv-cache", "--no-deps", "--index-url", pypiserver["simple"],
-                   f"{PROJECT}==0.6.6")
+                   f"{PROJECT}=={synthetic.VERSION}")
     assert done.returncode == 0, done.stderr
     assert (installed_headers(uv_python) / "BatchedGemmEnums.h").is_file()
 
@@ -216,7 +218,7 @@ def test_pypiserver_wrong_password_is_a_clear_error(pypiserver, run_cli, tmp_pat
 # -- devpi -------------------------------------------------------------------------------------
 
 def test_devpi_publish_with_netrc_then_pip_install(devpi, run_cli, headers_wheel, tmp_path):
-    wheel = headers_wheel("0.6.6")
+    wheel = headers_wheel(synthetic.VERSION)
     netrc = tmp_path / "netrc"
     netrc.write_text(f"machine 127.0.0.1 login {USER} password {PASSWORD}\n")
     result = publish(run_cli, "--index", devpi["url"], str(wheel), "--json", env={"NETRC": str(netrc)})
@@ -225,7 +227,7 @@ def test_devpi_publish_with_netrc_then_pip_install(devpi, run_cli, headers_wheel
     assert json.loads(result.stdout)["files"][0]["action"] == "uploaded"
 
     python = fresh_venv(tmp_path / "venv")
-    done = pip_into(python, "install", "--no-deps", "--index-url", devpi["simple"], f"{PROJECT}==0.6.6")
+    done = pip_into(python, "install", "--no-deps", "--index-url", devpi["simple"], f"{PROJECT}=={synthetic.VERSION}")
     assert done.returncode == 0, done.stderr
     assert (installed_headers(python) / "BatchedGemmEnums.h").is_file()
 

@@ -22,11 +22,11 @@ from installer.destinations import SchemeDictionaryDestination
 from installer.sources import WheelFile
 from packaging.metadata import Metadata
 
-from repack.rules.plan import shipped_plan
 from tests.support.servers import CUBIN_ROOT
+from tests.support import synthetic
 
-VERSION = "0.6.6"
-PLAN = shipped_plan(VERSION)
+VERSION = synthetic.VERSION
+PLAN = synthetic.plan()
 EXPORT = "flashinfer_cubin/cubins/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export/"
 DIST_INFO = f"flashinfer_cubin_headers-{VERSION}.dist-info/"
 
@@ -46,7 +46,7 @@ def test_wheel_holds_exactly_the_headers_the_marker_and_metadata(headers_wheel, 
     for header in PLAN.headers:
         assert ours[EXPORT + header] == real[header], header
     marker = ours[EXPORT + ".artifact_hash"]
-    assert marker == b"b55211623be7f5697c5262ffd8361fc06c147bc9/batched_gemm-b3c1646-c111d7c/"
+    assert marker == synthetic.ARTIFACT.encode()
     assert len(marker) == 70 and marker == PLAN.artifact_path.encode()
 
 
@@ -57,7 +57,7 @@ def test_metadata_pins_both_flashinfer_packages(headers_wheel):
     meta = Metadata.from_email(raw, validate=True)  # raises on any invalid field
 
     assert (str(meta.name), str(meta.version)) == ("flashinfer-cubin-headers", VERSION)
-    assert sorted(str(r) for r in meta.requires_dist) == ["flashinfer-cubin==0.6.6", "flashinfer-python==0.6.6"]
+    assert sorted(str(r) for r in meta.requires_dist) == [f"flashinfer-cubin=={VERSION}", f"flashinfer-python=={VERSION}"]
     assert str(meta.requires_python) == "<4.0,>=3.10"
     assert "Root-Is-Purelib: true" in wheel_file and "Tag: py3-none-any" in wheel_file
 

@@ -16,6 +16,9 @@ from its Requires-Dist.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -33,11 +36,21 @@ SNIPPET = Path(__file__).with_name("vllm_snippet.py")
 HEADER_PROBE = Path(__file__).with_name("header_probe.py")
 TORCH = "torch==2.13.0"
 GPU_ONLY = {"nvidia-cutlass-dsl", "nvidia-cudnn-frontend", "torch", "cuda-tile"}
+PYPI = "https://pypi.org/simple/"
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
+#: set per test by conftest: only tests marked ``real`` may fetch a real wheel
+REAL_ALLOWED = True
+
+
+class RealWheelInFastTier(RuntimeError):
+    """A test without the ``real`` marker asked for a real flashinfer wheel."""
 
 
 def real_wheel(project: str, version: str) -> Path:
     """The real wheel of ``project==version`` from PyPI, downloaded once."""
+    if not REAL_ALLOWED:
+        raise RealWheelInFastTier(f"{project}=={version} is a real wheel: mark the test "
+                                  "@pytest.mark.real, or use tests.support.synthetic's version")
     dest = STORE / "wheels"
     prefix = f"{project.replace('-', '_')}-{version}-"
     found = sorted(dest.glob(prefix + "*.whl")) if dest.is_dir() else []
@@ -48,6 +61,57 @@ def real_wheel(project: str, version: str) -> Path:
                        check=True)
         found = sorted(dest.glob(prefix + "*.whl"))
     return found[0]
+
+
+def trimmed_cubin_wheel(version: str) -> Path:
+    """flashinfer-cubin==version without its kernels, kept in the store: every member of the real
+    wheel except the ``*.cubin`` files (the BMM artifact's checksums.txt, flashinferMetaInfo.h and
+    17 headers included), the real bytes, a RECORD that lists exactly them.  About 1 % of the real
+    wheel: read by HTTP ranges from PyPI, or from the full wheel when the store already holds it.
+
+    Enough for every test that installs flashinfer-cubin (flashinfer reads no kernel at import or
+    when it checks the headers) or builds from it; flashinfer itself then checks each header it
+    uses against checksums.txt, and checksums.txt against the sha256 its code pins.
+    """
+    dest = STORE / "trimmed" / f"flashinfer_cubin-{version}-py3-none-any.whl"
+    if dest.is_file():
+        return dest
+    if not REAL_ALLOWED:
+        raise RealWheelInFastTier(f"flashinfer-cubin=={version} is a real wheel: mark the test "
+                                  "@pytest.mark.real, or use tests.support.synthetic's version")
+    members = _cubin_members_without_kernels(version)
+    info = f"flashinfer_cubin-{version}.dist-info/"
+    members.pop(info + "RECORD")
+    record = "".join(f"{n},sha256={_b64(d)},{len(d)}\n" for n, d in members.items()) + f"{info}RECORD,,\n"
+    members[info + "RECORD"] = record.encode()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + f".{os.getpid()}.part")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
+    os.replace(partial, dest)  # another session may be making the same file: last one wins, same content
+    return dest
+
+
+def _cubin_members_without_kernels(version: str) -> dict[str, bytes]:
+    from repack.fetch.cache import Cache
+    from repack.fetch.index import find_wheel, project_files
+    from repack.fetch.sources import read_local_wheel, read_remote_wheel
+    from repack.fetch.transport import Transport
+
+    keep = lambda name: not name.endswith(".cubin")  # noqa: E731
+    full = STORE / "wheels" / f"flashinfer_cubin-{version}-py3-none-any.whl"
+    if full.is_file():
+        members = read_local_wheel(full, keep)
+    else:
+        transport = Transport(timeout=60, retries=3)
+        found = find_wheel(project_files(transport, PYPI, "flashinfer-cubin"), "flashinfer-cubin", version, PYPI)
+        members = read_remote_wheel(transport, Cache(None), found, keep)
+    return dict(sorted(members.items()))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 def closed_port() -> int:
@@ -100,8 +164,25 @@ class FlashinferEnv:
         self.remove(*PROJECTS)
         fp = real_wheel("flashinfer-python", version)
         self.pip("install", "-q", *light_requirements(fp))
-        wheels = [fp] + ([real_wheel("flashinfer-cubin", version)] if cubin else []) + list(extra)
+        wheels = [fp] + ([trimmed_cubin_wheel(version)] if cubin else []) + list(extra)
         self.pip("install", "-q", "--no-deps", *map(str, wheels))
+
+    @contextlib.contextmanager
+    def restoring(self):
+        """Put the venv's distributions back as they were, whatever the block installed or replaced:
+        the venv is shared, and a leftover (e.g. the GPU-only nvidia-cutlass-dsl that a resolved
+        install brings) changes what later tests see (flashinfer 0.6.8's import then needs a GPU)."""
+        before = self.installed()
+        try:
+            yield self
+        finally:
+            after = self.installed()
+            extra = sorted(set(after) - set(before))
+            if extra:
+                self.pip("uninstall", "-q", "-y", *extra)
+            changed = [f"{name}=={version}" for name, version in sorted(before.items()) if after.get(name) != version]
+            if changed:
+                self.pip("install", "-q", "--no-deps", *changed)
 
     def remove(self, *projects: str) -> None:
         present = [p for p in projects if p in self.installed()]
