@@ -110,10 +110,17 @@ def read_members(path: Path, info_only: bool = False) -> dict[str, bytes]:
 
 
 def iter_members(path: Path, info_only: bool = False) -> Iterator[tuple[str, bytes]]:
-    """(path, bytes) of each regular file (a link: its target), streamed: one member in memory at a time.
+    """(path, bytes) of each file (a link: its target), streamed: one member in memory at a time."""
+    for name, _kind, data in iter_entries(path, info_only):
+        yield name, data
 
-    Raises SourceError for anything unreadable: a truncated or damaged
-    archive, a failed checksum, an unsafe member name, a member too large.
+
+def iter_entries(path: Path, info_only: bool = False) -> Iterator[tuple[str, str, bytes]]:
+    """(path, kind, bytes) of each member: kind ``file`` (its bytes) or ``symlink``/``hardlink`` (its target).
+
+    Directories are skipped.  Raises SourceError for anything unreadable: a
+    truncated or damaged archive, a failed checksum, an unsafe member name, a
+    member too large, a device or fifo.
     """
     path = Path(path)
     if not path.name.endswith(SUFFIXES):
@@ -132,7 +139,7 @@ def iter_members(path: Path, info_only: bool = False) -> Iterator[tuple[str, byt
                           "the file is truncated or damaged; build or download it again") from exc
 
 
-def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, bytes]]:
+def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, str, bytes]]:
     zstd = _zstd()
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
@@ -154,7 +161,7 @@ def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, bytes]]:
                                       "the file is damaged; build or download it again") from exc
 
 
-def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[tuple[str, bytes]]:
+def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[tuple[str, str, bytes]]:
     for m in tar:
         if not is_safe_relpath(m.name):
             raise SourceError(f"{label}: unsafe member name {m.name!r}", "refusing a package that writes outside its prefix")
@@ -165,9 +172,12 @@ def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[
                               "refusing it: no file of a conda package of this kind is that large")
         if m.isfile():
             fh = tar.extractfile(m)
-            yield m.name, fh.read() if fh is not None else b""
+            yield m.name, "file", fh.read() if fh is not None else b""
         elif m.issym() or m.islnk():
-            yield m.name, m.linkname.encode("utf-8")
+            yield m.name, "symlink" if m.issym() else "hardlink", m.linkname.encode("utf-8")
+        elif not m.isdir():
+            raise SourceError(f"{label}: {m.name} is neither a file, a link nor a directory",
+                              "refusing a package with devices or fifos")
 
 
 def _zstd():

@@ -33,14 +33,13 @@ from repack.fetch.download import PRESENT, fetch_verified
 from repack.fetch.index import find_wheel, project_files
 from repack.fetch.transport import Transport
 from repack.fs import atomic_write
+from repack.publish.channel import PLATFORMS
 from repack.rules.plan import Plan, require_needed, shipped_plan
 
 log = logging.getLogger(__name__)
 
 PYTHON_PROJECT, CUBIN_PROJECT = "flashinfer-python", "flashinfer-cubin"
 MANIFEST = "manifest.json"
-#: The platforms FlashInfer publishes for; the channel answers for them (noarch packages only).
-PLATFORMS = ("linux-64", "linux-aarch64")
 
 #: ``step(message)``: what the bundle is doing now, for the CLI to show.
 Step = Callable[[str], None]
