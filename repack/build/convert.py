@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ from packaging.version import Version
 
 from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, Artifact
-from repack.build.conda import build_string, hash_input_json, json_bytes, python_spec
-from repack.build.conda_archive import FORMAT_METADATA, ZSTD_LEVEL, Member, tar_bytes
+from repack.build.conda import PathRecord, build_string, hash_input_json, info_members, link_json, python_spec
+from repack.build.conda_archive import info_tar_zst, open_tar, tar_info, write_conda_container, zstd_compressor
 from repack.errors import BuildError, IntegrityError, UsageError
 
 MAP_FILE = Path(__file__).with_name("condamap.json")
@@ -51,7 +50,6 @@ PAYLOAD_LEVEL = 3
 LINUX = {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "extra": ""}
 CONDA_OPS = ("==", "!=", ">=", "<=", ">", "<", "~=")
 DATA_DIRS = {"purelib": "site-packages/", "platlib": "site-packages/", "scripts": "python-scripts/", "data": ""}
-CHUNK = 1 << 20
 
 
 # -- the name table ------------------------------------------------------------------------
@@ -121,13 +119,6 @@ class Placed:
     path: str           # relative to the prefix
     member: str         # the wheel member it comes from ("" for a file we add)
     executable: bool
-
-
-@dataclass(frozen=True)
-class Written:
-    path: str
-    sha256: str
-    size: int
 
 
 def convert_wheel(wheel: Path, out_dir: Path, *, names: Mapping[str, str | None] | None = None,
@@ -240,40 +231,39 @@ def _entry_points(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
 
 def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Placed], info: dict,
                    epoch: int) -> Artifact:
-    import zstandard
-
+    """The payload is compressed to a file as it streams from the wheel, then copied into the container."""
     target = out_dir / f"{stem}.conda"
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=out_dir) as tmp:
         pkg = Path(tmp) / "pkg.tar.zst"
         with open(pkg, "wb") as fh:
-            writer = zstandard.ZstdCompressor(level=PAYLOAD_LEVEL, write_checksum=True).stream_writer(fh, closefd=False)
+            writer = zstd_compressor(PAYLOAD_LEVEL).stream_writer(fh, closefd=False)
             written = _write_payload(zf, wheel, layout, info["dist_info"], writer, epoch)
             writer.close()
-        info_tar = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(
-            tar_bytes(sorted(_info_members(info, written), key=lambda m: m.path), epoch))
         partial = Path(tmp) / target.name
-        _write_conda_zip(partial, stem, pkg, info_tar, epoch)
+        with open(pkg, "rb") as payload, open(partial, "wb") as out:
+            write_conda_container(out, stem, payload, pkg.stat().st_size,
+                                  info_tar_zst(_info_members(info, written), epoch), epoch)
         os.replace(partial, target)
     return Artifact.of("conda", target)
 
 
-def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer, epoch: int) -> list[Written]:
+def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer, epoch: int) -> list[PathRecord]:
     record = _record(zf, dist_info)
     written, problems = [], []
-    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with open_tar(writer) as tar:
         for p in layout:
             info = zf.getinfo(p.member)
             with zf.open(info) as raw:
                 source = _Hashing(raw)
-                tar.addfile(_tar_info(p.path, info.file_size, p.executable, epoch), source)
+                tar.addfile(tar_info(p.path, info.file_size, p.executable, epoch), source)
             want = record.get(p.member)
             if want is None or want != source.record_hash():
                 problems.append(f"{p.member}: " + ("not in RECORD" if want is None else "sha256 differs from RECORD"))
-            written.append(Written(p.path, source.sha256.hexdigest(), source.size))
+            written.append(PathRecord(p.path, source.sha256.hexdigest(), source.size))
         for path, data in _dist_info_additions(zf, dist_info):
-            tar.addfile(_tar_info(path, len(data), False, epoch), io.BytesIO(data))
-            written.append(Written(path, hashlib.sha256(data).hexdigest(), len(data)))
+            tar.addfile(tar_info(path, len(data), False, epoch), io.BytesIO(data))
+            written.append(PathRecord(path, hashlib.sha256(data).hexdigest(), len(data)))
     if problems:
         raise IntegrityError(f"{wheel.name} does not match its own RECORD: {problems[0]}"
                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
@@ -299,50 +289,12 @@ def _record(zf, dist_info: str) -> dict[str, str]:
     return {r[0]: r[1] for r in rows if len(r) >= 2 and r[1]}
 
 
-def _tar_info(path: str, size: int, executable: bool, epoch: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(path)
-    info.size, info.mtime = size, epoch
-    info.mode = 0o755 if executable else 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def _info_members(info: dict, written: list[Written]) -> list[Member]:
+def _info_members(info: dict, written: list[PathRecord]) -> list:
     index = {k: info[k] for k in ("name", "version", "build", "build_number", "depends", "license", "noarch",
                                   "subdir", "timestamp")}
-    link = {"noarch": {"type": "python"}, "package_metadata_version": 1}
-    if info["entry_points"]:
-        link["noarch"]["entry_points"] = info["entry_points"]
     about = {"summary": info["summary"], "home": info["home"], "license": info["license"],
              "extra": {"converted_from": info["source"], "converted_by": f"flashinfer-repack {__version__}"}}
-    paths = {"paths": [{"_path": w.path, "path_type": "hardlink", "sha256": w.sha256, "size_in_bytes": w.size}
-                       for w in written], "paths_version": 1}
-    return [Member("info/index.json", json_bytes(index)), Member("info/link.json", json_bytes(link)),
-            Member("info/about.json", json_bytes(about)), Member("info/paths.json", json_bytes(paths)),
-            Member("info/files", "".join(w.path + "\n" for w in written).encode("utf-8")),
-            Member("info/hash_input.json", json_bytes(hash_input_json(info["depends"])))]
-
-
-def _write_conda_zip(path: Path, stem: str, pkg: Path, info_tar: bytes, epoch: int) -> None:
-    """The .conda container as conda_archive writes it, with the payload copied in, not loaded."""
-    import time
-
-    date_time = time.gmtime(max(epoch, DEFAULT_EPOCH))[:6]
-
-    def entry(name: str, size: int) -> zipfile.ZipInfo:
-        e = zipfile.ZipInfo(name, date_time=date_time)
-        e.external_attr, e.create_system, e.file_size = 0o100644 << 16, 3, size
-        return e
-
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr(entry("metadata.json", len(FORMAT_METADATA)), FORMAT_METADATA)
-        size = pkg.stat().st_size
-        with open(pkg, "rb") as src, z.open(entry(f"pkg-{stem}.tar.zst", size), "w",
-                                             force_zip64=size >= zipfile.ZIP64_LIMIT) as dst:
-            for chunk in iter(lambda: src.read(CHUNK), b""):
-                dst.write(chunk)
-        z.writestr(entry(f"info-{stem}.tar.zst", len(info_tar)), info_tar)
+    return info_members(index, about, link_json(info["entry_points"]), written)
 
 
 class _Hashing:
