@@ -208,13 +208,17 @@ def readme(plan: Plan, wheels: list[str]) -> str:
 
 Check the copy:   python -c "import json,hashlib; [print('BAD', f['path']) for f in json.load(open('manifest.json'))['files'] if hashlib.sha256(open(f['path'],'rb').read()).hexdigest() != f['sha256']]"
 
+Name all three packages, with both installers: a package that was only pulled in as a requirement
+is removed with the one that pulled it in (conda prunes it; pip-autoremove and uv sync do the same).
+
 pip (torch and flashinfer's other requirements must come from your own mirror or wheels):
   pip install --no-index --find-links wheels flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
 or serve simple/ with any web server (or use file://) as an index:
-  pip install --index-url file://$PWD/simple/ --extra-index-url <your mirror> flashinfer-cubin-headers=={v}
+  pip install --index-url file://$PWD/simple/ --extra-index-url <your mirror> flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
 
 conda / mamba / pixi (pytorch and the other requirements from your conda-forge mirror):
-  conda install -c file://$PWD/conda -c <your conda-forge mirror> flashinfer-cubin-headers={v}
+  conda install -c file://$PWD/conda -c <your conda-forge mirror> flashinfer-python={v} flashinfer-cubin={v} flashinfer-cubin-headers={v}
+Later, "conda remove flashinfer-cubin-headers" leaves flashinfer-python and flashinfer-cubin installed.
 
 The headers then lie where flashinfer-python {v} looks for them
 (site-packages/flashinfer_cubin/cubins/{plan.dest_dir}/), and it starts without network.
