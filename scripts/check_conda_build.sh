@@ -41,8 +41,11 @@ step() {
     local name=$1; shift
     N=$((N + 1))
     local log; log=$(printf '%s/logs/%02d.log' "$WORK" "$N")
-    local t0=$SECONDS
-    if "$@" >"$log" 2>&1; then
+    local t0=$SECONDS rc=0
+    # in the background, not in an `if`: bash ignores set -e inside a function called as a condition
+    ( "$@" ) >"$log" 2>&1 &
+    wait $! || rc=$?
+    if [ "$rc" -eq 0 ]; then
         printf '%02d %-66s ok    %4ds\n' "$N" "$name" $((SECONDS - t0))
     else
         printf '%02d %-66s FAILED %3ds  (log: %s)\n' "$N" "$name" $((SECONDS - t0)) "$log"
@@ -52,11 +55,11 @@ step() {
 }
 
 with_condarc() {  # a conda tool with this check's condarc and a fresh package cache per call
-    local tool=$1 pkgs; shift
-    pkgs=$(mktemp -d "$WORK/pkgs.XXXXXX")
-    CONDARC="$WORK/condarc.yml" CONDA_PKGS_DIRS="$pkgs" CONDA_ENVS_PATH="$WORK/envs" "$VENV/bin/$tool" "$@"
+    local pkgs; pkgs=$(mktemp -d "$WORK/pkgs.XXXXXX")
+    CONDARC="$WORK/condarc.yml" CONDA_PKGS_DIRS="$pkgs" CONDA_ENVS_PATH="$WORK/envs" "$@"
 }
-conda_env() { with_condarc conda "$@"; }
+# `python -m conda`: the pip-installed `conda` script refuses every command until `conda init`
+conda_env() { with_condarc "$VENV/bin/python" -m conda "$@"; }
 
 make_venv() {
     if [ -f "$VENV/.complete" ]; then echo "reusing $VENV"; return 0; fi  # WORK of an earlier run
@@ -108,7 +111,7 @@ make_channel() {
 
 build_meta_yaml() {
     rm -rf "$WORK/conda-build-out" "$WORK/croot"
-    FLASHINFER_REPACK_FROM="$CUBIN_WHEEL" with_condarc conda-build "$ROOT/recipe/conda-build" --override-channels \
+    FLASHINFER_REPACK_FROM="$CUBIN_WHEEL" with_condarc "$VENV/bin/conda-build" "$ROOT/recipe/conda-build" --override-channels \
         -c "file://$CHANNEL" --output-folder "$WORK/conda-build-out" --croot "$WORK/croot" --no-anaconda-upload
     ls "$WORK"/conda-build-out/noarch/flashinfer-cubin-headers-"$VERSION"-*
 }
@@ -148,7 +151,22 @@ install_and_remove() {  # the package built by conda-build, with both flashinfer
     conda_env remove -p "$env" flashinfer-cubin-headers
     test ! -e "$site/flashinfer_cubin/cubins/flashinfer"
     conda_env list -p "$env" | grep -E "^flashinfer-(python|cubin) " | wc -l | grep -qx 2
-    echo "left: $(conda_env list -p "$env" | grep -cE '^flashinfer-') flashinfer packages, $pkg removed"
+    echo "left: $(conda_env list -p "$env" | grep -E '^flashinfer-' | cut -d' ' -f1 | paste -sd' '), $(basename "$pkg") removed"
+}
+
+publish_into_conda_index() {  # a channel conda-index manages: every index file it wrote stays true
+    local ch="$WORK/indexed" pkg
+    pkg=$(built cli-out)
+    rm -rf "$ch" && cp -r "$CHANNEL" "$ch"
+    "$VENV/bin/python" -m conda_index --channeldata --rss --bz2 --zst --run-exports --current-repodata "$ch"
+    ls "$ch" "$ch/noarch" | grep -E 'json|html|xml|zst|bz2' | sort -u | paste -sd' '
+    "$VENV/bin/flashinfer-repack" publish --channel "$ch" "$pkg"
+    # conda reads current_repodata.json(.zst) first: the new package must be found through it
+    conda_env search --override-channels -c "file://$ch" --repodata-fn current_repodata.json \
+        "flashinfer-cubin-headers=$VERSION" | grep -F "flashinfer-cubin-headers"
+    conda_env create -p "$WORK/envs/indexed" --dry-run --override-channels -c "file://$ch" \
+        "flashinfer-python=$VERSION" "flashinfer-cubin=$VERSION" "flashinfer-cubin-headers=$VERSION" \
+        | grep -F "flashinfer-cubin-headers"
 }
 
 make_bundle() {  # bundle reads an index: a static simple tree of the local wheels, served on 127.0.0.1
@@ -172,10 +190,11 @@ install_bundle_and_remove() {  # README.txt's conda line, with the stand-ins' ch
         "flashinfer-python=$VERSION" "flashinfer-cubin=$VERSION" "flashinfer-cubin-headers=$VERSION"
     site=$(ls -d "$env"/lib/python3.*/site-packages)
     test -f "$site/flashinfer_cubin/cubins/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export/.artifact_hash"
+    "$VENV/bin/flashinfer-repack" doctor --prefix "$env"  # exit 0: starts offline; names the conda package
     conda_env remove -p "$env" flashinfer-cubin-headers
-    conda_env list -p "$env" | grep -E "^flashinfer"
     conda_env list -p "$env" | grep -E "^flashinfer-(python|cubin) " | wc -l | grep -qx 2
     test -f "$site/flashinfer_cubin/__init__.py" && test ! -e "$site/flashinfer_cubin/cubins/flashinfer"
+    echo "left: $(conda_env list -p "$env" | grep -E '^flashinfer-' | cut -d' ' -f1 | paste -sd' ')"
 }
 
 echo "check_conda_build: flashinfer $VERSION, work directory $WORK"
@@ -191,7 +210,9 @@ step "compare the two recipes' packages file by file" compare_outputs
 sed 's/^/   /' "$WORK/logs/$(printf %02d $N).log"
 step "conda create with the built package; conda remove it" install_and_remove
 sed 's/^/   /' "$WORK/logs/$(printf %02d $N).log" | tail -n 1
+step "conda-index a channel, publish into it, conda searches and solves it" publish_into_conda_index
+sed 's/^/   /' "$WORK/logs/$(printf %02d $N).log" | grep -E 'removed|json|flashinfer-cubin-headers' | cut -c1-160
 step "flashinfer-repack bundle $VERSION (from a local index)" make_bundle
 step "conda create from the bundle's channel, all three; remove headers" install_bundle_and_remove
-sed 's/^/   /' "$WORK/logs/$(printf %02d $N).log" | grep -E '^ *flashinfer' || true
+sed 's/^/   /' "$WORK/logs/$(printf %02d $N).log" | grep -E 'left:|conda package|offline' | cut -c1-160 || true
 echo "check_conda_build: all steps passed"

@@ -419,8 +419,7 @@ def _atomic_copy(pkg: CondaPackage, dest: Path) -> None:
 def write_repodata(subdir_path: Path, subdir: str) -> dict:
     """Rewrite one subdir's index files from the packages in it, atomically; return the repodata."""
     entries = subdir_entries(subdir_path)
-    repodata = {"info": {"subdir": subdir}, "removed": [], "repodata_version": 1,
-                **_by_format(entries, lambda e: e["entry"])}
+    repodata = _repodata(entries, subdir)
     run_exports = {"info": {"subdir": subdir},
                    **_by_format(entries, lambda e: {"run_exports": e.get("run_exports", {})})}
     data = _json_bytes(repodata)
@@ -441,7 +440,11 @@ def write_repodata(subdir_path: Path, subdir: str) -> dict:
 
 def repodata_for(subdir_path: Path, subdir: str) -> dict:
     """The repodata of one subdir as write_repodata would write it (entries re-hashed unless unchanged)."""
-    entries = subdir_entries(subdir_path)
+    return _repodata(subdir_entries(subdir_path), subdir)
+
+
+def _repodata(entries: dict[str, dict], subdir: str) -> dict:
+    """What conda, mamba and rattler read: each package's index.json plus size, sha256 and md5."""
     return {"info": {"subdir": subdir}, "removed": [], "repodata_version": 1,
             **_by_format(entries, lambda e: e["entry"])}
 
@@ -457,7 +460,11 @@ def subdir_entries(subdir_path: Path) -> dict[str, dict]:
     for path in sorted(subdir_path.glob("*")) if subdir_path.is_dir() else []:
         if path.name.startswith(".") or not path.name.endswith(SUFFIXES):
             continue
-        st = path.stat()
+        try:
+            st = path.stat()
+        except OSError as exc:  # removed meanwhile by someone else: nothing to index
+            log.warning("leaving %s out of the index: %s", path, exc)
+            continue
         stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
         recorded = known.get(path.name)
         if isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in stamp.items()) \
