@@ -215,3 +215,16 @@ def test_rerun_with_other_inputs_replaces_our_wheel_everywhere(bundled, index_se
             assert f["sha256"] == sha256(out / f["path"]), f["path"]
     finally:
         assert cli("bundle", VERSION, "-o", str(out), "--index-url", index_server.index_url).returncode == 0
+
+
+def test_readme_names_all_three_packages_for_pip_and_conda():
+    """conda prunes what was never requested: an install naming only the headers loses flashinfer on removal."""
+    from repack.publish.bundle import readme
+    from repack.rules.plan import shipped_plan
+
+    text = readme(shipped_plan(VERSION), [])
+    installs = [line for line in text.splitlines() if line.strip().startswith(("pip install", "conda install"))]
+    assert len(installs) == 3 and any("conda install" in line for line in installs)
+    for line in installs:
+        for package in ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers"):
+            assert f"{package}={'=' if 'pip' in line else ''}{VERSION}" in line, (package, line)

@@ -342,3 +342,178 @@ def test_real_flashinfer_starts_offline_with_the_conda_headers(channel, flashinf
     assert with_headers["connects"] == []
     assert with_headers["cubin_dir"] == str(site / "flashinfer_cubin" / "cubins")
 
+
+
+# -- honest indexes: what paths.json says, and what the channel already holds (issue 10, class 7) -------
+
+def rebuilt_bz2(package: Path, out: Path, *, edit_paths=None, tamper: str | None = None,
+                symlink: str | None = None) -> Path:
+    """The .tar.bz2 rebuilt: paths.json through ``edit_paths(entries)``, member ``tamper`` changed,
+    member ``symlink`` turned into a link.  ``edit_paths`` returning None drops paths.json."""
+    import bz2
+
+    members = []
+    with tarfile.open(package, "r:bz2") as tar:
+        for m in tar:
+            data = tar.extractfile(m).read()
+            if tamper and m.name.endswith(tamper):
+                data = data.replace(b"enum", b"ENUM", 1)
+            if m.name == "info/paths.json" and edit_paths is not None:
+                doc = json.loads(data)
+                doc["paths"] = edit_paths(doc["paths"])
+                if doc["paths"] is None:
+                    continue
+                data = json.dumps(doc).encode()
+            if symlink and m.name.endswith(symlink):
+                m.type, m.linkname, data = tarfile.SYMTYPE, "../../../../../../../../etc/hostname", b""
+            m.size = len(data)
+            members.append((m, data))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for m, data in members:
+            tar.addfile(m, io.BytesIO(data) if m.isfile() else None)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / package.name
+    target.write_bytes(bz2.compress(buf.getvalue()))
+    return target
+
+
+def edit_entry(suffix: str, change):
+    def edit(entries):
+        for e in entries:
+            if e["_path"].endswith(suffix):
+                change(e)
+        return entries
+    return edit
+
+
+def test_paths_json_must_vouch_for_every_payload_file(channel, packages, tmp_path):
+    """A tampered header passes no paths.json trick: softlink, no sha256, no size, no paths.json, a link member."""
+    assert publish(channel, packages["bz2"]).returncode == 0
+    before = snapshot(channel)
+    link_sha = hashlib.sha256(b"../../../../../../../../etc/hostname").hexdigest()
+    cases = {
+        "softlink": (dict(edit_paths=edit_entry("/Enums.h", lambda e: e.update(path_type="softlink")), tamper="/Enums.h"),
+                     "Enums.h: paths.json lists it as 'softlink', not as a regular file"),
+        "no-sha256": (dict(edit_paths=edit_entry("/Enums.h", lambda e: e.pop("sha256")), tamper="/Enums.h"),
+                      "Enums.h: paths.json gives no sha256"),
+        "no-size": (dict(edit_paths=edit_entry("/Enums.h", lambda e: e.pop("size_in_bytes")), tamper="/Enums.h"),
+                    "Enums.h: paths.json gives no size_in_bytes"),
+        "no-paths-json": (dict(edit_paths=lambda entries: None, tamper="/Enums.h"), "has no info/paths.json"),
+        "link-member": (dict(edit_paths=edit_entry("/Enums.h", lambda e: e.update(sha256=link_sha, size_in_bytes=0)),
+                             symlink="/Enums.h"), "Enums.h: a symlink in the archive, not a regular file"),
+        "unsafe-path": (dict(edit_paths=lambda entries: entries + [dict(entries[0], _path="../outside.h")]),
+                        "'../outside.h' is not a safe relative path"),
+    }
+    for label, (how, message) in cases.items():
+        bad = rebuilt_bz2(packages["bz2"], tmp_path / label, **how)
+        result = publish(channel, bad)
+        assert result.returncode == 1, (label, result.stderr)
+        assert message in result.stderr, (label, result.stderr)
+        assert snapshot(channel) == before, label
+
+
+def test_hash_case_does_not_matter(channel, packages, tmp_path):
+    """An upper-case sha256 in paths.json is the same hash (pip lowercases too)."""
+    upper = rebuilt_bz2(packages["bz2"], tmp_path / "upper",
+                        edit_paths=lambda entries: [dict(e, sha256=e["sha256"].upper()) for e in entries])
+    result = publish(channel, upper)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_package_replaced_under_the_same_size_is_rehashed(channel, packages, tmp_path):
+    """Size alone never vouches for an entry: a same-size replacement (mtime kept) leaves the index."""
+    assert publish(channel, packages["bz2"]).returncode == 0
+    target = channel / "noarch" / packages["bz2"].name
+    stat_before = target.stat()
+    fake = tmp_path / "fake"
+    fake.write_bytes(b"\0" * stat_before.st_size)  # other bytes, same size
+    os.replace(fake, target)
+    os.utime(target, ns=(stat_before.st_atime_ns, stat_before.st_mtime_ns))
+    assert publish(channel, packages["conda"]).returncode == 0
+    data = repodata(channel)
+    assert packages["bz2"].name not in data["packages"]  # unreadable now: left out, never its old sha256
+    assert packages["conda"].name in data["packages.conda"]
+
+
+def test_rehashes_when_only_the_inode_differs(channel, packages, tmp_path):
+    """A valid package copied over another entry's file name with its size and mtime: the inode tells."""
+    assert publish(channel, packages["bz2"]).returncode == 0
+    target = channel / "noarch" / packages["bz2"].name
+    recorded = repodata(channel)["packages"][target.name]
+    copy = tmp_path / "copy"
+    shutil.copyfile(target, copy)
+    st = target.stat()
+    os.replace(copy, target)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    index = json.loads((channel / "noarch" / ".flashinfer-repack-index.json").read_text())
+    assert index["files"][target.name]["ino"] != target.stat().st_ino
+    assert publish(channel, packages["conda"]).returncode == 0
+    assert repodata(channel)["packages"][target.name] == recorded  # re-hashed: the same bytes, the same entry
+
+
+# -- a channel conda-index manages -----------------------------------------------------------------
+
+def conda_index_files(channel: Path) -> None:
+    """The files conda-index (0.13) writes beside repodata.json, in its shapes, from the channel as it is."""
+    import bz2
+
+    import zstandard
+
+    subdirs = sorted(p.name for p in channel.iterdir() if (p / "repodata.json").is_file())
+    packages = {}
+    for subdir in subdirs:
+        data = (channel / subdir / "repodata.json").read_bytes()
+        doc = json.loads(data)
+        (channel / subdir / "current_repodata.json").write_bytes(data)
+        (channel / subdir / "current_repodata.json.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
+        (channel / subdir / "repodata.json.bz2").write_bytes(bz2.compress(data))
+        (channel / subdir / "repodata.json.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
+        run_exports = {"info": {"subdir": subdir}, "packages": {}, "packages.conda": {}}
+        for key in ("packages", "packages.conda"):
+            for fn, entry in doc[key].items():
+                run_exports[key][fn] = {"run_exports": {}}
+                packages.setdefault(entry["name"], {"subdirs": [], "version": entry["version"]})["subdirs"].append(subdir)
+        (channel / subdir / "run_exports.json").write_text(json.dumps(run_exports))
+        (channel / subdir / "index.html").write_text(f"<html><body>{subdir}: {sorted(doc['packages.conda'])}</body></html>")
+    (channel / "channeldata.json").write_text(json.dumps({"channeldata_version": 1, "packages": packages,
+                                                          "subdirs": subdirs}))
+    (channel / "index.html").write_text("<html><body>channel</body></html>")
+
+
+def test_publish_keeps_a_conda_index_channel_consistent(channel, packages):
+    import bz2
+
+    import zstandard
+
+    conda_index_files(channel)
+    result = publish(channel, packages["conda"])
+    assert result.returncode == 0, result.stderr
+    name = packages["conda"].name
+    noarch = channel / "noarch"
+    full = (noarch / "repodata.json").read_bytes()
+    assert name in json.loads(full)["packages.conda"]
+    assert bz2.decompress((noarch / "repodata.json.bz2").read_bytes()) == full
+    assert zstandard.ZstdDecompressor().decompress((noarch / "repodata.json.zst").read_bytes()) == full
+    current = json.loads((noarch / "current_repodata.json").read_bytes())
+    assert name in current["packages.conda"]  # conda reads current_repodata.json first
+    assert name in json.loads(zstandard.ZstdDecompressor().decompress(
+        (noarch / "current_repodata.json.zst").read_bytes()))["packages.conda"]
+    run_exports = json.loads((noarch / "run_exports.json").read_text())
+    assert run_exports["packages.conda"][name] == {"run_exports": {}}
+    for stale in (channel / "channeldata.json", channel / "index.html", noarch / "index.html"):
+        assert not stale.exists(), stale
+        assert f"removed {stale}" in result.stderr
+    # every subdir conda asks for answers, as bundle's channel does
+    for subdir in ("noarch", "linux-64", "linux-aarch64"):
+        assert json.loads((channel / subdir / "repodata.json").read_text())["info"] == {"subdir": subdir}
+
+
+def test_repodata_zst_always_matches_repodata_json(channel, packages):
+    """conda (repodata_use_zst) and rattler read repodata.json.zst first: it is always written."""
+    import zstandard
+
+    assert publish(channel, packages["conda"]).returncode == 0
+    for subdir in ("noarch", "linux-64", "linux-aarch64"):
+        full = (channel / subdir / "repodata.json").read_bytes()
+        assert zstandard.ZstdDecompressor().decompress((channel / subdir / "repodata.json.zst").read_bytes()) == full

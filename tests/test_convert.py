@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
 from email.parser import HeaderParser
+from pathlib import Path
 
 import pytest
 
 from repack.publish.channel import inspect_package
 from repack.build.conda_archive import read_members
 from repack.build.convert import conda_depends, convert_wheel, load_name_map, package_filename
-from repack.errors import IntegrityError, UsageError
+from repack.build.conda import python_spec
+from repack.errors import BuildError, IntegrityError, UsageError
 from tests.support.tinywheel import make_wheel, tamper
 
 
@@ -81,3 +87,113 @@ def test_bundle_refuses_a_bad_conda_map_before_any_download(run_cli, tmp_path):
                      "--index-url", "http://127.0.0.1:9/simple/")
     assert result.returncode == 2 and "cannot read the conda name map" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- markers: evaluated for the channel's platforms and Pythons, never the converter's -------------
+
+@pytest.mark.parametrize("requires_python, requirement, expected", [
+    (">=3.10", 'tomli; python_version < "3.8"', []),                    # false everywhere: dropped
+    (">=3.10", 'exceptiongroup; python_version >= "3.8"', ["exceptiongroup"]),
+    (">=3.10", "pywin32; sys_platform == 'win32'", []),
+    (">=3.10", 'uvloop; implementation_name == "cpython"', ["uvloop"]),
+    (">=3.11", 'tomli; python_version < "3.11"', []),                   # Requires-Python narrows the Pythons
+    (">=3.10", 'fancy; platform_machine != "s390x"', ["fancy"]),
+])
+def test_markers_are_evaluated_for_every_target(requires_python, requirement, expected):
+    meta = HeaderParser().parsestr(f"Requires-Dist: {requirement}\nRequires-Python: {requires_python}\n")
+    assert conda_depends(meta, {}) == [python_spec(requires_python)] + expected
+
+
+@pytest.mark.parametrize("requirement, marker", [
+    ('tomli; python_version < "3.11"', 'python_version < "3.11"'),
+    ('nvidia-thing; platform_machine == "x86_64"', 'platform_machine == "x86_64"'),
+    ('odd; platform_release >= "5"', 'platform_release >= "5"'),
+])
+def test_a_marker_that_splits_the_targets_is_refused_by_name(requirement, marker):
+    meta = HeaderParser().parsestr(f"Requires-Dist: {requirement}\nRequires-Python: >=3.10\n")
+    with pytest.raises(BuildError, match=re.escape(f"the marker '{marker}' holds on some")):
+        conda_depends(meta, {})
+
+
+MARKER_PROBE = """
+import json, sys
+from email.parser import HeaderParser
+from repack.build.convert import conda_depends
+from repack.errors import BuildError
+out = []
+for line in json.loads(sys.argv[1]):
+    meta = HeaderParser().parsestr(f"Requires-Dist: {line}\\nRequires-Python: >=3.10\\n")
+    try:
+        out.append(conda_depends(meta, {}))
+    except BuildError as exc:
+        out.append(str(exc))
+print(json.dumps(out))
+"""
+
+
+def interpreter(version: str) -> str | None:
+    """A working ``pythonX.Y``: on PATH, or one that pyenv installed (its shims may refuse to run it)."""
+    found = [shutil.which(f"python{version}")]
+    found += sorted(str(p) for p in (Path.home() / ".pyenv" / "versions").glob(f"{version}.*/bin/python{version}"))
+    for exe in filter(None, found):
+        if subprocess.run([exe, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
+            return exe
+    return None
+
+
+def test_two_interpreters_convert_markers_alike(tmp_path):
+    """A 3.10 and a 3.11 converter give the same depends (or the same refusal) for every marker."""
+    import packaging
+
+    lines = ['tomli; python_version < "3.11"', 'a; python_version >= "3.10"', 'b; python_full_version < "3.10.1"',
+             'c; sys_platform == "linux"', 'd; platform_machine == "aarch64"', 'e; os_name == "nt"']
+    root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join([str(root), str(Path(packaging.__file__).parents[1])])
+    results = {}
+    for python in ("3.10", "3.11"):
+        exe = interpreter(python)
+        if exe is None:
+            pytest.skip(f"no working python{python} here")
+        done = subprocess.run([exe, "-c", MARKER_PROBE, json.dumps(lines)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": path}, timeout=60)
+        assert done.returncode == 0, done.stderr
+        results[python] = json.loads(done.stdout)
+    assert results["3.10"] == results["3.11"]
+    assert "holds on some" in results["3.10"][0] and "holds on some" in results["3.10"][4]
+
+
+# -- pip's view inside the conda environment -------------------------------------------------------
+
+def test_pip_requirements_move_under_an_extra(tmp_path):
+    """pip check must not ask for conda-provided requirements under their PyPI names (whl2conda's way)."""
+    import base64
+    import csv
+    import hashlib
+    import io
+
+    from packaging.requirements import Requirement
+
+    wheel = make_wheel(tmp_path / "w", "fi-demo", "1.0", requires_python=">=3.10",
+                       requires=("torch>=2", 'tomli; python_version < "3.8"'))
+    members = read_members(convert_wheel(wheel, tmp_path / "out").path)
+    meta_path = "site-packages/fi_demo-1.0.dist-info/METADATA"
+    meta = HeaderParser().parsestr(members[meta_path].decode())
+    requires = [Requirement(r) for r in meta.get_all("Requires-Dist")]
+    assert [r.name for r in requires] == ["torch", "tomli"]
+    assert "original" in meta.get_all("Provides-Extra")
+    for r in requires:  # what pip check evaluates: no extra requested, so none of them is required
+        assert not r.marker.evaluate({"extra": ""}) and r.marker.evaluate({"extra": "original", "python_version": "3.7"})
+    rows = {row[0]: row[1] for row in csv.reader(io.StringIO(members[meta_path.replace("METADATA", "RECORD")].decode()))}
+    digest = base64.urlsafe_b64encode(hashlib.sha256(members[meta_path]).digest()).rstrip(b"=").decode()
+    assert rows["fi_demo-1.0.dist-info/METADATA"] == f"sha256={digest}"  # RECORD stays true
+
+
+def test_the_shipped_name_map_comes_from_grayskull():
+    """conda-forge's names for PyPI projects, from grayskull's maintained map (scripts/update_condamap.py)."""
+    from repack.build.convert import MAP_FILE
+
+    table = json.loads(MAP_FILE.read_text())
+    assert table["source"]["project"] == "grayskull" and len(table["source"]["sha256"]) == 64
+    names = load_name_map()
+    assert names["torch"] == "pytorch" and names["build"] == "python-build"
+    assert len(names) > 100

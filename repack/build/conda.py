@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -104,18 +105,47 @@ def about_json(plan: Plan) -> dict:
     }
 
 
-def link_json() -> dict:
-    return {"noarch": {"type": "python"}, "package_metadata_version": 1}
+def link_json(entry_points: list[str] | None = None) -> dict:
+    """noarch: python, with the console scripts conda creates at link time (``name = module:function``)."""
+    noarch: dict = {"type": "python"}
+    if entry_points:
+        noarch["entry_points"] = list(entry_points)
+    return {"noarch": noarch, "package_metadata_version": 1}
 
 
-def paths_json(files: list[Member]) -> dict:
-    entries = [{"_path": f.path, "path_type": "hardlink", "sha256": hashlib.sha256(f.data).hexdigest(),
-                "size_in_bytes": len(f.data)} for f in sorted(files, key=lambda f: f.path)]
+@dataclass(frozen=True)
+class PathRecord:
+    """One payload file as ``paths.json`` lists it (a regular file: conda's ``hardlink``)."""
+
+    path: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def of(cls, member: Member) -> "PathRecord":
+        return cls(member.path, hashlib.sha256(member.data).hexdigest(), len(member.data))
+
+
+def paths_json(records: list[PathRecord]) -> dict:
+    entries = [{"_path": r.path, "path_type": "hardlink", "sha256": r.sha256, "size_in_bytes": r.size}
+               for r in sorted(records, key=lambda r: r.path)]
     return {"paths": entries, "paths_version": 1}
 
 
-def files_text(files: list[Member]) -> str:
-    return "".join(f"{f.path}\n" for f in sorted(files, key=lambda f: f.path))
+def files_text(records: list[PathRecord]) -> str:
+    return "".join(f"{r.path}\n" for r in sorted(records, key=lambda r: r.path))
+
+
+def info_members(index: dict, about: dict, link: dict, records: list[PathRecord]) -> list[Member]:
+    """The ``info/`` files of a noarch: python package: the one place both writers get them from."""
+    return [
+        Member("info/index.json", json_bytes(index)),
+        Member("info/paths.json", json_bytes(paths_json(records))),
+        Member("info/files", files_text(records).encode("utf-8")),
+        Member("info/link.json", json_bytes(link)),
+        Member("info/about.json", json_bytes(about)),
+        Member("info/hash_input.json", json_bytes(hash_input_json(index["depends"]))),
+    ]
 
 
 def json_bytes(data: dict) -> bytes:
@@ -137,16 +167,9 @@ def package_members(payload: Payload, epoch: int, requirements: list[str],
     """(stem ``name-version-build``, info members, payload members)."""
     plan = payload.plan
     files = payload_members(payload)
-    hash_input = hash_input_json(requirements)
-    build = build_string(hash_input, build_number)
-    info = [
-        Member("info/index.json", json_bytes(index_json(plan, build, build_number, requirements, epoch * 1000))),
-        Member("info/paths.json", json_bytes(paths_json(files))),
-        Member("info/files", files_text(files).encode("utf-8")),
-        Member("info/link.json", json_bytes(link_json())),
-        Member("info/about.json", json_bytes(about_json(plan))),
-        Member("info/hash_input.json", json_bytes(hash_input)),
-    ]
+    build = build_string(hash_input_json(requirements), build_number)
+    index = index_json(plan, build, build_number, requirements, epoch * 1000)
+    info = info_members(index, about_json(plan), link_json(), [PathRecord.of(f) for f in files])
     return f"{DIST_NAME}-{plan.version}-{build}", info, files
 
 

@@ -19,7 +19,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from repack.build.artifact import DEFAULT_EPOCH
 from repack.errors import BuildError, SourceError
@@ -29,6 +29,7 @@ SUFFIXES = (".conda", ".tar.bz2")
 FORMAT_METADATA = b'{"conda_pkg_format_version": 2}'
 ZSTD_LEVEL = 19
 BZ2_LEVEL = 9
+CHUNK = 1 << 20
 #: A member larger than this is refused when reading (a guard against bombs).
 MAX_MEMBER = 4 << 30
 
@@ -55,38 +56,63 @@ def split_filename(filename: str) -> tuple[str, str, str, str]:
 
 # -- writing -------------------------------------------------------------------------
 
+def tar_info(path: str, size: int, executable: bool, mtime: int) -> tarfile.TarInfo:
+    """The one header rule of every tar in a conda package: one mtime, root, no names, 0644/0755."""
+    info = tarfile.TarInfo(path)
+    info.size, info.mtime = size, mtime
+    info.mode = 0o755 if executable else 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def open_tar(fileobj: BinaryIO) -> tarfile.TarFile:
+    """A streaming PAX tar writer on ``fileobj`` (the format of every tar here)."""
+    return tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT)
+
+
 def tar_bytes(members: list[Member], mtime: int) -> bytes:
     """An uncompressed tar of ``members`` in the order given, with normalised metadata."""
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with open_tar(buf) as tar:
         for m in members:
-            info = tarfile.TarInfo(m.path)
-            info.size = len(m.data)
-            info.mtime = mtime
-            info.mode = 0o755 if m.executable else 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(m.data))
+            tar.addfile(tar_info(m.path, len(m.data), m.executable, mtime), io.BytesIO(m.data))
     return buf.getvalue()
+
+
+def zstd_compressor(level: int = ZSTD_LEVEL):
+    return _zstd().ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+
+
+def info_tar_zst(info: list[Member], epoch: int) -> bytes:
+    return zstd_compressor().compress(tar_bytes(_sorted(info), epoch))
 
 
 def conda_bytes(stem: str, info: list[Member], pkg: list[Member], epoch: int) -> bytes:
-    """A ``.conda`` archive: stored zip of metadata.json and two zstd-compressed tars."""
-    compress = _zstd().ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=True).compress
-    entries = [
-        ("metadata.json", FORMAT_METADATA),
-        (f"pkg-{stem}.tar.zst", compress(tar_bytes(_sorted(pkg), epoch))),
-        (f"info-{stem}.tar.zst", compress(tar_bytes(_sorted(info), epoch))),
-    ]
-    date_time = time.gmtime(max(epoch, DEFAULT_EPOCH))[:6]
+    """A ``.conda`` archive in memory: stored zip of metadata.json and two zstd-compressed tars."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for name, data in entries:
-            entry = zipfile.ZipInfo(name, date_time=date_time)
-            entry.external_attr = 0o100644 << 16
-            entry.create_system = 3
-            zf.writestr(entry, data)
+    pkg_zst = zstd_compressor().compress(tar_bytes(_sorted(pkg), epoch))
+    write_conda_container(buf, stem, io.BytesIO(pkg_zst), len(pkg_zst), info_tar_zst(info, epoch), epoch)
     return buf.getvalue()
+
+
+def write_conda_container(out: BinaryIO, stem: str, pkg_zst: BinaryIO, pkg_size: int, info_zst: bytes,
+                          epoch: int) -> None:
+    """The ``.conda`` zip on ``out`` (seekable): metadata.json, the payload copied from ``pkg_zst`` in
+    chunks (so that a package of gigabytes never sits in memory), then the info tar, as rattler-build orders them."""
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(_zip_entry("metadata.json", len(FORMAT_METADATA), epoch), FORMAT_METADATA)
+        entry = _zip_entry(f"pkg-{stem}.tar.zst", pkg_size, epoch)
+        with zf.open(entry, "w", force_zip64=pkg_size >= zipfile.ZIP64_LIMIT) as dst:
+            for chunk in iter(lambda: pkg_zst.read(CHUNK), b""):
+                dst.write(chunk)
+        zf.writestr(_zip_entry(f"info-{stem}.tar.zst", len(info_zst), epoch), info_zst)
+
+
+def _zip_entry(name: str, size: int, epoch: int) -> zipfile.ZipInfo:
+    entry = zipfile.ZipInfo(name, date_time=time.gmtime(max(epoch, DEFAULT_EPOCH))[:6])
+    entry.external_attr, entry.create_system, entry.file_size = 0o100644 << 16, 3, size
+    return entry
 
 
 def tar_bz2_bytes(info: list[Member], pkg: list[Member], epoch: int) -> bytes:
@@ -110,10 +136,17 @@ def read_members(path: Path, info_only: bool = False) -> dict[str, bytes]:
 
 
 def iter_members(path: Path, info_only: bool = False) -> Iterator[tuple[str, bytes]]:
-    """(path, bytes) of each regular file (a link: its target), streamed: one member in memory at a time.
+    """(path, bytes) of each file (a link: its target), streamed: one member in memory at a time."""
+    for name, _kind, data in iter_entries(path, info_only):
+        yield name, data
 
-    Raises SourceError for anything unreadable: a truncated or damaged
-    archive, a failed checksum, an unsafe member name, a member too large.
+
+def iter_entries(path: Path, info_only: bool = False) -> Iterator[tuple[str, str, bytes]]:
+    """(path, kind, bytes) of each member: kind ``file`` (its bytes) or ``symlink``/``hardlink`` (its target).
+
+    Directories are skipped.  Raises SourceError for anything unreadable: a
+    truncated or damaged archive, a failed checksum, an unsafe member name, a
+    member too large, a device or fifo.
     """
     path = Path(path)
     if not path.name.endswith(SUFFIXES):
@@ -132,7 +165,7 @@ def iter_members(path: Path, info_only: bool = False) -> Iterator[tuple[str, byt
                           "the file is truncated or damaged; build or download it again") from exc
 
 
-def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, bytes]]:
+def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, str, bytes]]:
     zstd = _zstd()
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
@@ -154,7 +187,7 @@ def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, bytes]]:
                                       "the file is damaged; build or download it again") from exc
 
 
-def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[tuple[str, bytes]]:
+def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[tuple[str, str, bytes]]:
     for m in tar:
         if not is_safe_relpath(m.name):
             raise SourceError(f"{label}: unsafe member name {m.name!r}", "refusing a package that writes outside its prefix")
@@ -165,9 +198,12 @@ def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[
                               "refusing it: no file of a conda package of this kind is that large")
         if m.isfile():
             fh = tar.extractfile(m)
-            yield m.name, fh.read() if fh is not None else b""
+            yield m.name, "file", fh.read() if fh is not None else b""
         elif m.issym() or m.islnk():
-            yield m.name, m.linkname.encode("utf-8")
+            yield m.name, "symlink" if m.issym() else "hardlink", m.linkname.encode("utf-8")
+        elif not m.isdir():
+            raise SourceError(f"{label}: {m.name} is neither a file, a link nor a directory",
+                              "refusing a package with devices or fifos")
 
 
 def _zstd():

@@ -9,9 +9,17 @@ scripts under ``python-scripts/``, ``.data/data`` at the prefix root.  The
 distribution, which flashinfer and ``doctor`` rely on), with ``INSTALLER``
 set to ``conda`` so that pip will not uninstall conda's files.
 
-Requirements become conda match specs under the names of a documented table
-(``condamap.json``, overridable); markers are evaluated for Linux and
-``extra`` requirements dropped.  Every file is hashed while it streams from
+Requirements become conda match specs under the names of a table generated
+from grayskull's PyPI -> conda-forge map (``condamap.json``, see
+scripts/update_condamap.py; overridable).  A noarch package serves every
+platform of the channel and every Python it allows, so a marker is evaluated
+for each of them (linux-64 and linux-aarch64, CPython 3.10 to 3.14 within
+Requires-Python), never for the Python running the converter: a requirement
+whose marker is true for some and false for others is refused, naming the
+marker; ``extra`` requirements are dropped.  The wheel's own Requires-Dist
+lines move under an extra named ``original`` in the packaged METADATA (as
+whl2conda does), so that ``pip check`` in a conda environment does not look
+for conda-provided requirements under their PyPI names.  Every file is hashed while it streams from
 the wheel into the package and checked against the wheel's RECORD: the 1.1 GB
 of flashinfer-cubin never sits in memory.  Same wheel, table and epoch give
 the same bytes.
@@ -25,7 +33,6 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -33,25 +40,28 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Mapping
 
-from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, Artifact
-from repack.build.conda import build_string, hash_input_json, json_bytes, python_spec
-from repack.build.conda_archive import FORMAT_METADATA, ZSTD_LEVEL, Member, tar_bytes
+from repack.build.conda import PathRecord, build_string, hash_input_json, info_members, link_json, python_spec
+from repack.build.conda_archive import info_tar_zst, open_tar, tar_info, write_conda_container, zstd_compressor
 from repack.errors import BuildError, IntegrityError, UsageError
 
 MAP_FILE = Path(__file__).with_name("condamap.json")
 #: zstd level of the payload tar: 3 turns flashinfer-cubin's 1.1 GB into a package in seconds,
 #: at about the size of the wheel (level 19 would take minutes for a few percent).
 PAYLOAD_LEVEL = 3
-LINUX = {"sys_platform": "linux", "platform_system": "Linux", "os_name": "posix", "extra": ""}
+#: What a noarch package may meet: conda's Linux platforms (machine names) and CPython versions.
+TARGET_MACHINES = {"linux-64": "x86_64", "linux-aarch64": "aarch64"}
+TARGET_PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
+#: pip metadata: the extra the wheel's own requirements move under (whl2conda's name for it).
+ORIGINAL_EXTRA = "original"
 CONDA_OPS = ("==", "!=", ">=", "<=", ">", "<", "~=")
 DATA_DIRS = {"purelib": "site-packages/", "platlib": "site-packages/", "scripts": "python-scripts/", "data": ""}
-CHUNK = 1 << 20
 
 
 # -- the name table ------------------------------------------------------------------------
@@ -82,7 +92,8 @@ def conda_name(project: str, names: Mapping[str, str | None]) -> str | None:
 # -- requirements ------------------------------------------------------------------------------
 
 def conda_depends(meta, names: Mapping[str, str | None]) -> list[str]:
-    """python first, then every Requires-Dist that applies on Linux, as conda match specs."""
+    """python first, then every Requires-Dist that applies on the channel's targets, as conda match specs."""
+    targets = target_environments(meta.get("Requires-Python"))
     out = []
     for line in meta.get_all("Requires-Dist") or []:
         try:
@@ -90,12 +101,49 @@ def conda_depends(meta, names: Mapping[str, str | None]) -> list[str]:
         except InvalidRequirement as exc:
             raise BuildError(f"Requires-Dist {line!r} is not a valid requirement: {exc}",
                              "the wheel's metadata is damaged") from exc
-        if req.marker is not None and not req.marker.evaluate({**default_environment(), **LINUX}):
+        if not applies(req, line, targets):
             continue
         name = conda_name(req.name, names)
         if name is not None:
             out.append(f"{name} {conda_spec(req)}".strip())
     return [python_spec(meta.get("Requires-Python"))] + sorted(set(out))
+
+
+def target_environments(requires_python: str | None) -> list[dict[str, str]]:
+    """A complete marker environment for each platform and Python the noarch package may meet.
+
+    Every key is given, so nothing of the converting interpreter leaks in;
+    platform_release and platform_version (unknowable) take two values each,
+    so that a marker reading them cannot agree by accident.
+    """
+    try:
+        allowed = SpecifierSet(requires_python or "")
+    except InvalidSpecifier as exc:
+        raise BuildError(f"Requires-Python {requires_python!r} is not a valid specifier",
+                         "the wheel's metadata is damaged") from exc
+    pythons = [v for v in TARGET_PYTHONS if allowed.contains(f"{v}.0", prereleases=True)]
+    if not pythons:
+        raise BuildError(f"Requires-Python {requires_python!r} allows none of CPython {', '.join(TARGET_PYTHONS)}",
+                         "this wheel cannot become a package for the channel's Pythons")
+    return [{"implementation_name": "cpython", "implementation_version": f"{py}.0", "os_name": "posix",
+             "platform_machine": machine, "platform_python_implementation": "CPython", "platform_release": release,
+             "platform_system": "Linux", "platform_version": release, "python_full_version": f"{py}.0",
+             "python_version": py, "sys_platform": "linux", "extra": ""}
+            for machine in TARGET_MACHINES.values() for py in pythons for release in ("", "6.8.0")]
+
+
+def applies(req: Requirement, line: str, targets: list[dict[str, str]]) -> bool:
+    """Whether ``req`` holds on every target; BuildError, naming the marker, if only on some."""
+    if req.marker is None:
+        return True
+    results = {req.marker.evaluate(env) for env in targets}
+    if len(results) > 1:
+        raise BuildError(f"Requires-Dist {line!r}: the marker '{req.marker}' holds on some of the channel's "
+                         f"platforms and Pythons ({', '.join(TARGET_MACHINES)}; Python "
+                         f"{targets[0]['python_version']}-{targets[-1]['python_version']}) and not on others, "
+                         "so one noarch package cannot carry it",
+                         "map the project in the conda name map (null drops it), or convert a wheel without that marker")
+    return results.pop()
 
 
 def conda_spec(req: Requirement) -> str:
@@ -121,13 +169,6 @@ class Placed:
     path: str           # relative to the prefix
     member: str         # the wheel member it comes from ("" for a file we add)
     executable: bool
-
-
-@dataclass(frozen=True)
-class Written:
-    path: str
-    sha256: str
-    size: int
 
 
 def convert_wheel(wheel: Path, out_dir: Path, *, names: Mapping[str, str | None] | None = None,
@@ -187,7 +228,7 @@ def _layout(zf: zipfile.ZipFile, dist_info: str) -> list[Placed]:
     placed = []
     for info in zf.infolist():
         n = info.filename
-        if n.endswith("/") or n in (dist_info + "RECORD", dist_info + "INSTALLER"):
+        if n.endswith("/") or n in (dist_info + "RECORD", dist_info + "INSTALLER", dist_info + "METADATA"):
             continue
         if n.startswith(data_dir):
             kind, _, rest = n[len(data_dir):].partition("/")
@@ -240,40 +281,42 @@ def _entry_points(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
 
 def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Placed], info: dict,
                    epoch: int) -> Artifact:
-    import zstandard
-
+    """The payload is compressed to a file as it streams from the wheel, then copied into the container."""
     target = out_dir / f"{stem}.conda"
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=out_dir) as tmp:
         pkg = Path(tmp) / "pkg.tar.zst"
         with open(pkg, "wb") as fh:
-            writer = zstandard.ZstdCompressor(level=PAYLOAD_LEVEL, write_checksum=True).stream_writer(fh, closefd=False)
+            writer = zstd_compressor(PAYLOAD_LEVEL).stream_writer(fh, closefd=False)
             written = _write_payload(zf, wheel, layout, info["dist_info"], writer, epoch)
             writer.close()
-        info_tar = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(
-            tar_bytes(sorted(_info_members(info, written), key=lambda m: m.path), epoch))
         partial = Path(tmp) / target.name
-        _write_conda_zip(partial, stem, pkg, info_tar, epoch)
+        with open(pkg, "rb") as payload, open(partial, "wb") as out:
+            write_conda_container(out, stem, payload, pkg.stat().st_size,
+                                  info_tar_zst(_info_members(info, written), epoch), epoch)
         os.replace(partial, target)
     return Artifact.of("conda", target)
 
 
-def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer, epoch: int) -> list[Written]:
+def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer, epoch: int) -> list[PathRecord]:
     record = _record(zf, dist_info)
     written, problems = [], []
-    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with open_tar(writer) as tar:
         for p in layout:
             info = zf.getinfo(p.member)
             with zf.open(info) as raw:
                 source = _Hashing(raw)
-                tar.addfile(_tar_info(p.path, info.file_size, p.executable, epoch), source)
+                tar.addfile(tar_info(p.path, info.file_size, p.executable, epoch), source)
             want = record.get(p.member)
             if want is None or want != source.record_hash():
                 problems.append(f"{p.member}: " + ("not in RECORD" if want is None else "sha256 differs from RECORD"))
-            written.append(Written(p.path, source.sha256.hexdigest(), source.size))
-        for path, data in _dist_info_additions(zf, dist_info):
-            tar.addfile(_tar_info(path, len(data), False, epoch), io.BytesIO(data))
-            written.append(Written(path, hashlib.sha256(data).hexdigest(), len(data)))
+            written.append(PathRecord(p.path, source.sha256.hexdigest(), source.size))
+        metadata = zf.read(dist_info + "METADATA")
+        if record.get(dist_info + "METADATA") != "sha256=" + _b64(hashlib.sha256(metadata).digest()):
+            problems.append(f"{dist_info}METADATA: not in RECORD or sha256 differs from RECORD")
+        for path, data in _dist_info_additions(zf, dist_info, pip_metadata(metadata)):
+            tar.addfile(tar_info(path, len(data), False, epoch), io.BytesIO(data))
+            written.append(PathRecord(path, hashlib.sha256(data).hexdigest(), len(data)))
     if problems:
         raise IntegrityError(f"{wheel.name} does not match its own RECORD: {problems[0]}"
                              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
@@ -281,17 +324,42 @@ def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer
     return sorted(written, key=lambda w: w.path)
 
 
-def _dist_info_additions(zf, dist_info: str) -> list[tuple[str, bytes]]:
-    """INSTALLER says conda; RECORD lists it too, so that tools reading RECORD stay consistent."""
-    installer = b"conda\n"
+def _dist_info_additions(zf, dist_info: str, metadata: bytes) -> list[tuple[str, bytes]]:
+    """METADATA (requirements under the ``original`` extra) and INSTALLER ("conda"), and RECORD saying so."""
+    added = {dist_info + "INSTALLER": b"conda\n", dist_info + "METADATA": metadata}
     record = zf.read(dist_info + "RECORD").decode("utf-8")
-    rows = [r for r in csv.reader(io.StringIO(record)) if r and r[0] != dist_info + "INSTALLER"]
-    rows.insert(len(rows) - 1 if rows and rows[-1][0] == dist_info + "RECORD" else len(rows),
-                [dist_info + "INSTALLER", f"sha256={_b64(hashlib.sha256(installer).digest())}", str(len(installer))])
+    rows = [r for r in csv.reader(io.StringIO(record)) if r and r[0] not in added and r[0] != dist_info + "RECORD"]
+    rows += [[name, f"sha256={_b64(hashlib.sha256(data).digest())}", str(len(data))] for name, data in added.items()]
+    rows = sorted(rows) + [[dist_info + "RECORD", "", ""]]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
-    site = "site-packages/" + dist_info
-    return sorted([(site + "INSTALLER", installer), (site + "RECORD", buf.getvalue().encode("utf-8"))])
+    added[dist_info + "RECORD"] = buf.getvalue().encode("utf-8")
+    return sorted(("site-packages/" + name, data) for name, data in added.items())
+
+
+def pip_metadata(metadata: bytes) -> bytes:
+    """METADATA with each Requires-Dist under ``extra == "original"`` (and ``Provides-Extra: original``).
+
+    conda provides the requirements, under conda names; left as they are,
+    ``pip check`` would report them missing (whl2conda's reasoning).  The
+    lines stay, so that the original requirements can still be read.
+    """
+    text = metadata.decode("utf-8")
+    head, sep, body = text.partition("\n\n")
+    if not sep:  # headers only
+        head, sep = text.rstrip("\n"), "\n"
+    lines, moved = [], False
+    for line in head.split("\n"):
+        if line.lower().startswith("requires-dist:"):
+            req = Requirement(line.split(":", 1)[1].strip())
+            marker = f"({req.marker}) and " if req.marker else ""
+            req.marker = None
+            line = f'Requires-Dist: {req}; {marker}extra == "{ORIGINAL_EXTRA}"'
+            moved = True
+        lines.append(line)
+    if moved and f"Provides-Extra: {ORIGINAL_EXTRA}" not in lines:
+        lines.append(f"Provides-Extra: {ORIGINAL_EXTRA}")
+    return ("\n".join(lines) + sep + body).encode("utf-8")
 
 
 def _record(zf, dist_info: str) -> dict[str, str]:
@@ -299,50 +367,12 @@ def _record(zf, dist_info: str) -> dict[str, str]:
     return {r[0]: r[1] for r in rows if len(r) >= 2 and r[1]}
 
 
-def _tar_info(path: str, size: int, executable: bool, epoch: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(path)
-    info.size, info.mtime = size, epoch
-    info.mode = 0o755 if executable else 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info
-
-
-def _info_members(info: dict, written: list[Written]) -> list[Member]:
+def _info_members(info: dict, written: list[PathRecord]) -> list:
     index = {k: info[k] for k in ("name", "version", "build", "build_number", "depends", "license", "noarch",
                                   "subdir", "timestamp")}
-    link = {"noarch": {"type": "python"}, "package_metadata_version": 1}
-    if info["entry_points"]:
-        link["noarch"]["entry_points"] = info["entry_points"]
     about = {"summary": info["summary"], "home": info["home"], "license": info["license"],
              "extra": {"converted_from": info["source"], "converted_by": f"flashinfer-repack {__version__}"}}
-    paths = {"paths": [{"_path": w.path, "path_type": "hardlink", "sha256": w.sha256, "size_in_bytes": w.size}
-                       for w in written], "paths_version": 1}
-    return [Member("info/index.json", json_bytes(index)), Member("info/link.json", json_bytes(link)),
-            Member("info/about.json", json_bytes(about)), Member("info/paths.json", json_bytes(paths)),
-            Member("info/files", "".join(w.path + "\n" for w in written).encode("utf-8")),
-            Member("info/hash_input.json", json_bytes(hash_input_json(info["depends"])))]
-
-
-def _write_conda_zip(path: Path, stem: str, pkg: Path, info_tar: bytes, epoch: int) -> None:
-    """The .conda container as conda_archive writes it, with the payload copied in, not loaded."""
-    import time
-
-    date_time = time.gmtime(max(epoch, DEFAULT_EPOCH))[:6]
-
-    def entry(name: str, size: int) -> zipfile.ZipInfo:
-        e = zipfile.ZipInfo(name, date_time=date_time)
-        e.external_attr, e.create_system, e.file_size = 0o100644 << 16, 3, size
-        return e
-
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr(entry("metadata.json", len(FORMAT_METADATA)), FORMAT_METADATA)
-        size = pkg.stat().st_size
-        with open(pkg, "rb") as src, z.open(entry(f"pkg-{stem}.tar.zst", size), "w",
-                                             force_zip64=size >= zipfile.ZIP64_LIMIT) as dst:
-            for chunk in iter(lambda: src.read(CHUNK), b""):
-                dst.write(chunk)
-        z.writestr(entry(f"info-{stem}.tar.zst", len(info_tar)), info_tar)
+    return info_members(index, about, link_json(info["entry_points"]), written)
 
 
 class _Hashing:

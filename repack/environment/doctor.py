@@ -100,7 +100,7 @@ def diagnose(env: Environment) -> Diagnosis:
             "no-flashinfer", f"flashinfer-python is not installed in {env.target}", "there is no FlashInfer to start",
             f"{_pip(env)} install flashinfer-python")])
         return Diagnosis(tuple(report.checks), tuple(report.problems))
-    report.add("flashinfer-python", f"{fp.version} in {fp.location}")
+    report.add("flashinfer-python", f"{fp.version} in {fp.location}" + _conda_owner(env, "flashinfer-python"))
     _check_packages(env, rules, report)
     _check_import(env, rules, report)
     if env.files is not None and env.cubin_dir is not None and env.cubin_dir.import_error is None:
@@ -112,7 +112,8 @@ def diagnose(env: Environment) -> Diagnosis:
 
 def _check_packages(env: Environment, rules: Plan, report: _Report) -> None:
     cubin, headers = env.dist("flashinfer-cubin"), env.dist(HEADERS_PROJECT)
-    report.add("flashinfer-cubin", f"{cubin.version} (distribution metadata)" if cubin else "not installed")
+    report.add("flashinfer-cubin", (f"{cubin.version} (distribution metadata)" if cubin else "not installed")
+               + _conda_owner(env, "flashinfer-cubin"))
     problems = []
     if headers is not None and rules.mode != "download":
         problems.append(Problem(
@@ -133,7 +134,14 @@ def _check_packages(env: Environment, rules: Plan, report: _Report) -> None:
     needed = (f"needed: {rules.version} looks for {len(rules.headers)} headers and a marker in "
               f"FLASHINFER_CUBIN_DIR/{rules.dest_dir}/" if rules.mode == "download"
               else f"not needed: {rules.reason}")
-    report.add(HEADERS_PROJECT, f"{headers.version if headers else 'not installed'}; {needed}", problems)
+    report.add(HEADERS_PROJECT, f"{headers.version if headers else 'not installed'}; {needed}"
+               + _conda_owner(env, HEADERS_PROJECT), problems)
+
+
+def _conda_owner(env: Environment, project: str) -> str:
+    """``; conda package NAME-VERSION-BUILD`` where conda-meta/ says conda installed ``project``."""
+    label = env.interpreter.conda_packages.get(project)
+    return f"; conda package {label}" if label else ""
 
 
 def _check_import(env: Environment, rules: Plan, report: _Report) -> None:

@@ -85,6 +85,8 @@ class Interpreter:
     cubin_module: tuple[str, ...] | None
     env: Mapping[str, str]
     home: str | None
+    #: project -> the conda package (name-version-build) that installed it, in a conda prefix.
+    conda_packages: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,7 @@ def prefix_facts(prefix: Path, env: Mapping[str, str]) -> Interpreter:
     """A conda prefix: its own python if it has one, else its conda-meta and site-packages read from disk."""
     for candidate in (prefix / "bin" / "python", prefix / "python.exe"):
         if candidate.exists():
-            return interpreter_facts(str(candidate), env)
+            return with_conda_meta(interpreter_facts(str(candidate), env), prefix)
     if not (prefix / "conda-meta").is_dir():
         raise UsageError(f"{prefix} is not a conda prefix (no conda-meta/ and no bin/python)",
                          "give --prefix the root of a conda environment, or --python its interpreter")
@@ -194,9 +196,21 @@ def prefix_facts(prefix: Path, env: Mapping[str, str]) -> Interpreter:
     if not sites:
         raise UsageError(f"{prefix} has no lib/python3.*/site-packages", "is Python installed in that prefix?")
     site = sites[-1]
-    return Interpreter(python=None, python_version=_conda_python(prefix) or Path(site).parent.name[6:],
-                       site_packages=site, dists=_dists_on(site), cubin_module=_find_package(site, "flashinfer_cubin"),
-                       env=_judged(env), home=env.get("HOME") or _home_of_this_user())
+    return with_conda_meta(Interpreter(
+        python=None, python_version=_conda_python(prefix) or Path(site).parent.name[6:], site_packages=site,
+        dists=_dists_on(site), cubin_module=_find_package(site, "flashinfer_cubin"), env=_judged(env),
+        home=env.get("HOME") or _home_of_this_user()), prefix)
+
+
+def with_conda_meta(interp: Interpreter, prefix: Path) -> Interpreter:
+    """Add what conda-meta/ knows: a conda package without a .dist-info is installed all the same."""
+    from dataclasses import replace
+
+    from repack.environment.condameta import read_records, records_by_name
+
+    found = records_by_name(read_records(prefix), PROJECTS)
+    dists = {**{name: Dist(r.version, interp.site_packages) for name, r in found.items()}, **interp.dists}
+    return replace(interp, dists=dists, conda_packages={name: r.label for name, r in found.items()})
 
 
 def _home_of_this_user() -> str:

@@ -33,14 +33,13 @@ from repack.fetch.download import PRESENT, fetch_verified
 from repack.fetch.index import find_wheel, project_files
 from repack.fetch.transport import Transport
 from repack.fs import atomic_write, check_filename, locked, remove_stale_temporaries, safe_join
+from repack.publish.channel import PLATFORMS
 from repack.rules.plan import Plan, require_needed
 
 log = logging.getLogger(__name__)
 
 PYTHON_PROJECT, CUBIN_PROJECT = "flashinfer-python", "flashinfer-cubin"
 MANIFEST = "manifest.json"
-#: The platforms FlashInfer publishes for; the channel answers for them (noarch packages only).
-PLATFORMS = ("linux-64", "linux-aarch64")
 
 #: ``step(message)``: what the bundle is doing now, for the CLI to show.
 Step = Callable[[str], None]
@@ -236,13 +235,17 @@ def readme(plan: Plan, wheels: list[str]) -> str:
 
 Check the copy:   python -c "import json,hashlib; [print('BAD', f['path']) for f in json.load(open('manifest.json'))['files'] if hashlib.sha256(open(f['path'],'rb').read()).hexdigest() != f['sha256']]"
 
+Name all three packages, with both installers: a package that was only pulled in as a requirement
+is removed with the one that pulled it in (conda prunes it; pip-autoremove and uv sync do the same).
+
 pip (torch and flashinfer's other requirements must come from your own mirror or wheels):
   pip install --no-index --find-links wheels flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
 or serve simple/ with any web server (or use file://) as an index:
-  pip install --index-url file://$PWD/simple/ --extra-index-url <your mirror> flashinfer-cubin-headers=={v}
+  pip install --index-url file://$PWD/simple/ --extra-index-url <your mirror> flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
 
 conda / mamba / pixi (pytorch and the other requirements from your conda-forge mirror):
-  conda install -c file://$PWD/conda -c <your conda-forge mirror> flashinfer-cubin-headers={v}
+  conda install -c file://$PWD/conda -c <your conda-forge mirror> flashinfer-python={v} flashinfer-cubin={v} flashinfer-cubin-headers={v}
+Later, "conda remove flashinfer-cubin-headers" leaves flashinfer-python and flashinfer-cubin installed.
 
 The headers then lie where flashinfer-python {v} looks for them
 (site-packages/flashinfer_cubin/cubins/{plan.dest_dir}/), and it starts without network.

@@ -1,15 +1,29 @@
-"""A local conda channel: add packages, keep each ``<subdir>/repodata.json`` right.
+"""A local conda channel: add packages, keep every index file of each subdir right.
 
-Every package is read in full and checked against its own ``paths.json``
-before the channel is touched; then, under a lock, a package already there
-under the same name must have the same bytes (it is skipped), and no file of
-a new package may be owned by a package of another name that could share its
-environment.  Packages are copied in beside their target and renamed, then
-``repodata.json`` is rewritten the same way: an interrupted publish leaves at
-most an unindexed package, which the next publish indexes.
+Every package is read in full before the channel is touched, and its
+``paths.json`` must vouch for every payload file: listed once, as a regular
+file (``hardlink``), with its size and sha256 (compared case-insensitively),
+and the archive member must be a regular file too.  Then, under a lock, a
+package already there under the same name must have the same bytes (it is
+skipped), and no file of a new package may be owned by a package of another
+name that could share its environment.  Packages are copied in beside their
+target and renamed, then the index is rewritten the same way: an interrupted
+publish leaves at most an unindexed package, which the next publish indexes.
 
 A repodata entry is the package's ``info/index.json`` plus ``size``,
-``sha256`` and ``md5``, which is what conda, mamba and rattler read.
+``sha256`` and ``md5``.  An entry is reused only while the file's size, mtime
+and inode all equal those recorded in ``.flashinfer-repack-index.json`` when
+it was hashed; anything else is read and hashed again.
+
+Besides ``repodata.json`` every subdir gets ``repodata.json.zst``, which conda
+(``repodata_use_zst``) and rattler fetch first.  What conda-index left is kept
+consistent: ``current_repodata.json`` (which conda reads before
+``repodata.json``; rewritten as the full repodata, a valid superset),
+compressed copies of both, and ``run_exports.json`` are rewritten;
+``channeldata.json``, ``index.html``, ``rss.xml`` and sharded repodata, which
+this module cannot render, are removed with a warning (conda-index rebuilds
+them).  ``noarch`` and the platform subdirs conda asks for get a repodata even
+when empty, as :data:`PLATFORMS` lists.
 """
 
 from __future__ import annotations
@@ -29,17 +43,25 @@ from typing import Iterator, Mapping
 
 from repack.build.conda_archive import (
     SUFFIXES,
-    iter_members,
+    iter_entries,
     read_members,
     split_filename,
 )
 from repack.errors import PublishError, SourceError
 from repack.fetch.digest import file_digests
-from repack.fs import atomic_write
+from repack.fs import atomic_write, is_safe_relpath
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".flashinfer-repack.lock"
+#: Per subdir: filename -> size, mtime, inode and the entry hashed from those bytes.
+STAT_INDEX = ".flashinfer-repack-index.json"
+#: The platforms FlashInfer publishes for: conda asks for ``<platform>/repodata.json`` beside noarch's.
+PLATFORMS = ("linux-64", "linux-aarch64")
+#: conda-index's files that are derived from every subdir and cannot be rendered here: removed when stale.
+UNRENDERED_ROOT = ("channeldata.json", "index.html", "rss.xml")
+UNRENDERED_SUBDIR = ("index.html", "repodata_shards.msgpack.zst")
+SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 SUBDIR = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 SITE_PACKAGES = re.compile(r"^(?:site-packages|lib/python\d+\.\d+t?/site-packages|Lib/site-packages)/")
 ARCHIVE_FIX = "build it again; publish checks every file against the package's own paths.json"
@@ -55,6 +77,7 @@ class CondaPackage:
     sha256: str = ""
     md5: str = ""
     size: int = 0
+    run_exports: Mapping = field(default_factory=dict, repr=False)
 
     @property
     def filename(self) -> str:
@@ -110,21 +133,44 @@ def inspect_package(path: Path) -> CondaPackage:
         raise PublishError(f"cannot read {path}: {exc.strerror}", "check the path of the package") from exc
     info, payload = _scan(path)
     index = _index_json(path, info, (name, version, build))
-    return CondaPackage(path, index, _checked_paths(path, info, payload), *hashes)
+    return CondaPackage(path, index, _checked_paths(path, info, payload), *hashes,
+                        run_exports=_run_exports(path, info))
 
 
-def _scan(path: Path) -> tuple[dict[str, bytes], dict[str, tuple[int, str]]]:
-    """One streamed pass: the ``info/`` files, and (size, sha256) of every other file."""
+@dataclass(frozen=True)
+class Found:
+    """A payload member as the archive holds it."""
+
+    kind: str        # "file", "symlink" or "hardlink" (conda_archive.iter_entries)
+    size: int
+    sha256: str
+
+
+def _scan(path: Path) -> tuple[dict[str, bytes], dict[str, Found]]:
+    """One streamed pass: the ``info/`` files, and kind, size and sha256 of every other member."""
     info, payload = {}, {}
     try:
-        for name, data in iter_members(path):
+        for name, kind, data in iter_entries(path):
             if name.startswith("info/"):
                 info[name] = data
             else:
-                payload[name] = (len(data), hashlib.sha256(data).hexdigest())
+                payload[name] = Found(kind, len(data), hashlib.sha256(data).hexdigest())
     except SourceError as exc:
         raise PublishError(str(exc), exc.hint) from exc
     return info, payload
+
+
+def _run_exports(path: Path, info: Mapping[str, bytes]) -> dict:
+    """``info/run_exports.json`` (what conda-index lists in run_exports.json), or {}."""
+    if "info/run_exports.json" not in info:
+        return {}
+    try:
+        found = json.loads(info["info/run_exports.json"])
+    except ValueError as exc:
+        raise PublishError(f"{path.name}: info/run_exports.json is not JSON ({exc})", ARCHIVE_FIX) from exc
+    if not isinstance(found, dict):
+        raise PublishError(f"{path.name}: info/run_exports.json is not a JSON object", ARCHIVE_FIX)
+    return found
 
 
 def _index_json(path: Path, members: dict[str, bytes], expected: tuple[str, str, str]) -> dict:
@@ -146,29 +192,84 @@ def _index_json(path: Path, members: dict[str, bytes], expected: tuple[str, str,
     return {**index, "subdir": subdir}
 
 
-def _checked_paths(path: Path, info: dict[str, bytes], payload: dict[str, tuple[int, str]]) -> tuple[str, ...]:
-    """The package's files, each checked against paths.json (size and sha256) when it has one."""
-    if "info/paths.json" not in info:
-        return tuple(sorted(payload))
+@dataclass(frozen=True)
+class PathEntry:
+    """One entry of ``info/paths.json``; ``sha256`` lower-case, or None (like ``size``) when not given."""
+
+    path: str
+    path_type: str
+    sha256: str | None
+    size: int | None
+
+
+def parse_paths_json(data: bytes, label: str) -> dict[str, PathEntry]:
+    """``info/paths.json`` of ``label`` by path; PublishError for anything malformed, never another error."""
     try:
-        listed = {e["_path"]: e for e in json.loads(info["info/paths.json"])["paths"]}
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PublishError(f"{path.name}: info/paths.json is malformed ({exc})", ARCHIVE_FIX) from exc
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PublishError(f"{label}: info/paths.json is not JSON ({exc})", ARCHIVE_FIX) from exc
+    if not isinstance(doc, dict) or doc.get("paths_version") != 1:
+        version = doc.get("paths_version") if isinstance(doc, dict) else None
+        raise PublishError(f"{label}: info/paths.json has paths_version {version!r}, expected 1", ARCHIVE_FIX)
+    if not isinstance(doc.get("paths"), list):
+        raise PublishError(f"{label}: info/paths.json's 'paths' is not a list", ARCHIVE_FIX)
+    out: dict[str, PathEntry] = {}
+    for raw in doc["paths"]:
+        entry = _path_entry(raw, label)
+        if entry.path in out:
+            raise PublishError(f"{label}: info/paths.json: {entry.path!r} is listed twice", ARCHIVE_FIX)
+        out[entry.path] = entry
+    return out
+
+
+def _path_entry(raw: object, label: str) -> PathEntry:
+    def refuse(what: str) -> PublishError:
+        return PublishError(f"{label}: info/paths.json: {what}", ARCHIVE_FIX)
+
+    if not isinstance(raw, dict) or not isinstance(raw.get("_path"), str):
+        raise refuse(f"entry {str(raw)[:80]!r} has no '_path' string")
+    path = raw["_path"]
+    if not is_safe_relpath(path):
+        raise refuse(f"{path!r} is not a safe relative path")
+    if not isinstance(raw.get("path_type"), str):
+        raise refuse(f"{path}: no path_type")
+    sha256, size = raw.get("sha256"), raw.get("size_in_bytes")
+    if sha256 is not None and (not isinstance(sha256, str) or not SHA256.match(sha256)):
+        raise refuse(f"{path}: {str(sha256)[:80]!r} is not a sha256")
+    if size is not None and (type(size) is not int or size < 0):
+        raise refuse(f"{path}: {str(size)[:80]!r} is not a size")
+    return PathEntry(path, raw["path_type"], sha256.lower() if sha256 else None, size)
+
+
+def _checked_paths(path: Path, info: dict[str, bytes], payload: dict[str, Found]) -> tuple[str, ...]:
+    """The package's files: paths.json must list each as a regular file with its size and sha256."""
+    if "info/paths.json" not in info:
+        raise PublishError(f"{path.name} has no info/paths.json, so nothing vouches for its files", ARCHIVE_FIX)
+    listed = parse_paths_json(info["info/paths.json"], path.name)
     problems = [f"{p}: in the archive, not in paths.json" for p in sorted(set(payload) - set(listed))]
     for p, entry in sorted(listed.items()):
-        if p not in payload:
-            problems.append(f"{p}: in paths.json, not in the archive")
-        elif entry.get("path_type", "hardlink") == "hardlink" and not _matches(payload[p], entry):
-            problems.append(f"{p}: size or sha256 differs from paths.json")
+        problems += _path_problems(p, entry, payload.get(p))
     if problems:
         raise PublishError(f"{path.name} is inconsistent: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), ARCHIVE_FIX)
     return tuple(sorted(listed))
 
 
-def _matches(found: tuple[int, str], entry: dict) -> bool:
-    size, digest = found
-    return entry.get("size_in_bytes", size) == size and entry.get("sha256", digest) == digest
+def _path_problems(p: str, entry: PathEntry, found: Found | None) -> list[str]:
+    """Why ``entry`` does not vouch for ``found`` (empty when it does)."""
+    if found is None:
+        return [f"{p}: in paths.json, not in the archive"]
+    if entry.path_type != "hardlink":
+        return [f"{p}: paths.json lists it as {entry.path_type!r}, not as a regular file"]
+    if found.kind != "file":
+        return [f"{p}: a {found.kind} in the archive, not a regular file"]
+    if entry.sha256 is None:
+        return [f"{p}: paths.json gives no sha256"]
+    if entry.size is None:
+        return [f"{p}: paths.json gives no size_in_bytes"]
+    if (entry.size, entry.sha256) != (found.size, found.sha256):
+        return [f"{p}: size or sha256 differs from paths.json"]
+    return []
 
 
 def _noarch_type(index: Mapping) -> str | None:
@@ -189,8 +290,9 @@ def publish_channel(channel: Path, files: list[Path]) -> list[ChannelResult]:
         _refuse_collisions(new, present)
         for pkg in new:
             _atomic_copy(pkg, channel / pkg.subdir / pkg.filename)
-        for subdir in sorted({p.subdir for p in incoming} | {"noarch"}):
+        for subdir in sorted({p.subdir for p in incoming} | {"noarch", *PLATFORMS}):
             write_repodata(channel / subdir, subdir)
+        _remove_unrendered(channel, UNRENDERED_ROOT)
     return results
 
 
@@ -260,11 +362,11 @@ def _inspect_metadata(path: Path) -> CondaPackage:
         raise PublishError(str(exc), exc.hint) from exc
     name, version, build, _ = split_filename(path.name)
     index = _index_json(path, members, (name, version, build))
-    try:
-        paths = tuple(e["_path"] for e in json.loads(members["info/paths.json"])["paths"])
-    except (KeyError, ValueError, TypeError):
+    if "info/paths.json" in members:
+        paths = tuple(parse_paths_json(members["info/paths.json"], path.name))
+    else:  # an old package: its file list is all there is (publish refuses such packages; they may be there)
         paths = tuple(members.get("info/files", b"").decode("utf-8", "replace").split())
-    return CondaPackage(path, index, paths, *_file_hashes(path))
+    return CondaPackage(path, index, paths, *_file_hashes(path), run_exports=_run_exports(path, members))
 
 
 def _file_hashes(path: Path) -> tuple[str, str, int]:
@@ -315,60 +417,113 @@ def _atomic_copy(pkg: CondaPackage, dest: Path) -> None:
 # -- repodata ------------------------------------------------------------------------------
 
 def write_repodata(subdir_path: Path, subdir: str) -> dict:
-    """Rewrite ``repodata.json`` of one subdir from the packages in it, atomically; return it."""
-    repodata = repodata_for(subdir_path, subdir)
-    data = (json.dumps(repodata, indent=2, sort_keys=True) + "\n").encode("utf-8")
-    target = subdir_path / "repodata.json"
+    """Rewrite one subdir's index files from the packages in it, atomically; return the repodata."""
+    entries = subdir_entries(subdir_path)
+    repodata = _repodata(entries, subdir)
+    run_exports = {"info": {"subdir": subdir},
+                   **_by_format(entries, lambda e: {"run_exports": e.get("run_exports", {})})}
+    data = _json_bytes(repodata)
     try:
-        if not target.is_file() or target.read_bytes() != data:
-            atomic_write(target, data)
-        _refresh_variants(subdir_path, data)
+        subdir_path.mkdir(parents=True, exist_ok=True)
+        _write_with_variants(subdir_path / "repodata.json", data, always=(".zst",))
+        if (subdir_path / "current_repodata.json").exists():  # conda reads it first: the full set is a valid one
+            _write_with_variants(subdir_path / "current_repodata.json", data, always=())
+        if (subdir_path / "run_exports.json").exists():
+            _write_if_changed(subdir_path / "run_exports.json", _json_bytes(run_exports))
+        _remove_unrendered(subdir_path, UNRENDERED_SUBDIR)
+        _write_if_changed(subdir_path / STAT_INDEX, _json_bytes({"files": entries, "version": 1}))
     except OSError as exc:
-        raise PublishError(f"cannot write {target}: {exc.strerror}",
+        raise PublishError(f"cannot write the index of {subdir_path}: {exc.strerror}",
                            "check the space and permissions of the channel directory; publish again to repair") from exc
     return repodata
 
 
 def repodata_for(subdir_path: Path, subdir: str) -> dict:
-    """Entries for every package file in the subdir, reusing known entries whose size still matches."""
-    known = _read_repodata(subdir_path / "repodata.json")
-    groups: dict[str, dict] = {".tar.bz2": {}, ".conda": {}}
+    """The repodata of one subdir as write_repodata would write it (entries re-hashed unless unchanged)."""
+    return _repodata(subdir_entries(subdir_path), subdir)
+
+
+def _repodata(entries: dict[str, dict], subdir: str) -> dict:
+    """What conda, mamba and rattler read: each package's index.json plus size, sha256 and md5."""
+    return {"info": {"subdir": subdir}, "removed": [], "repodata_version": 1,
+            **_by_format(entries, lambda e: e["entry"])}
+
+
+def subdir_entries(subdir_path: Path) -> dict[str, dict]:
+    """filename -> {size, mtime_ns, ino, entry, run_exports} for every readable package of the subdir.
+
+    A recorded entry is reused only while size, mtime and inode all match:
+    other bytes under the same name and size are read and hashed again.
+    """
+    known = _read_stat_index(subdir_path / STAT_INDEX)
+    out = {}
     for path in sorted(subdir_path.glob("*")) if subdir_path.is_dir() else []:
-        suffix = next((s for s in SUFFIXES if path.name.endswith(s)), None)
-        if suffix is None or path.name.startswith("."):
+        if path.name.startswith(".") or not path.name.endswith(SUFFIXES):
             continue
-        entry = known.get(path.name)
-        if entry is None or entry.get("size") != path.stat().st_size:
-            try:
-                entry = _inspect_metadata(path).repodata_entry()
-            except (PublishError, OSError, ValueError) as exc:
-                log.warning("leaving unreadable %s out of the index: %s", path, exc)
-                continue
-        groups[suffix][path.name] = entry
-    return {"info": {"subdir": subdir}, "packages": groups[".tar.bz2"], "packages.conda": groups[".conda"],
-            "removed": [], "repodata_version": 1}
+        try:
+            st = path.stat()
+        except OSError as exc:  # removed meanwhile by someone else: nothing to index
+            log.warning("leaving %s out of the index: %s", path, exc)
+            continue
+        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+        recorded = known.get(path.name)
+        if isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in stamp.items()) \
+                and isinstance(recorded.get("entry"), dict):
+            out[path.name] = recorded
+            continue
+        try:
+            pkg = _inspect_metadata(path)
+        except (PublishError, OSError, ValueError) as exc:
+            log.warning("leaving unreadable %s out of the index: %s", path, exc)
+            continue
+        out[path.name] = {**stamp, "entry": pkg.repodata_entry(), "run_exports": dict(pkg.run_exports)}
+    return out
 
 
-def _read_repodata(path: Path) -> dict[str, dict]:
+def _by_format(entries: dict[str, dict], value) -> dict[str, dict]:
+    groups: dict[str, dict] = {"packages": {}, "packages.conda": {}}
+    for name, recorded in entries.items():
+        groups["packages.conda" if name.endswith(".conda") else "packages"][name] = value(recorded)
+    return groups
+
+
+def _read_stat_index(path: Path) -> dict:
     try:
-        repodata = json.loads(path.read_bytes())
-        return {**repodata.get("packages", {}), **repodata.get("packages.conda", {})}
+        found = json.loads(path.read_bytes()).get("files", {})
+        return found if isinstance(found, dict) else {}
     except (OSError, ValueError, AttributeError):
         return {}
 
 
-def _refresh_variants(subdir_path: Path, data: bytes) -> None:
-    """Compressed copies that another indexer left would shadow the new repodata.json: renew them."""
-    variants = {"repodata.json.bz2": lambda d: bz2.compress(d, 9)}
-    zst = subdir_path / "repodata.json.zst"
-    if zst.exists():
-        import zstandard
+def _json_bytes(data: dict) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
-        variants["repodata.json.zst"] = zstandard.ZstdCompressor(level=19).compress
-    for name, compress in variants.items():
-        if (subdir_path / name).exists():
-            atomic_write(subdir_path / name, compress(data))
-    shards = subdir_path / "repodata_shards.msgpack.zst"
-    if shards.exists():
-        log.warning("removing stale sharded repodata %s (flashinfer-repack writes repodata.json only)", shards)
-        shards.unlink()
+
+def _write_if_changed(target: Path, data: bytes) -> None:
+    if not target.is_file() or target.read_bytes() != data:
+        atomic_write(target, data)
+
+
+def _write_with_variants(target: Path, data: bytes, always: tuple[str, ...]) -> None:
+    """``target`` and its compressed copies: those in ``always``, and any another indexer left (they shadow it)."""
+    _write_if_changed(target, data)
+    for suffix, compress in (".zst", _zstd_compress), (".bz2", lambda d: bz2.compress(d, 9)):
+        variant = target.with_name(target.name + suffix)
+        if suffix in always or variant.exists():
+            _write_if_changed(variant, compress(data))  # fixed levels: the same data, the same bytes
+
+
+def _zstd_compress(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=19).compress(data)
+
+
+def _remove_unrendered(directory: Path, names: tuple[str, ...]) -> None:
+    """conda-index's derived files this module cannot render: stale now, so removed, and said so."""
+    for name in names:
+        stale = directory / name
+        if stale.is_file():
+            stale.unlink()
+            log.warning("removed %s: it no longer matches the channel and flashinfer-repack cannot render it "
+                        "(run conda-index on the channel to rebuild it)", stale)

@@ -1,5 +1,6 @@
 #!/bin/bash
-# The build step of both recipes (recipe.yaml for rattler-build, meta.yaml for conda-build).
+# The build step of both recipes (rattler-build/recipe.yaml and conda-build/meta.yaml hold
+# identical copies, so that each recipe folder is complete on its own; tests/test_recipe.py keeps them equal).
 #
 # flashinfer-repack, run from its own source (copied to $SRC_DIR/repack), fetches
 # flashinfer-cubin's TRT-LLM BMM export headers, verifies every byte against the

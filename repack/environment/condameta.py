@@ -1,0 +1,60 @@
+"""What a conda prefix's ``conda-meta/`` says: which conda package owns which files.
+
+conda and rattler write one ``conda-meta/<name>-<version>-<build>.json`` per
+installed package, with its ``files`` relative to the prefix.  A conda
+package need not carry a ``.dist-info`` (``flashinfer-cubin-headers`` built by
+flashinfer-repack or the recipes has none), so ``doctor --prefix`` would call
+an installed package "not installed" if it looked at distribution metadata
+only.  A record that cannot be read is skipped with a warning: conda-meta is
+the prefix's own bookkeeping, and one bad file must not hide the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class CondaRecord:
+    """One installed conda package."""
+
+    name: str
+    version: str
+    build: str
+    files: tuple[str, ...]   # relative to the prefix
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.version}-{self.build}"
+
+
+def read_records(prefix: Path) -> list[CondaRecord]:
+    """Every readable record of ``prefix/conda-meta`` (none when there is no such folder)."""
+    out = []
+    for path in sorted((Path(prefix) / "conda-meta").glob("*.json")):
+        try:
+            out.append(_record(json.loads(path.read_bytes())))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("skipping unreadable conda-meta record %s: %s", path, exc)
+    return out
+
+
+def _record(data: dict) -> CondaRecord:
+    files = data.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ValueError("'files' is not a list of paths")
+    name, version, build = (data[k] for k in ("name", "version", "build"))
+    if not all(isinstance(v, str) and v for v in (name, version, build)):
+        raise ValueError("name, version or build is not a string")
+    return CondaRecord(name, version, build, tuple(files))
+
+
+def records_by_name(records: Iterable[CondaRecord], names: Iterable[str]) -> dict[str, CondaRecord]:
+    """The records of the packages named ``names`` (conda names equal the PyPI names here)."""
+    wanted = set(names)
+    return {r.name: r for r in records if r.name in wanted}
