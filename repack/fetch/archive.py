@@ -133,7 +133,7 @@ class _CachedFile(io.RawIOBase):
         self._pos += len(data)
         return data
 
-    def readinto(self, buf) -> int:
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
         data = self.read(len(buf))
         buf[: len(data)] = data
         return len(data)

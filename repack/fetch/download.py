@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 from repack.errors import FetchError, IntegrityError
 from repack.fetch.digest import file_sha256
 from repack.fetch.index import IndexFile
-from repack.fetch.transport import WHEEL_LIMIT, RangesIgnored, Transport, redact
+from repack.fetch.transport import WHEEL_LIMIT, Progress, RangesIgnored, Response, Transport, redact
 from repack.fs import locked
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ def _append_ranges(transport: Transport, found: IndexFile, part: Path) -> None:
         transport.progress = progress
 
 
-def _total(resp, found: IndexFile) -> int:
+def _total(resp: Response, found: IndexFile) -> int:
     total = resp.header("Content-Range").rpartition("/")[2]
     if not total.isdigit():
         raise FetchError(f"{redact(found.url)} gave no file size in its Content-Range",
@@ -100,6 +99,6 @@ def _total(resp, found: IndexFile) -> int:
     return int(total)
 
 
-def _show(progress: Callable | None, label: str, done: int, total: int) -> None:
+def _show(progress: Progress | None, label: str, done: int, total: int) -> None:
     if progress is not None:
         progress(label, done, total)
