@@ -3,7 +3,9 @@
 A :class:`ByteSource` gives random access (a local file, or HTTP Range
 requests).  :func:`read_members` fetches the end records and the central
 directory, then only the spans of the wanted members, coalesced into as few
-reads as possible, and lets :mod:`zipfile` parse and CRC-check them.
+reads as possible, and lets :mod:`zipfile` parse and CRC-check them.  The
+declared sizes are checked against documented caps before anything is fetched
+or inflated, and every member name passes the path gate of :mod:`repack.fs`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ A file already at its destination with the index's sha256 is not fetched
 again.  Over HTTP the bytes arrive in ranges appended to ``<name>.part``, so
 a run that was interrupted (killed, network gone) goes on from where it
 stopped; the ``.part`` becomes the file only after its sha256 matches.  A
-server that ignores ranges gets one plain streamed download instead.
+server that ignores ranges gets one plain streamed download instead.  One
+process at a time writes into a directory (a lock on the directory), so two
+runs never append to one ``.part``.
 """
 
 from __future__ import annotations
