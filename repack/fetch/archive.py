@@ -194,7 +194,8 @@ def _open(cache: SpanCache) -> zipfile.ZipFile:
     _prefetch_directory(cache)
     try:
         return zipfile.ZipFile(_CachedFile(cache))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, struct.error) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, struct.error, NotImplementedError, EOFError,
+            OverflowError) as exc:  # NotImplementedError: a version or feature zipfile refuses, e.g. multi-disk
         raise SourceError(f"{cache.source.label} is not a readable zip archive: {exc}",
                           "the download is damaged or the file is not a wheel") from exc
 
