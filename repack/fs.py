@@ -1,9 +1,11 @@
-"""Local files: the one gate for names from outside, atomic writes, locks and bounded reads.
+"""Local files: the one gate for names from outside, atomic writes, locks, bounded reads, stale temporaries.
 
 Every module that turns a name it did not choose (an index's file name, a zip member, a line of
 ``checksums.txt``, a path derived from flashinfer's code, a ``paths.json`` entry) into a path goes
-through :func:`check_relpath` / :func:`safe_join`; this check is ours, independent of the
-installed ``packaging`` (whose file-name parser has accepted names with ``/`` and ``..``).
+through :func:`check_relpath` / :func:`check_filename` / :func:`safe_join`; this check is ours,
+independent of the installed ``packaging`` (whose file-name parser, 23.2 to 26.0, accepts tag
+components with ``/`` and ``..``).  Files that must be regular and small (a header, a cache entry, a
+``file://`` URL) are opened with :func:`open_regular` / :func:`read_regular`, never blindly.
 """
 
 from __future__ import annotations

@@ -67,7 +67,10 @@ def files_under(root: Path) -> list[str]:
 
 # -- 1. names from outside -> paths only through the gate --------------------------------------
 
-ESCAPING = ["../../../escape/" + WHEEL, "sub/" + WHEEL, "/tmp/escape/" + WHEEL, "..\\" + WHEEL,
+#: The first two are accepted by packaging 23.2-26.0 (no check of tag components): with packaging 25.0
+#: (Debian's) the code before this fix wrote them to <cache>/../escape.whl and exited 0.
+ESCAPING = ["flashinfer_cubin-0.6.6-py3-none-../../../../escape.whl",
+            "flashinfer_cubin-0.6.6-py3-none-any/../../../../escape.whl", "../../../escape/" + WHEEL, "sub/" + WHEEL, "/tmp/escape/" + WHEEL, "..\\" + WHEEL,
             WHEEL + "\x00", "C:" + WHEEL]
 
 
@@ -100,6 +103,20 @@ def test_what_is_not_a_wheel_name_is_not_taken_for_one(name):
 
     with pytest.raises(InvalidWheelFilename):
         wheel_filename(name)
+
+
+@pytest.mark.parametrize("name", ESCAPING)
+def test_the_gate_holds_whatever_the_installed_packaging_accepts(name, monkeypatch):
+    from packaging.version import Version
+
+    from repack.fetch import index
+
+    def accepts_anything(filename):  # as permissive as packaging 25.0 is with tag components
+        return "flashinfer-cubin", Version(VERSION), (), frozenset()
+
+    monkeypatch.setattr(index, "parse_wheel_filename", accepts_anything)
+    with pytest.raises(UnknownVersionError):
+        find_wheel([IndexFile(name, "http://127.0.0.1/x")], "flashinfer-cubin", VERSION, "http://127.0.0.1/")
 
 
 def test_a_plain_wheel_name_passes_the_gate():

@@ -81,6 +81,14 @@ def test_a_damaged_zip_gives_members_or_a_project_error(data):
     members_or_error(data)
 
 
+def test_a_zip_of_a_version_zipfile_refuses_is_a_project_error():
+    """Found by the property above: zipfile raises NotImplementedError for 'zip file version 6.4'."""
+    data = bytearray(BASE)
+    at = data.index(b"PK\x01\x02")
+    data[at + 6: at + 8] = (64).to_bytes(2, "little")  # version needed to extract: 6.4
+    assert members_or_error(bytes(data)) is None
+
+
 @SETTINGS
 @given(st.binary(max_size=400))
 def test_random_bytes_are_never_taken_for_a_zip_silently(data):

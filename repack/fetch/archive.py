@@ -3,7 +3,9 @@
 A :class:`ByteSource` gives random access (a local file, or HTTP Range
 requests).  :func:`read_members` fetches the end records and the central
 directory, then only the spans of the wanted members, coalesced into as few
-reads as possible, and lets :mod:`zipfile` parse and CRC-check them.
+reads as possible, and lets :mod:`zipfile` parse and CRC-check them.  The
+declared sizes are checked against documented caps before anything is fetched
+or inflated, and every member name passes the path gate of :mod:`repack.fs`.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ class _CachedFile(io.RawIOBase):
         self._pos += len(data)
         return data
 
-    def readinto(self, buf) -> int:
+    def readinto(self, buf: bytearray | memoryview) -> int:  # type: ignore[override]
         data = self.read(len(buf))
         buf[: len(data)] = data
         return len(data)
@@ -192,7 +194,8 @@ def _open(cache: SpanCache) -> zipfile.ZipFile:
     _prefetch_directory(cache)
     try:
         return zipfile.ZipFile(_CachedFile(cache))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, struct.error) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, struct.error, NotImplementedError, EOFError,
+            OverflowError) as exc:  # NotImplementedError: a version or feature zipfile refuses, e.g. multi-disk
         raise SourceError(f"{cache.source.label} is not a readable zip archive: {exc}",
                           "the download is damaged or the file is not a wheel") from exc
 

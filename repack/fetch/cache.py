@@ -49,9 +49,11 @@ class Cache:
         try:
             data = read_regular(path, BLOB_LIMIT)
         except NotRegularFileError as exc:
-            return self._drop(path, str(exc))
+            self._drop(path, str(exc))
+            return None
         if hashlib.sha256(data).hexdigest() != digest:
-            return self._drop(path, "its content does not match its sha256")
+            self._drop(path, "its content does not match its sha256")
+            return None
         return data
 
     def put(self, data: bytes) -> str:
@@ -119,4 +121,3 @@ class Cache:
                 stale.unlink(missing_ok=True)
             except OSError:
                 pass
-        return None

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Protocol
 
 CHUNK = 1 << 20
-_MAKERS = {
+class _Hash(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
+
+
+_MAKERS: dict[str, Callable[[], _Hash]] = {
     "sha256": hashlib.sha256,
     "md5": lambda: hashlib.md5(usedforsecurity=False),
     "blake2_256": lambda: hashlib.blake2b(digest_size=32),

@@ -4,7 +4,9 @@ A file already at its destination with the index's sha256 is not fetched
 again.  Over HTTP the bytes arrive in ranges appended to ``<name>.part``, so
 a run that was interrupted (killed, network gone) goes on from where it
 stopped; the ``.part`` becomes the file only after its sha256 matches.  A
-server that ignores ranges gets one plain streamed download instead.
+server that ignores ranges gets one plain streamed download instead.  One
+process at a time writes into a directory (a lock on the directory), so two
+runs never append to one ``.part``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 from repack.errors import FetchError, IntegrityError
 from repack.fetch.digest import file_sha256
 from repack.fetch.index import IndexFile
-from repack.fetch.transport import WHEEL_LIMIT, RangesIgnored, Transport, redact
+from repack.fetch.transport import WHEEL_LIMIT, Progress, RangesIgnored, Response, Transport, redact
 from repack.fs import locked
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def _append_ranges(transport: Transport, found: IndexFile, part: Path) -> None:
         transport.progress = progress
 
 
-def _total(resp, found: IndexFile) -> int:
+def _total(resp: Response, found: IndexFile) -> int:
     total = resp.header("Content-Range").rpartition("/")[2]
     if not total.isdigit():
         raise FetchError(f"{redact(found.url)} gave no file size in its Content-Range",
@@ -100,6 +101,6 @@ def _total(resp, found: IndexFile) -> int:
     return int(total)
 
 
-def _show(progress: Callable | None, label: str, done: int, total: int) -> None:
+def _show(progress: Progress | None, label: str, done: int, total: int) -> None:
     if progress is not None:
         progress(label, done, total)

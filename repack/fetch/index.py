@@ -12,6 +12,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from html.parser import HTMLParser
+from typing import TYPE_CHECKING, Any
 
 from packaging.utils import (
     InvalidWheelFilename,
@@ -23,6 +24,9 @@ from packaging.version import InvalidVersion, Version
 from repack.errors import SourceError, UnknownVersionError
 from repack.fetch.transport import PAGE_LIMIT, HTTPStatusError, check_link, redact
 from repack.fs import is_safe_relpath
+
+if TYPE_CHECKING:
+    from repack.fetch.transport import Transport
 
 PYPI = "https://pypi.org/simple/"
 ACCEPT = ("application/vnd.pypi.simple.v1+json, "
@@ -43,7 +47,7 @@ def project_url(index_url: str, project: str) -> str:
     return index_url.rstrip("/") + "/" + canonicalize_name(project) + "/"
 
 
-def project_files(transport, index_url: str, project: str) -> list[IndexFile]:
+def project_files(transport: Transport, index_url: str, project: str) -> list[IndexFile]:
     """Every file the index lists for ``project`` (absolute URLs)."""
     url = project_url(index_url, project)
     try:
@@ -71,7 +75,7 @@ def find_wheel(files: list[IndexFile], project: str, version: str, index_url: st
         if name == canonicalize_name(project) and ver == want:
             matches.append(f)
     if not matches:
-        versions = sorted({_version_of(f.filename) for f in files} - {None}, key=Version)
+        versions = sorted({v for v in map(_version_of, (f.filename for f in files)) if v is not None}, key=Version)
         near = ", ".join(versions[-6:]) or "none"
         hint = "check the version" + ("; flashinfer-cubin is on PyPI for 0.6.0 to 0.6.13"
                                       if canonicalize_name(project) == "flashinfer-cubin" else "")
@@ -108,7 +112,7 @@ def parse_json_page(body: bytes, page_url: str) -> list[IndexFile]:
                           "the index URL must be a simple-API root (ending in /simple/)") from exc
 
 
-def _json_entry(f: dict, page_url: str) -> IndexFile:
+def _json_entry(f: dict[str, Any], page_url: str) -> IndexFile:
     url = _link(page_url, f["url"])
     size = f.get("size")
     if size is not None and (type(size) is not int or size < 0):
@@ -132,7 +136,7 @@ def parse_html_page(body: bytes, page_url: str) -> list[IndexFile]:
         fragment = urllib.parse.parse_qs(parts.fragment)
         filename = urllib.parse.unquote(parts.path.rsplit("/", 1)[-1])
         try:
-            sha256 = _sha256((fragment.get("sha256") or [None])[0])
+            sha256 = _sha256(fragment["sha256"][0] if fragment.get("sha256") else None)
         except TypeError as exc:
             raise SourceError(f"{redact(page_url)} lists {filename!r} with a malformed sha256",
                               "the index is damaged; use another source") from exc
@@ -166,10 +170,11 @@ def _sha256(value: object) -> str | None:
 class _Anchors(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.anchors: list[tuple[str, dict]] = []
+        self.anchors: list[tuple[str, dict[str, str | None]]] = []
 
-    def handle_starttag(self, tag, attrs):
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
             d = dict(attrs)
-            if d.get("href"):
-                self.anchors.append((d["href"], d))
+            href = d.get("href")
+            if href:
+                self.anchors.append((href, d))

@@ -34,13 +34,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from repack import __version__
 from repack.errors import FetchError, IntegrityError
 from repack.fs import NotRegularFileError, open_regular
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: ``progress(label, done_bytes, total_bytes_or_None)``
 Progress = Callable[[str, int, "int | None"], None]
@@ -230,8 +231,8 @@ class Transport:
                              urllib.parse.unquote(parts.password or ""))
         return redact(url)
 
-    def _with_retries(self, url: str, attempt: Callable[[], Any]) -> Any:
-        last: Exception | None = None
+    def _with_retries(self, url: str, attempt: Callable[[], _T]) -> _T:
+        last: BaseException | None = None
         for number in range(self.retries + 1):
             if number:
                 delay = self.backoff * (2 ** (number - 1))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from dataclasses import dataclass
+from email.message import Message
 from email.parser import HeaderParser
 from pathlib import Path
 
@@ -49,13 +50,14 @@ class DistFile:
     def metadata_sha256(self) -> str:
         return hashlib.sha256(self.metadata).hexdigest()
 
-    def headers(self):
-        """METADATA parsed as RFC 822 headers (an ``email.message.Message``)."""
+    def headers(self) -> Message:
+        """METADATA parsed as RFC 822 headers."""
         return HeaderParser().parsestr(self.metadata.decode("utf-8", "replace"))
 
     @property
     def requires_python(self) -> str | None:
-        return self.headers().get("Requires-Python")
+        value = self.headers().get("Requires-Python")
+        return None if value is None else str(value)
 
 
 def read_distfile(path: Path, *, check_record: bool = True) -> DistFile:

@@ -31,7 +31,7 @@ import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, ContextManager, Sequence
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
@@ -51,7 +51,7 @@ class Added:
     sha256: str
     path: Path
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, str]:
         return {"filename": self.filename, "action": self.action, "sha256": self.sha256, "path": str(self.path)}
 
 
@@ -139,7 +139,7 @@ def _write_metadata(target: Path, metadata: bytes) -> None:
         atomic_write(path, metadata)
 
 
-def _locked(root: Path):
+def _locked(root: Path) -> ContextManager[None]:
     return locked(root / ".lock")
 
 
@@ -181,7 +181,7 @@ def _stamp(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
-def _read_state(path: Path) -> dict[str, dict]:
+def _read_state(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):

@@ -82,7 +82,7 @@ class UploadResult:
     sha256: str
     verified: bool         # the index lists the file with our sha256 afterwards
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, str | bool]:
         return {"filename": self.filename, "action": self.action, "sha256": self.sha256, "verified": self.verified}
 
 
@@ -107,9 +107,10 @@ def find_credentials(url: str, *, username: str | None, password: str | None, en
         return Credentials(user[0], secret[0], origin)
     if user and from_netrc and from_netrc[0] in (user[0], ""):
         return Credentials(user[0], from_netrc[1], f"{user[1]} and {netrc_file}")
-    if user or secret:
+    given = user or secret
+    if given is not None:
         missing = "password" if user else "username"
-        raise UsageError(f"a {'username' if user else 'password'} was given ({(user or secret)[1]}) but no {missing}",
+        raise UsageError(f"a {'username' if user else 'password'} was given ({given[1]}) but no {missing}",
                          "give both, e.g. FLASHINFER_REPACK_USERNAME and FLASHINFER_REPACK_PASSWORD")
     if from_netrc:
         return Credentials(from_netrc[0], from_netrc[1], str(netrc_file))
@@ -164,7 +165,7 @@ class MultipartBody:
         head += (f'--{self.boundary}\r\nContent-Disposition: form-data; name="content"; filename="{path.name}"\r\n'
                  "Content-Type: application/octet-stream\r\n\r\n").encode()
         self._segments: list[bytes | Path] = [head, path, f"\r\n--{self.boundary}--\r\n".encode()]
-        self._length = len(head) + path.stat().st_size + len(self._segments[2])
+        self._length = len(head) + path.stat().st_size + len(f"\r\n--{self.boundary}--\r\n".encode())
         self._chunks = self._iterate()
         self._pending = b""
         self._done, self._progress, self._label = 0, progress, path.name
@@ -301,7 +302,7 @@ class Uploader:
 
     # -- posting ---------------------------------------------------------------------------
 
-    def _post(self, dist: DistFile):
+    def _post(self, dist: DistFile) -> Response:
         fields = form_fields(dist)
         for number in range(self.retries + 1):
             body = MultipartBody(fields, dist.path, self.progress)

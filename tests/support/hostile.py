@@ -53,7 +53,7 @@ class HostileServer:
         self._httpd: ThreadingHTTPServer | None = None
 
     def __enter__(self) -> "HostileServer":
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]
         if self.tls:
@@ -111,6 +111,11 @@ class HostileServer:
                delay: float = 0.0) -> str:
         self.routes["/" + path] = lambda h: (self.stopping.wait(delay), h.send_plain(status, body, ctype, reason=reason))
         return self.url + path
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # clients that hang up on a hostile answer are the point, not noise
 
 
 class _Handler(BaseHTTPRequestHandler):
