@@ -157,9 +157,22 @@ def source_date_epoch() -> int | None:
 
 
 def cubins_repository() -> str:
+    """$FLASHINFER_CUBINS_REPOSITORY: a URL, or a directory that must exist (a typo is not a URL to try)."""
     from repack.fetch.sources import NVIDIA_ARTIFACTORY
 
-    return os.environ.get("FLASHINFER_CUBINS_REPOSITORY", NVIDIA_ARTIFACTORY)
+    value = os.environ.get("FLASHINFER_CUBINS_REPOSITORY", NVIDIA_ARTIFACTORY)
+    if "://" not in value and not os.path.isdir(value):
+        raise UsageError(f"FLASHINFER_CUBINS_REPOSITORY={value!r} is neither a URL nor an existing directory",
+                         "set it to an http(s) URL in artifactory layout or to a directory that exists, or unset it")
+    return value
+
+
+def output_dir(path: Path, option: str = "-o") -> Path:
+    """An output directory: created when missing, refused when a file stands there."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: a file is there, not a directory",
+                         "give a directory (it is created if missing), or move the file away")
+    return path
 
 
 # -- output --------------------------------------------------------------------------

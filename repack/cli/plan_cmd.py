@@ -8,6 +8,7 @@ from pathlib import Path
 from repack.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
+    EXIT_TABLE,
     _clear_progress,
     cache_dir,
     common_options,
@@ -18,13 +19,22 @@ from repack.cli.common import (
 
 # -- plan ----------------------------------------------------------------------------
 
+PLAN_EXAMPLES = """\
+examples:
+  flashinfer-repack plan 0.6.6                 read from the index pip uses, then kept in the cache
+  flashinfer-repack -v plan 0.6.8 --offline    from the cache; -v says which entry and why
+  flashinfer-repack plan 0.6.6 --python-wheel flashinfer_python-0.6.6-py3-none-any.whl --json
+
+"""
+
+
 def register_plan(sub) -> None:
     p = sub.add_parser("plan", help="what a FlashInfer version needs, read from its own code",
                        description="Read flashinfer-python's code of VERSION statically (never imported) and "
                                    "report whether it needs a supplementary headers package, and exactly what: "
                                    "artifact path, pinned checksum, headers, runtime path, marker bytes. "
                                    "Compares the result with the plan shipped in this package.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=PLAN_EXAMPLES + EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--python-wheel", type=Path, metavar="PATH", help="read a flashinfer-python wheel on disk")

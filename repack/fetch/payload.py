@@ -47,8 +47,11 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
         report.source = "cache"
         return payload
     if not sources:
-        raise FetchError(f"the headers of flashinfer {plan.version} are not in the cache and no source was given",
-                         "drop --offline, or pass --from with a wheel, directory or URL")
+        where = f"the cache {cache.root}" if cache.root is not None else "any cache (caching is off)"
+        raise FetchError(f"the headers of flashinfer {plan.version} are not in {where}, and no other source "
+                         "was to be tried", "name a source that holds them (a flashinfer-cubin wheel, a directory "
+                         "in artifactory layout, an index or artifactory URL), or let the network be used once "
+                         "to fill the cache")
     last: Exception | None = None
     for source in sources:
         try:
