@@ -212,15 +212,23 @@ def progress_line(label: str, done: int, total: int | None, width: int) -> str:
     """
     if not total:
         sizes = human_size(done)
-        return _fit_label(label, width - len(sizes) - 1) + " " + sizes
-    sizes = f"{100 * min(done, total) // total:3d}% {human_size(done)} / {human_size(total)}"
+        return (_fit_label(label, width - len(sizes) - 1) + " " + sizes).lstrip()[-width:]
+    sizes = _sizes(done, total, width)
     room = width - len(sizes) - 1
     bar_width = min(30, room - min(len(label), 40) - 3)
     if bar_width >= 8:
         filled = bar_width * min(done, total) // total
         bar = " [" + "#" * filled + "-" * (bar_width - filled) + "]"
         return _fit_label(label, room - len(bar)) + bar + " " + sizes
-    return _fit_label(label, room) + " " + sizes
+    return (_fit_label(label, room) + " " + sizes).lstrip()
+
+
+def _sizes(done: int, total: int, width: int) -> str:
+    """The widest form of ``done / total`` that fits: with a percentage, without, then compact."""
+    pct = f"{100 * min(done, total) // total:3d}%"
+    forms = [f"{pct} {human_size(done)} / {human_size(total)}", f"{human_size(done)} / {human_size(total)}",
+             f"{human_size(done).split()[0]}/{human_size(total)}"]
+    return next((f for f in forms if len(f) <= width), forms[-1][:width])
 
 
 def _fit_label(label: str, room: int) -> str:

@@ -9,6 +9,7 @@ work offline; ``plan`` can derive afresh and compare the two.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +31,8 @@ from repack.rules.plan import (
 )
 
 PYTHON_PROJECT = "flashinfer-python"
+
+log = logging.getLogger(__name__)
 
 
 def check_version(version: str) -> str:
@@ -117,7 +120,9 @@ def resolve_plan(version: str, derive: Callable[[], Plan] | None = None) -> Plan
     """
     shipped = shipped_plan(version)
     if shipped is not None:
+        log.info("plan: the one shipped for flashinfer %s (checked against its code when it was made)", version)
         return shipped
+    log.info("plan: none shipped for flashinfer %s; reading its code", version)
     if derive is None:
         raise UnknownVersionError(f"flashinfer {version} has no shipped plan and deriving one is off",
                                   "drop --offline so that flashinfer-python's code can be read from the index")

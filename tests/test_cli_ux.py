@@ -1,0 +1,327 @@
+"""The command line as a new user meets it (issue 12): a real terminal (pexpect, 80 and 40 columns),
+real servers on 127.0.0.1, exact exit codes and message fragments."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import venv
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from repack.cli.common import EXIT_CODES, progress_line
+from tests.conftest import cli
+from tests.support.tinywheel import make_wheel
+from tests.test_upload import Misbehaving
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spawn(*args: str, columns: int, env: dict | None = None, cwd: Path | None = None) -> pexpect.spawn:
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PIP_INDEX_URL"))}
+    run_env.update(env or {})
+    return pexpect.spawn(sys.executable, ["-m", "repack", *args], env=run_env, cwd=str(cwd or REPO),
+                         dimensions=(24, columns), encoding="utf-8", timeout=120)
+
+
+def visible_lines(raw: str) -> list[str]:
+    """What a terminal shows: each line is what follows its last carriage return (erase codes dropped)."""
+    raw = raw.replace("\x1b[K", "")
+    return [line.rstrip("\r").split("\r")[-1] for line in raw.split("\n")]
+
+
+def progress_frames(raw: str) -> list[str]:
+    return [f for f in re.split(r"[\r\n]", raw.replace("\x1b[K", "")) if re.search(r"\d (B|kB|MB) / ", f)]
+
+
+# -- the progress line --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("width", [79, 39, 20])
+def test_progress_line_fits_and_keeps_the_numbers(width):
+    line = progress_line("flashinfer_cubin-0.6.6-py3-none-any.whl (resumed)", 28_300_000, 267_661_457, width)
+    assert len(line) <= width
+    assert line.endswith(("28.3 MB / 267.7 MB", "28.3/267.7 MB"))  # units and total are never what is cut
+
+
+def test_progress_line_without_total_shows_a_size():
+    assert progress_line("index page", 12_345, None, 39) == "index page 12.3 kB"
+
+
+@pytest.mark.parametrize("columns", [80, 40])
+def test_build_progress_fits_the_terminal(columns, file_server, small_cubin_wheel, tmp_path):
+    file_server.serve_project("flashinfer-cubin", [small_cubin_wheel("0.6.6")])
+    file_server.misbehave("/files/*", "slow", delay=0.3)  # long enough for the bar to be drawn
+    child = spawn("build", "0.6.6", "-o", str(tmp_path / "out"), "--from", "index+" + file_server.index_url,
+                  "--no-cache", columns=columns)
+    child.expect(pexpect.EOF)
+    child.close()
+    raw = child.before
+    assert child.exitstatus == 0, raw
+    frames = progress_frames(raw)
+    assert frames, raw
+    assert all(len(f) <= columns - 1 for f in frames), [f for f in frames if len(f) >= columns]
+    assert any(" / " in f for f in frames)  # done / total, with units
+    assert visible_lines(raw)[0].startswith("built ")  # the bar was wiped before the result
+
+
+@pytest.mark.parametrize("columns", [80, 40])
+def test_interrupted_lands_on_a_line_of_its_own(columns, file_server, small_cubin_wheel, tmp_path):
+    file_server.serve_project("flashinfer-cubin", [small_cubin_wheel("0.6.6")])
+    file_server.misbehave("/files/*", "slow", delay=30)
+    child = spawn("build", "0.6.6", "-o", str(tmp_path / "out"), "--from", "index+" + file_server.index_url,
+                  "--no-cache", columns=columns)
+    deadline = 50
+    while file_server.requests("/files/*") == 0 and deadline:  # wait until it is inside the stalled request
+        deadline -= 1
+        child.expect([pexpect.TIMEOUT, pexpect.EOF], timeout=0.2)
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130, child.before
+    shown = visible_lines(child.before)
+    assert "flashinfer-repack: interrupted" in shown, child.before
+
+
+# -- options anywhere, mistakes ------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_before_or_after_the_command_logs_decisions(where, tmp_path, small_cubin_wheel):
+    args = ["build", "0.6.6", "--from", str(small_cubin_wheel("0.6.6")), "--cache-dir", str(tmp_path / "c"),
+            "-o", str(tmp_path / "out")]
+    args = ["-v", *args] if where == "before" else [*args, "-v"]
+    first, again = cli(*args), cli(*args)
+    assert first.returncode == again.returncode == 0, first.stderr
+    assert "flashinfer-repack: plan: the one shipped for flashinfer 0.6.6" in first.stderr
+    assert "source: not in the cache" in first.stderr and "gave verified headers" in first.stderr
+    assert f"source: the cache {tmp_path / 'c'}" in again.stderr and "urllib3" not in again.stderr
+
+
+def test_build_verbose_says_where_the_index_came_from(tmp_path):
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = http://127.0.0.1:9/simple/\nextra-index-url = http://127.0.0.1:9/x/\n")
+    result = cli("-v", "build", "0.6.6", "--from", "index", "--retries", "0", "--no-cache", "-o", str(tmp_path),
+                 env={"PIP_CONFIG_FILE": str(conf)})
+    assert result.returncode == 1
+    assert f"index http://127.0.0.1:9/simple/, from {conf} [global]" in result.stderr
+    assert "pip also searches http://127.0.0.1:9/x/" in result.stderr
+
+
+@pytest.mark.parametrize("argv, hint", [(("buidl", "0.6.6"), "did you mean 'build'?"),
+                                        (("build", "0.6.6", "--retires", "3"), "did you mean '--retries'?"),
+                                        (("doctor", "--pyton", "x"), "did you mean '--python'?")])
+def test_did_you_mean(argv, hint):
+    result = cli(*argv)
+    assert result.returncode == 2
+    assert f"hint: {hint}" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["-5", "x", "101"])
+def test_retries_are_validated(value):
+    result = cli("build", "0.6.6", "--retries", value)
+    assert result.returncode == 2
+    assert f"argument --retries: '{value}' is not a whole number of retries from 0 to 100" in result.stderr
+
+
+def test_timeout_is_validated():
+    assert cli("plan", "0.6.6", "--timeout", "0").returncode == 2
+
+
+def test_argparse_errors_are_json_under_json():
+    result = cli("build", "0.6.6", "--json", "--retries", "-5")
+    data = json.loads(result.stdout)
+    assert result.returncode == 2 and data["ok"] is False and data["kind"] == "UsageError"
+    assert data["exit_code"] == 2 and "--retries" in data["error"]
+
+
+def test_a_closed_pipe_is_quiet():
+    # the reader is gone before the answer is written (`true` exits at once): every write meets EPIPE
+    done = subprocess.run(["bash", "-c", f"( sleep 0.5; {sys.executable} -m repack plan 0.6.6 --shipped --json ) "
+                           "| true; echo ${PIPESTATUS[0]}"], capture_output=True, text=True)
+    assert done.stderr == ""  # no "Broken pipe", no traceback, no disk-space hint
+    assert done.stdout.strip() == "141"
+
+
+def test_help_prints_the_exit_codes_and_examples():
+    top = cli("--help").stdout
+    for code, text in EXIT_CODES:
+        assert re.search(rf"^  {code}\s+{re.escape(text)}$", top, re.M), code
+    for command in ("plan", "build", "publish", "doctor", "install", "bundle"):
+        assert "examples:\n  flashinfer-repack " + command in cli(command, "--help").stdout, command
+
+
+def test_readme_prints_the_same_exit_codes():
+    readme = (REPO / "README.md").read_text()
+    for code, text in EXIT_CODES:
+        assert f"| {code} | {text} |" in readme, code
+
+
+# -- errors that blame the right thing -------------------------------------------------------
+
+def test_output_naming_a_file(tmp_path):
+    (tmp_path / "dist").write_text("")
+    result = cli("build", "0.6.6", "-o", str(tmp_path / "dist"), "--offline")
+    assert result.returncode == 2
+    assert f"-o {tmp_path / 'dist'}: a file is there, not a directory" in result.stderr
+
+
+def test_from_cache_with_an_empty_cache_does_not_mention_offline(tmp_path):
+    result = cli("build", "0.6.6", "--from", "cache", "--cache-dir", str(tmp_path / "c"), "-o", str(tmp_path))
+    assert result.returncode == 1
+    assert f"not in the cache {tmp_path / 'c'}" in result.stderr and "offline" not in result.stderr
+
+
+def test_mistyped_cubins_repository_directory(tmp_path):
+    result = cli("build", "0.6.6", "--from", "artifactory", "-o", str(tmp_path),
+                 env={"FLASHINFER_CUBINS_REPOSITORY": str(tmp_path / "cubns")})
+    assert result.returncode == 2
+    assert "is neither a URL nor an existing directory" in result.stderr and "Schema" not in result.stderr
+
+
+# -- --python and the environment doctor picks ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bare_venv(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bare")
+    venv.EnvBuilder(with_pip=False).create(root / "venv")
+    return root
+
+
+@pytest.mark.parametrize("given", ["venv/bin/python", "venv", "./venv/", "{root}/venv/bin/python"])
+def test_python_takes_relative_paths_and_venv_directories(bare_venv, given):
+    result = cli("doctor", "--python", given.format(root=bare_venv), "--json", cwd=bare_venv)
+    data = json.loads(result.stdout)
+    assert result.returncode == 1 and data["python"] == str(bare_venv / "venv" / "bin" / "python")
+    assert [p["code"] for p in data["problems"]] == ["no-flashinfer"]
+    assert data["problems"][0]["fix"] == f"{bare_venv / 'venv' / 'bin' / 'python'} -m pip install flashinfer-python"
+
+
+def test_python_that_is_not_there_names_the_absolute_path(bare_venv):
+    result = cli("doctor", "--python", "nowhere/bin/python", cwd=bare_venv)
+    assert result.returncode == 2
+    assert f"no such file or directory ({bare_venv}/nowhere/bin/python)" in result.stderr
+
+
+def test_doctor_without_python_takes_python3_on_path_and_says_so(bare_venv):
+    path = f"{bare_venv / 'venv' / 'bin'}:/usr/bin:/bin"
+    result = cli("doctor", env={"PATH": path})
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"checking {bare_venv / 'venv' / 'bin' / 'python3'}, the first python3 on PATH")
+
+
+def test_doctor_never_advises_flashinfer_into_its_own_env():
+    result = cli("doctor", "--python", sys.executable, "--json")
+    fix = json.loads(result.stdout)["problems"][0]["fix"]
+    assert "pip install" not in fix and "--python" in fix
+
+
+# -- doctor's fixes lead to the package -----------------------------------------------------------
+
+def advice_case(version: str, cubin: bool, index: str | None):
+    from dataclasses import replace
+
+    from repack.environment.doctor import Advice, diagnose
+    from tests.test_doctor import DEST_H, MISSING, snapshot_env
+
+    env = snapshot_env(change={DEST_H: MISSING}, cubin=cubin)
+    env = replace(env, rules=replace(env.rules, version=version))
+    return diagnose(env, Advice(index_url=index, index_is_pypi=index is None))
+
+
+def test_fix_is_pip_install_of_our_package_from_the_index_pip_uses():
+    fix = advice_case("0.6.6", True, "http://mirror.example/simple/").problems[0].fix
+    assert fix == ("/env/bin/python -m pip install flashinfer-cubin-headers==0.6.6  "
+                   "# from http://mirror.example/simple/, the index pip uses there")
+
+
+def test_install_route_only_without_flashinfer_cubin():
+    problems = advice_case("0.6.6", False, "http://mirror.example/simple/").problems
+    assert all(p.fix.startswith(("flashinfer-repack install 0.6.6 --python", "/env/bin/python -m pip install "
+                                 "flashinfer-cubin")) for p in problems), problems
+
+
+def test_cubin_after_0_6_13_comes_from_flashinfers_index():
+    from repack.environment.doctor import _cubin_fix
+    from tests.test_doctor import snapshot_env
+
+    env = snapshot_env()
+    assert _cubin_fix(env, "0.6.13") == "/env/bin/python -m pip install flashinfer-cubin==0.6.13"
+    assert _cubin_fix(env, "0.6.14") == ("/env/bin/python -m pip install flashinfer-cubin==0.6.14 "
+                                         "--index-url https://flashinfer.ai/whl")
+
+
+# -- publish --repository: ~/.pypirc and keyring, as twine reads them --------------------------------
+
+@pytest.fixture
+def upload_server():
+    server = Misbehaving(200)
+    yield server
+    server.close()
+
+
+def sent_credentials(server: Misbehaving) -> str:
+    auth = server.posts[0][0]["Authorization"].split()[-1]
+    return base64.b64decode(auth).decode()
+
+
+def test_publish_repository_from_pypirc(upload_server, tmp_path):
+    wheel = make_wheel(tmp_path, "demo", "1.0")
+    rc = tmp_path / "pypirc"
+    rc.write_text(f"[distutils]\nindex-servers =\n  internal\n\n[internal]\nrepository = {upload_server.url}\n"
+                  "username = bob\npassword = p%40ss%w0rd\n")
+    result = cli("publish", str(wheel), "--repository", "internal", "--config-file", str(rc), "--json",
+                 env={"NETRC": "/nonexistent"})
+    assert result.returncode in (0, 1), result.stderr
+    assert sent_credentials(upload_server) == "bob:p%40ss%w0rd"  # RawConfigParser: '%' is data
+    assert "p%40ss" not in result.stdout + result.stderr
+
+
+def test_publish_unknown_repository_is_a_usage_error(tmp_path):
+    rc = tmp_path / "pypirc"
+    rc.write_text("[distutils]\nindex-servers = internal\n[internal]\nrepository = http://127.0.0.1:9/\n")
+    wheel = make_wheel(tmp_path, "demo", "1.0")
+    result = cli("publish", str(wheel), "--repository", "internl", "--config-file", str(rc))
+    assert result.returncode == 2
+    assert "repository 'internl' is not in" in result.stderr and "index-servers: internal" in result.stderr
+
+
+def test_publish_takes_the_password_from_keyring(upload_server, tmp_path):
+    backend = tmp_path / "fixedkeyring.py"
+    backend.write_text(textwrap.dedent(f"""\
+        import keyring.backend
+        class Fixed(keyring.backend.KeyringBackend):
+            priority = 1
+            def get_password(self, service, username):
+                return "from-keyring" if (service, username) == ({upload_server.url!r}, "carol") else None
+            def set_password(self, *a):
+                raise NotImplementedError
+            def delete_password(self, *a):
+                raise NotImplementedError
+        """))
+    wheel = make_wheel(tmp_path, "demo", "1.0")
+    result = cli("publish", str(wheel), "--index", upload_server.url, "--username", "carol", "--json",
+                 env={"PYTHON_KEYRING_BACKEND": "fixedkeyring.Fixed", "PYTHONPATH": str(tmp_path),
+                      "NETRC": "/nonexistent"})
+    assert result.returncode in (0, 1), result.stderr
+    assert sent_credentials(upload_server) == "carol:from-keyring"
+
+
+# -- plan: cached, then answered offline with no request ------------------------------------------
+
+def test_plan_is_cached_then_answered_with_no_request(file_server, python_wheel, tmp_path):
+    file_server.serve_project("flashinfer-python", [python_wheel("0.6.6")])
+    args = ("plan", "0.6.6", "--index-url", file_server.index_url, "--cache-dir", str(tmp_path), "--json")
+    cold = json.loads(cli(*args).stdout)
+    before = file_server.requests()
+    warm = cli(*args, "-v")
+    offline = cli(*args, "--offline")
+    assert cold["transfer"]["requests"] > 0 and file_server.requests() == before
+    assert json.loads(warm.stdout)["transfer"] == {"requests": 0, "bytes": 0}
+    assert "plan: from the cache entry" in warm.stderr
+    assert json.loads(offline.stdout)["plan"] == cold["plan"]
