@@ -325,3 +325,31 @@ def test_plan_is_cached_then_answered_with_no_request(file_server, python_wheel,
     assert json.loads(warm.stdout)["transfer"] == {"requests": 0, "bytes": 0}
     assert "plan: from the cache entry" in warm.stderr
     assert json.loads(offline.stdout)["plan"] == cold["plan"]
+
+
+# -- publish: RECORD read only for what will be sent, with progress ------------------------------
+
+def test_record_check_shows_progress_at_40_columns(tmp_path):
+    wheel = make_wheel(tmp_path / "w", "demo", "1.0", files={"demo/big.bin": os.urandom(3 << 20)})
+    child = spawn("publish", str(wheel), "--simple", str(tmp_path / "simple"), columns=40)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    frames = [f for f in progress_frames(child.before) if f.startswith("RECORD")]
+    assert frames and all(len(f) <= 39 for f in frames), child.before
+
+
+def test_record_is_not_read_for_a_file_that_is_not_sent(tmp_path):
+    from repack.publish.distfile import read_distfile
+    from repack.publish.simple import publish_simple
+    from tests.support.tinywheel import tamper
+
+    good = make_wheel(tmp_path / "good", "demo", "1.0")
+    bad = tamper(good, tmp_path / "bad" / good.name, "__init__.py")
+    refused = cli("publish", str(bad), "--simple", str(tmp_path / "fresh"))
+    assert refused.returncode == 1 and "does not match its own RECORD" in refused.stderr
+    assert not (tmp_path / "fresh" / "demo" / good.name).exists()
+    # the same bytes already served (placed without the check): nothing to send, so RECORD is not read
+    publish_simple(tmp_path / "tree", [read_distfile(bad, check_record=False)])
+    again = cli("publish", str(bad), "--simple", str(tmp_path / "tree"))
+    assert again.returncode == 0 and f"skipped {good.name} (already there, same sha256)" in again.stdout

@@ -17,6 +17,7 @@ import zipfile
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
+from typing import Callable
 
 from packaging.utils import (
     InvalidWheelFilename,
@@ -29,6 +30,8 @@ from repack.errors import IntegrityError, UsageError
 from repack.fetch.digest import file_digests
 
 CHUNK = 1 << 20
+#: ``progress(label, done_bytes, total_bytes)``
+Progress = Callable[[str, int, "int | None"], None]
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,17 @@ class DistFile:
         return self.headers().get("Requires-Python")
 
 
-def read_distfile(path: Path, *, check_record: bool = True) -> DistFile:
-    """Check the wheel at ``path`` and describe it; IntegrityError if it was altered."""
+UPLOAD_DIGESTS = ("sha256", "md5", "blake2_256")  # the upload API asks for all three
+
+
+def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, ...] = UPLOAD_DIGESTS,
+                  progress: Progress | None = None) -> DistFile:
+    """Check the wheel at ``path`` and describe it; IntegrityError if it was altered.
+
+    ``check_record`` False leaves the RECORD check (a read of every member: seconds for a 268 MB
+    wheel) to :func:`check_record`, for the callers that learn first whether the file will be sent.
+    ``digests`` names the hashes computed in the one pass over the file (others are left empty).
+    """
     path = Path(path)
     if not path.name.endswith(".whl"):
         raise UsageError(f"{path} is not a wheel (.whl)", "only wheels can be published to a Python index")
@@ -71,8 +83,8 @@ def read_distfile(path: Path, *, check_record: bool = True) -> DistFile:
         raise UsageError(f"{path.name} is not a valid wheel file name: {exc}", "keep the name the builder gave") from exc
     if not path.is_file():
         raise UsageError(f"{path}: no such file", "give the path of a built wheel")
-    digests = file_digests(path, ("sha256", "md5", "blake2_256"))  # the upload API asks for all three
-    metadata = _check_wheel(path, str(name), check_record)
+    found = file_digests(path, digests)
+    metadata = _check_wheel(path, str(name), check_record, progress)
     headers = HeaderParser().parsestr(metadata.decode("utf-8", "replace"))
     meta_name = headers.get("Name", "")
     try:
@@ -82,17 +94,22 @@ def read_distfile(path: Path, *, check_record: bool = True) -> DistFile:
     if not same_version:
         raise IntegrityError(f"{path.name}: METADATA says version {headers.get('Version')!r}, the file name {version}",
                              "the wheel was renamed or altered; rebuild it")
-    return DistFile(path, str(name), meta_name or str(name), str(version), digests["sha256"], digests["md5"],
-                    digests["blake2_256"], path.stat().st_size, metadata)
+    return DistFile(path, str(name), meta_name or str(name), str(version), found["sha256"], found.get("md5", ""),
+                    found.get("blake2_256", ""), path.stat().st_size, metadata)
 
 
-def _check_wheel(path: Path, project: str, check_record: bool) -> bytes:
+def check_record(dist: DistFile, progress: Progress | None = None) -> None:
+    """IntegrityError unless every member of ``dist`` matches its RECORD (read_distfile's deferred check)."""
+    _check_wheel(dist.path, dist.project, True, progress)
+
+
+def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None) -> bytes:
     try:
         with zipfile.ZipFile(path) as zf:
             dist_info = _dist_info_dir(zf, path)
             metadata = zf.read(dist_info + "METADATA")
             if check_record:
-                problems = _record_problems(zf, dist_info)
+                problems = _record_problems(zf, dist_info, _Counter(zf, path.name, progress))
                 if problems:
                     raise IntegrityError(f"{path.name} does not match its own RECORD: {problems[0]}"
                                          + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
@@ -117,7 +134,20 @@ def _dist_info_dir(zf: zipfile.ZipFile, path: Path) -> str:
     return found.pop()
 
 
-def _record_problems(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
+class _Counter:
+    """Progress over the RECORD check, in uncompressed bytes of the whole wheel."""
+
+    def __init__(self, zf: zipfile.ZipFile, name: str, progress: Progress | None) -> None:
+        self.label, self.progress, self.done = f"RECORD check {name}", progress, 0
+        self.total = sum(i.file_size for i in zf.infolist()) if progress else 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.label, self.done, self.total)
+
+
+def _record_problems(zf: zipfile.ZipFile, dist_info: str, counter: _Counter) -> list[str]:
     """Every RECORD entry whose hash or size disagrees, and every file RECORD omits."""
     rows = list(csv.reader(io.StringIO(zf.read(dist_info + "RECORD").decode("utf-8"))))
     listed, problems = set(), []
@@ -128,12 +158,12 @@ def _record_problems(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
         listed.add(name)
         if name == dist_info + "RECORD" or not digest:
             continue
-        problems += _entry_problem(zf, name, digest, size)
+        problems += _entry_problem(zf, name, digest, size, counter)
     problems += [f"{n} is not in RECORD" for n in zf.namelist() if not n.endswith("/") and n not in listed]
     return problems
 
 
-def _entry_problem(zf: zipfile.ZipFile, name: str, digest: str, size: str) -> list[str]:
+def _entry_problem(zf: zipfile.ZipFile, name: str, digest: str, size: str, counter: _Counter) -> list[str]:
     algo, _, want = digest.partition("=")
     if algo not in ("sha256", "sha384", "sha512"):
         return [f"{name}: RECORD uses the weak or unknown hash {algo!r}"]
@@ -143,6 +173,7 @@ def _entry_problem(zf: zipfile.ZipFile, name: str, digest: str, size: str) -> li
             for chunk in iter(lambda: fh.read(CHUNK), b""):
                 h.update(chunk)
                 n += len(chunk)
+                counter.add(len(chunk))
     except KeyError:
         return [f"{name} is in RECORD but not in the wheel"]
     got = base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode()

@@ -84,10 +84,25 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False)
     return results
 
 
+def already_there(root: Path, dist: DistFile) -> bool:
+    """The tree serves ``dist``'s bytes already (its JSON page's sha256, for a file of the same size).
+
+    The page is the tree's own record, trusted as :func:`project_entries` trusts it: a file
+    placed by hand without a page entry is hashed.
+    """
+    target = Path(root) / dist.project / dist.filename
+    if not target.is_file() or target.stat().st_size != dist.size:
+        return False
+    known = {e.filename: e for e in _read_json_entries(target.parent / "index.json")}
+    entry = known.get(dist.filename)
+    have = entry.sha256 if entry is not None and entry.size == dist.size else file_sha256(target)
+    return have == dist.sha256
+
+
 def _check_free(root: Path, dist: DistFile) -> None:
     """Refuse a different file under a name the tree already serves."""
     target = root / dist.project / dist.filename
-    if not target.exists() or (target.samefile(dist.path)):
+    if not target.exists() or (target.samefile(dist.path)) or already_there(root, dist):
         return
     have = file_sha256(target)
     if have != dist.sha256:
