@@ -353,3 +353,27 @@ def test_record_is_not_read_for_a_file_that_is_not_sent(tmp_path):
     publish_simple(tmp_path / "tree", [read_distfile(bad, check_record=False)])
     again = cli("publish", str(bad), "--simple", str(tmp_path / "tree"))
     assert again.returncode == 0 and f"skipped {good.name} (already there, same sha256)" in again.stdout
+
+
+# -- a wheel streamed whole is kept only when small ------------------------------------------------
+
+@pytest.mark.parametrize("limit_delta, kept", [(0, True), (-1, False)])
+def test_streamed_wheel_is_kept_only_up_to_the_limit(limit_delta, kept, monkeypatch, file_server,
+                                                     small_cubin_wheel, tmp_path):
+    from repack.fetch import sources
+    from repack.fetch.cache import Cache
+    from repack.fetch.index import IndexFile
+    from repack.fetch.transport import Transport
+
+    wheel = small_cubin_wheel("0.6.6")
+    file_server.ranges = False
+    url = file_server.serve_file(f"files/{wheel.name}", wheel)
+    monkeypatch.setattr(sources, "KEEP_WHOLE_WHEEL_UP_TO", wheel.stat().st_size + limit_delta)
+    cache = Cache(tmp_path / "cache")
+    transport = Transport(retries=0)
+    try:
+        got = sources.read_remote_wheel(transport, cache, IndexFile(wheel.name, url), lambda n: n.endswith("checksums.txt"))
+    finally:
+        transport.close()
+    assert got and cache.wheel_path(wheel.name).is_file() is kept
+    assert not list((tmp_path / "cache").rglob("*.tmp"))

@@ -10,6 +10,7 @@ the same tree under ``flashinfer_cubin/cubins/``.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import urllib.parse
@@ -22,7 +23,9 @@ from repack.fetch.archive import LocalBytes, read_members
 from repack.fetch.cache import Cache
 from repack.fetch.index import IndexFile, find_wheel, project_files
 from repack.fetch.transport import RangesIgnored, Transport, parse_content_range, redact
-from repack.fs import is_safe_relpath
+from repack.fs import atomic_write, is_safe_relpath
+
+log = logging.getLogger(__name__)
 
 CUBIN_PROJECT = "flashinfer-cubin"
 WHEEL_ROOT = "flashinfer_cubin/cubins/"
@@ -124,6 +127,20 @@ class RemoteWheel:
             self.transport, self.cache, IndexFile(name, self.url), members))
 
 
+#: A wheel streamed whole (the server ignores ranges) is kept in the cache only up to this size:
+#: a flashinfer-python wheel (8-9 MB) is read again by later plans, while what a build needs of the
+#: 268 MB flashinfer-cubin wheel is cached as verified blobs, so keeping the whole file buys nothing.
+KEEP_WHOLE_WHEEL_UP_TO = 32 << 20
+
+
+def _keep(path: Path, cached: Path) -> None:
+    try:
+        atomic_write(cached, path.read_bytes())  # small by the rule above
+        log.info("kept %s (%d bytes) in the cache as %s", path.name, path.stat().st_size, cached)
+    except OSError as exc:  # a read-only cache must not fail the read
+        log.info("not keeping %s in the cache: %s", path.name, exc)
+
+
 def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
                       members: Sequence[str] | Callable[[str], bool]) -> dict[str, bytes]:
     """Members of a remote wheel: from a whole copy already in the cache, else by Range requests,
@@ -136,8 +153,10 @@ def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
     except RangesIgnored:
         pass
     with tempfile.TemporaryDirectory(prefix="flashinfer-repack-") as tmp:
-        dest = cached or Path(tmp) / found.filename
+        dest = Path(tmp) / found.filename
         transport.download(found.url, dest, size=found.size, sha256=found.sha256, label=found.filename)
+        if cached is not None and dest.stat().st_size <= KEEP_WHOLE_WHEEL_UP_TO:
+            _keep(dest, cached)
         return read_local_wheel(dest, members)
 
 
