@@ -377,3 +377,13 @@ def test_streamed_wheel_is_kept_only_up_to_the_limit(limit_delta, kept, monkeypa
         transport.close()
     assert got and cache.wheel_path(wheel.name).is_file() is kept
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_an_unchecked_wheel_is_never_sent(tmp_path):
+    from repack.errors import PublishError
+    from repack.publish.distfile import read_distfile
+    from repack.publish.upload import form_fields
+
+    dist = read_distfile(make_wheel(tmp_path, "demo", "1.0"), check_record=False, digests=("sha256",))
+    with pytest.raises(PublishError, match="was not checked against its RECORD and hashed before sending"):
+        form_fields(dist)

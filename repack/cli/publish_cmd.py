@@ -73,29 +73,28 @@ def register_publish(sub) -> None:
 def cmd_publish(args) -> int:
     if args.channel is not None:
         return publish_to_channel(args)
-    from repack.publish.distfile import UPLOAD_DIGESTS, check_record, read_distfile
+    from repack.publish.distfile import check_record, read_distfile, with_upload_digests
 
     progress = progress_printer(args)
-    # every file's identity and metadata is checked before anything is sent; each is hashed once,
-    # with only the digests its destination needs, and its RECORD read only if it will be sent
-    digests = UPLOAD_DIGESTS if args.index or args.repository else ("sha256",)
-    dists = [read_distfile(f, check_record=False, digests=digests) for f in args.files]
+    # every file's identity and metadata is checked before anything is sent; its sha256 decides whether
+    # it will be sent, and only then are its RECORD read and the upload form's other digests computed
+    dists = [read_distfile(f, check_record=False, digests=("sha256",)) for f in args.files]
     if args.index or args.repository:
         from repack.publish.upload import Uploader
 
         url, credentials = upload_target(args)
         uploader = Uploader(url, credentials, simple_url=args.simple_url, timeout=args.timeout,
                             retries=args.retries, progress=progress)
-        for dist in dists:
+        for i, dist in enumerate(dists):
             if uploader.listed(dist) is None:  # a file listed already is skipped or refused, never sent
-                check_record(dist, progress)
+                dists[i] = with_upload_digests(check_record(dist, progress))
         destination, results = uploader.server, uploader.publish(dists)
     else:
         from repack.publish.simple import already_there, publish_simple
 
-        for dist in dists:
+        for i, dist in enumerate(dists):
             if not already_there(args.simple, dist):
-                check_record(dist, progress)
+                dists[i] = check_record(dist, progress)
         destination, results = str(args.simple), publish_simple(args.simple, dists)
     _clear_progress()
     if args.json:
