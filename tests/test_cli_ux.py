@@ -387,3 +387,68 @@ def test_an_unchecked_wheel_is_never_sent(tmp_path):
     dist = read_distfile(make_wheel(tmp_path, "demo", "1.0"), check_record=False, digests=("sha256",))
     with pytest.raises(PublishError, match="was not checked against its RECORD and hashed before sending"):
         form_fields(dist)
+
+
+# -- errors from servers that blame the right thing -------------------------------------------------
+
+class OddServer:
+    """Answers every GET with a redirect to itself, or with a gzip-encoded 206."""
+
+    def __init__(self, mode: str) -> None:
+        import gzip
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.hits = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                outer.hits += 1
+                if mode == "loop":
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = gzip.compress(b"x" * 100)
+                self.send_response(206)
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Range", "bytes 0-99/1000")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("mode, words", [("loop", "the server redirects in a loop"),
+                                         ("gzip", "answered with Content-Encoding: gzip")])
+def test_server_faults_are_named_not_retried(mode, words, tmp_path):
+    server = OddServer(mode)
+    try:
+        result = cli("build", "0.6.6", "--from", server.url + "cubin.whl", "--no-cache", "-o", str(tmp_path),
+                     "--retries", "3")
+    finally:
+        server.close()
+    assert result.returncode == 1 and words in result.stderr, result.stderr
+    assert "--index-url" not in result.stderr and "dropped" not in result.stderr
+    assert server.hits == 1 if mode == "gzip" else server.hits <= 31  # one request (and its redirects), no retry
+
+
+def test_sdist_only_versions_say_so(file_server, tmp_path):
+    sdist = tmp_path / "flashinfer_python-0.3.0.tar.gz"
+    sdist.write_bytes(b"not really")
+    file_server.serve_project("flashinfer-python", [sdist])
+    result = cli("plan", "0.3.0", "--index-url", file_server.index_url, "--no-cache")
+    assert result.returncode == 1
+    assert "flashinfer-python 0.3.0 is on" in result.stderr and "only as a source distribution" in result.stderr

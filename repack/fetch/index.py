@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 
 from packaging.utils import (
+    InvalidSdistFilename,
     InvalidWheelFilename,
     canonicalize_name,
+    parse_sdist_filename,
     parse_wheel_filename,
 )
 from packaging.version import InvalidVersion, Version
@@ -69,12 +71,25 @@ def find_wheel(files: list[IndexFile], project: str, version: str, index_url: st
         if name == canonicalize_name(project) and ver == want:
             matches.append(f)
     if not matches:
+        sdists = [f.filename for f in files if _sdist_version(f.filename, project) == want]
+        if sdists:
+            raise UnknownVersionError(f"{project} {version} is on {redact(index_url)} only as a source "
+                                      f"distribution ({sdists[0]}), and its code is read from a wheel",
+                                      "choose a version published as a wheel")
         versions = sorted({_version_of(f.filename) for f in files} - {None}, key=Version)
         near = ", ".join(versions[-6:]) or "none"
         hint = "check the version" + ("; flashinfer-cubin is on PyPI for 0.6.0 to 0.6.13"
                                       if canonicalize_name(project) == "flashinfer-cubin" else "")
         raise UnknownVersionError(f"{project} {version} is not on {redact(index_url)} (latest there: {near})", hint)
     return matches[0]
+
+
+def _sdist_version(filename: str, project: str) -> Version | None:
+    try:
+        name, version = parse_sdist_filename(filename)
+    except (InvalidSdistFilename, InvalidVersion):
+        return None
+    return version if name == canonicalize_name(project) else None
 
 
 def _version_of(filename: str) -> str | None:

@@ -131,6 +131,10 @@ class Transport:
                     requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
                     urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
                 last = exc
+            except requests.exceptions.TooManyRedirects:
+                raise FetchError(f"cannot fetch {redact(url)}: the server redirects in a loop",
+                                 "the server (or a proxy before it) is misconfigured: tell its administrator, "
+                                 "or use another source") from None
             except (requests.exceptions.RequestException, ValueError) as exc:
                 # a URL that cannot be requested at all (no scheme, ftp://, bad port): no retry;
                 # the exception's own text may carry credentials, so it is not shown
@@ -144,6 +148,7 @@ class Transport:
             return self._read_file_url(url, headers)
         with self._session_get(url, headers, stream=True) as resp:
             _raise_for_status(resp, url)
+            _refuse_encoding(resp, url)
             if "Range" in headers and resp.status_code == 200:
                 raise RangesIgnored(url)
             body = self._read_body(resp, url)
@@ -253,6 +258,17 @@ def _raise_for_status(resp, url: str) -> None:
     if resp.status_code in RETRY_STATUSES:
         raise _Retryable(err)
     raise FetchError(f"cannot fetch {redact(url)}: {err}", _hint_for(err))
+
+
+def _refuse_encoding(resp, url: str) -> None:
+    """We ask for identity: a compressed answer cannot be checked against sizes, ranges or sha256."""
+    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        resp.close()
+        raise FetchError(f"cannot fetch {redact(url)}: the server answered with Content-Encoding: {encoding} "
+                         "although only identity was accepted",
+                         "a proxy or server compresses the file, so its bytes cannot be checked; have it serve "
+                         "the file as it is, or use another source")
 
 
 def _check_content_range(resp, url: str, spec: str, body: bytes, want: int | None) -> None:
