@@ -452,3 +452,28 @@ def test_sdist_only_versions_say_so(file_server, tmp_path):
     result = cli("plan", "0.3.0", "--index-url", file_server.index_url, "--no-cache")
     assert result.returncode == 1
     assert "flashinfer-python 0.3.0 is on" in result.stderr and "only as a source distribution" in result.stderr
+
+
+def test_conda_env_fix_is_conda_install():
+    from dataclasses import replace
+
+    from repack.environment.doctor import Advice, diagnose
+    from tests.test_doctor import DEST_H, MISSING, snapshot_env
+
+    env = snapshot_env(change={DEST_H: MISSING})
+    fix = diagnose(env, Advice(conda_prefix="/opt/conda/envs/serve")).problems[0].fix
+    assert fix == "conda install --prefix /opt/conda/envs/serve flashinfer-cubin-headers=0.6.6"
+    cubin = diagnose(replace(env, interpreter=replace(env.interpreter, dists={
+        k: v for k, v in env.interpreter.dists.items() if k != "flashinfer-cubin"})),
+        Advice(conda_prefix="/opt/conda/envs/serve"))
+    assert all("pip" not in p.fix for p in cubin.problems), cubin.problems
+
+
+def test_python_given_a_conda_prefix_without_python_reads_it_as_prefix(tmp_path):
+    prefix = tmp_path / "env"
+    (prefix / "conda-meta").mkdir(parents=True)
+    (prefix / "lib" / "python3.11" / "site-packages").mkdir(parents=True)
+    result = cli("doctor", "--python", "env", "--json", cwd=tmp_path)
+    data = json.loads(result.stdout)
+    assert result.returncode == 1 and [p["code"] for p in data["problems"]] == ["no-flashinfer"]
+    assert str(prefix) in data["target"]

@@ -62,6 +62,8 @@ def cmd_doctor(args) -> int:
 
     if args.prefix is not None and not args.prefix.is_dir():
         raise UsageError(f"--prefix {args.prefix}: no such directory", "give the root of a conda environment")
+    if args.python and _is_conda_prefix_without_python(args.python):
+        args.prefix, args.python = Path(args.python).resolve(), None  # a conda prefix given as --python
     python, chosen = resolve_python(args.python), None
     if python is None and args.prefix is None:
         python, chosen = default_environment()
@@ -82,6 +84,11 @@ def cmd_doctor(args) -> int:
     elif not args.quiet or not diagnosis.starts_offline:
         print_diagnosis(env, diagnosis)
     return EXIT_OK if diagnosis.starts_offline else EXIT_FAIL
+
+
+def _is_conda_prefix_without_python(given: str) -> bool:
+    path = Path(os.path.expanduser(given))
+    return (path / "conda-meta").is_dir() and not (path / "bin" / "python").exists()
 
 
 def default_environment() -> tuple[str, str]:
