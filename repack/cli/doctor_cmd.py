@@ -142,8 +142,8 @@ def _by_conda(env) -> bool:
     site = env.interpreter.site_packages or ""
     for installer in glob.glob(os.path.join(site, "flashinfer_python-*.dist-info", "INSTALLER")):
         try:
-            return open(installer, encoding="utf-8").read().strip() == "conda"
-        except OSError:
+            return Path(installer).read_text(encoding="utf-8").strip() == "conda"
+        except (OSError, UnicodeDecodeError):
             return False
     return False
 
