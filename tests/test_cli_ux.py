@@ -477,3 +477,14 @@ def test_python_given_a_conda_prefix_without_python_reads_it_as_prefix(tmp_path)
     data = json.loads(result.stdout)
     assert result.returncode == 1 and [p["code"] for p in data["problems"]] == ["no-flashinfer"]
     assert str(prefix) in data["target"]
+
+
+def test_conversion_reports_progress(tmp_path):
+    from repack.build.convert import convert_wheel
+
+    wheel = make_wheel(tmp_path / "w", "demo", "1.0", files={"demo/__init__.py": b"", "demo/big.bin": b"x" * 5000})
+    seen = []
+    convert_wheel(wheel, tmp_path / "out", names={}, progress=lambda *a: seen.append(a))
+    label, done, total = seen[-1]
+    assert label == "convert demo-1.0-py3-none-any.whl" and done == total > 5000  # the payload and dist-info
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)

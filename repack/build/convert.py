@@ -131,8 +131,11 @@ class Written:
 
 
 def convert_wheel(wheel: Path, out_dir: Path, *, names: Mapping[str, str | None] | None = None,
-                  epoch: int | None = None, build_number: int = 0) -> Artifact:
-    """Write ``<name>-<version>-<build>.conda`` for the pure wheel ``wheel`` into ``out_dir``."""
+                  epoch: int | None = None, build_number: int = 0, progress=None) -> Artifact:
+    """Write ``<name>-<version>-<build>.conda`` for the pure wheel ``wheel`` into ``out_dir``.
+
+    ``progress(label, done_bytes, total_bytes)``, if given, follows the payload (uncompressed bytes).
+    """
     names = load_name_map() if names is None else names
     epoch = DEFAULT_EPOCH if epoch is None else epoch
     wheel, out_dir = Path(wheel), Path(out_dir)
@@ -141,7 +144,8 @@ def convert_wheel(wheel: Path, out_dir: Path, *, names: Mapping[str, str | None]
             dist_info, meta, name, depends, build = _describe(zf, wheel, names, build_number)
             stem = f"{name}-{Version(meta['Version'])}-{build}"
             return _write_package(zf, wheel, out_dir, stem, _layout(zf, dist_info),
-                                  _info(zf, dist_info, meta, name, build, build_number, depends, epoch, wheel), epoch)
+                                  _info(zf, dist_info, meta, name, build, build_number, depends, epoch, wheel), epoch,
+                                  progress)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise BuildError(f"cannot convert {wheel.name}: {exc}", "check that the wheel is complete") from exc
 
@@ -239,7 +243,7 @@ def _entry_points(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
 # -- writing -----------------------------------------------------------------------------------------
 
 def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Placed], info: dict,
-                   epoch: int) -> Artifact:
+                   epoch: int, progress=None) -> Artifact:
     import zstandard
 
     target = out_dir / f"{stem}.conda"
@@ -248,7 +252,7 @@ def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Place
         pkg = Path(tmp) / "pkg.tar.zst"
         with open(pkg, "wb") as fh:
             writer = zstandard.ZstdCompressor(level=PAYLOAD_LEVEL, write_checksum=True).stream_writer(fh, closefd=False)
-            written = _write_payload(zf, wheel, layout, info["dist_info"], writer, epoch)
+            written = _write_payload(zf, wheel, layout, info["dist_info"], writer, epoch, progress)
             writer.close()
         info_tar = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(
             tar_bytes(sorted(_info_members(info, written), key=lambda m: m.path), epoch))
@@ -258,9 +262,11 @@ def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Place
     return Artifact.of("conda", target)
 
 
-def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer, epoch: int) -> list[Written]:
+def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer, epoch: int,
+                   progress=None) -> list[Written]:
     record = _record(zf, dist_info)
     written, problems = [], []
+    total, done = sum(zf.getinfo(p.member).file_size for p in layout), 0
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for p in layout:
             info = zf.getinfo(p.member)
@@ -271,6 +277,9 @@ def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer
             if want is None or want != source.record_hash():
                 problems.append(f"{p.member}: " + ("not in RECORD" if want is None else "sha256 differs from RECORD"))
             written.append(Written(p.path, source.sha256.hexdigest(), source.size))
+            done += source.size
+            if progress is not None:
+                progress(f"convert {wheel.name}", done, total)
         for path, data in _dist_info_additions(zf, dist_info):
             tar.addfile(_tar_info(path, len(data), False, epoch), io.BytesIO(data))
             written.append(Written(path, hashlib.sha256(data).hexdigest(), len(data)))
