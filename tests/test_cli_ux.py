@@ -488,3 +488,27 @@ def test_conversion_reports_progress(tmp_path):
     label, done, total = seen[-1]
     assert label == "convert demo-1.0-py3-none-any.whl" and done == total > 5000  # the payload and dist-info
     assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)
+
+
+def test_a_resumed_download_says_so(file_server, small_cubin_wheel, tmp_path):
+    import hashlib
+
+    from repack.fetch.download import RESUMED, fetch_verified
+    from repack.fetch.index import IndexFile
+    from repack.fetch.transport import Transport
+
+    wheel = small_cubin_wheel("0.6.6")
+    data = wheel.read_bytes()
+    url = file_server.serve_file(f"files/{wheel.name}", wheel)
+    dest = tmp_path / wheel.name
+    dest.with_name(wheel.name + ".part").write_bytes(data[: len(data) // 2])
+    seen = []
+    transport = Transport(retries=0, progress=lambda *a: seen.append(a))
+    try:
+        found = IndexFile(wheel.name, url, hashlib.sha256(data).hexdigest(), len(data))
+        assert fetch_verified(transport, found, dest)[0] == RESUMED
+    finally:
+        transport.close()
+    percent = (len(data) // 2) * 100 // len(data)
+    assert seen and {label for label, _, _ in seen} == {f"{wheel.name} (resumed at {percent}%)"}
+    assert seen[-1][1:] == (len(data), len(data))
