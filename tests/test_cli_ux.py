@@ -140,9 +140,10 @@ def test_argparse_errors_are_json_under_json():
     assert data["exit_code"] == 2 and "--retries" in data["error"]
 
 
-def test_a_closed_pipe_is_quiet():
+@pytest.mark.parametrize("args", ["plan 0.6.6 --shipped --json", "build 0.6.6 --json --retries x"])
+def test_a_closed_pipe_is_quiet(args):
     # the reader is gone before the answer is written (`true` exits at once): every write meets EPIPE
-    done = subprocess.run(["bash", "-c", f"( sleep 0.5; {sys.executable} -m repack plan 0.6.6 --shipped --json ) "
+    done = subprocess.run(["bash", "-c", f"( sleep 0.5; {sys.executable} -m repack {args} ) "
                            "| true; echo ${PIPESTATUS[0]}"], capture_output=True, text=True)
     assert done.stderr == ""  # no "Broken pipe", no traceback, no disk-space hint
     assert done.stdout.strip() == "141"

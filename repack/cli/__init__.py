@@ -31,7 +31,7 @@ from repack.errors import RepackError, UsageError
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _ARGV[:] = argv
+    Parser.json_errors = "--json" in argv  # argparse errors come before any Namespace exists
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", 0) or 0)
@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader gone before the last block is a closed pipe too
+        return code
     except KeyboardInterrupt:
         return _interrupted()
     except BrokenPipeError:
@@ -91,6 +93,7 @@ def report_error(args, exc: RepackError) -> int:
         if getattr(args, "json", False):
             emit_json({"ok": False, "error": str(exc), "hint": exc.hint, "kind": type(exc).__name__,
                        "exit_code": code, "problems": list(getattr(exc, "problems", ()))})
+            sys.stdout.flush()
         _clear_progress()
         print(f"flashinfer-repack: error: {exc}", file=sys.stderr)
         if exc.hint:
@@ -103,11 +106,17 @@ def report_error(args, exc: RepackError) -> int:
 class Parser(argparse.ArgumentParser):
     """argparse with "did you mean", and errors as JSON on stdout when --json was asked for."""
 
+    json_errors = False
+
     def error(self, message: str) -> NoReturn:
         hint = self._suggestion(message)
-        if "--json" in _ARGV:
-            emit_json({"ok": False, "error": message, "hint": hint, "kind": "UsageError", "exit_code": EXIT_USAGE,
-                       "problems": []})
+        if self.json_errors:
+            try:
+                emit_json({"ok": False, "error": message, "hint": hint, "kind": "UsageError",
+                           "exit_code": EXIT_USAGE, "problems": []})
+                sys.stdout.flush()
+            except BrokenPipeError:
+                sys.exit(_closed_pipe())
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         if hint:
@@ -123,9 +132,6 @@ class Parser(argparse.ArgumentParser):
         if unknown:
             return _did_you_mean(unknown.group(1).split("=")[0], _all_options(self))
         return ""
-
-
-_ARGV: list[str] = []
 
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:
