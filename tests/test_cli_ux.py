@@ -513,3 +513,34 @@ def test_a_resumed_download_says_so(file_server, small_cubin_wheel, tmp_path):
     percent = (len(data) // 2) * 100 // len(data)
     assert seen and {label for label, _, _ in seen} == {f"{wheel.name} (resumed at {percent}%)"}
     assert seen[-1][1:] == (len(data), len(data))
+
+
+def test_percent_encoded_password_from_pip_conf_reaches_the_server_decoded(tmp_path):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\nindex-url = http://bob:p%40ss%25w0rd@127.0.0.1:{httpd.server_address[1]}/simple/\n")
+    try:
+        result = cli("plan", "0.6.9", "--no-cache", "--retries", "0", env={"PIP_CONFIG_FILE": str(conf),
+                                                                            "NETRC": "/nonexistent"})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert seen and base64.b64decode(seen[0].split()[-1]).decode() == "bob:p@ss%w0rd"
+    assert "p%40ss" not in result.stderr and "p@ss" not in result.stderr
