@@ -216,8 +216,11 @@ def test_doctor_without_python_takes_python3_on_path_and_says_so(bare_venv):
     assert result.stdout.startswith(f"checking {bare_venv / 'venv' / 'bin' / 'python3'}, the first python3 on PATH")
 
 
-def test_doctor_never_advises_flashinfer_into_its_own_env():
-    result = cli("doctor", "--python", sys.executable, "--json")
+@pytest.mark.parametrize("how", ["given", "python3 on PATH"])
+def test_doctor_never_advises_flashinfer_into_its_own_env(how):
+    own_bin = Path(sys.executable).parent  # this venv's python3 is another name for the same environment
+    args = ("--python", sys.executable) if how == "given" else ()
+    result = cli("doctor", *args, "--json", env={"PATH": f"{own_bin}:/usr/bin:/bin"})
     fix = json.loads(result.stdout)["problems"][0]["fix"]
     assert "pip install" not in fix and "--python" in fix
 

@@ -188,15 +188,16 @@ def progress_printer(args) -> Callable[[str, int, "int | None"], None] | None:
     """A one-line progress display on a terminal's stderr, redrawn at most 10 times a second."""
     if getattr(args, "quiet", False) or getattr(args, "json", False) or not sys.stderr.isatty():
         return None
-    last = [0.0, ""]
+    last_drawn, last_finished = 0.0, ""
 
     def show(label: str, done: int, total: int | None) -> None:
         global _progress_shown
+        nonlocal last_drawn, last_finished
         now = time.monotonic()
         finished = total is not None and done >= total
-        if (now - last[0] < 0.1 and not finished) or (finished and last[1] == label):
-            return
-        last[0], last[1] = now, label if finished else ""
+        if (now - last_drawn < 0.1 and not finished) or (finished and last_finished == label):
+            return  # at most 10 redraws a second, and a finished step drawn once
+        last_drawn, last_finished = now, label if finished else ""
         _progress_shown = True
         width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
         sys.stderr.write("\r" + progress_line(label, done, total, width).ljust(width) + "\r")

@@ -71,7 +71,7 @@ def cmd_doctor(args) -> int:
     diagnosis = diagnose(env, advice_for(args, env))
     if chosen and not args.json and not args.quiet:
         print(f"checking {chosen}; choose another with --python or --prefix")
-    if python == sys.executable and env.dist("flashinfer-python") is None:
+    if _is_own_env(env) and env.dist("flashinfer-python") is None:
         diagnosis = _not_the_tools_env(diagnosis)
     if args.json:
         data = {"ok": diagnosis.starts_offline, "target": env.target, "chosen_because": chosen,
@@ -106,6 +106,14 @@ def default_environment() -> tuple[str, str]:
         if found:
             return found, f"{found}, the first {name} on PATH (this tool's own environment has no flashinfer-python)"
     return sys.executable, f"this tool's own environment ({sys.executable}): no python3 or python on PATH"
+
+
+def _is_own_env(env) -> bool:
+    """The snapshot is of this tool's own environment, however its interpreter was named (shim, python3...)."""
+    import sysconfig
+
+    site = env.interpreter.site_packages
+    return bool(site) and os.path.realpath(site) == os.path.realpath(sysconfig.get_paths()["purelib"])
 
 
 def _not_the_tools_env(diagnosis):
