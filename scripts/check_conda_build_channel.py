@@ -16,7 +16,6 @@ import hashlib
 import json
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile

@@ -144,8 +144,9 @@ def test_diagnosis_of_synthetic_snapshots(name, env, codes, offline):
 
 
 def test_fixes_are_exact_commands():
-    missing = diagnose(snapshot_env(change={DEST_H: MISSING})).problems[0]
-    assert missing.fix == "flashinfer-repack install 0.6.6 --python /env/bin/python"
+    missing = diagnose(snapshot_env(change={DEST_H: MISSING})).problems[0]  # the package first (issue 12)
+    assert missing.fix == ("flashinfer-repack build 0.6.6 -o dist && /env/bin/python -m pip install "
+                           "dist/flashinfer_cubin_headers-0.6.6-py3-none-any.whl")
     namespace = diagnose(snapshot_env(cubin=False, headers_pkg="0.6.6", namespace="/site/flashinfer_cubin",
                                       import_error="AttributeError: x")).problems[0]
     assert namespace.fix == "/env/bin/python -m pip install flashinfer-cubin==0.6.6"

@@ -185,7 +185,7 @@ def test_plan_of_a_wheel_of_another_version_is_a_usage_error(run_cli, python_whe
 @pytest.mark.network
 def test_plan_against_real_pypi_agrees_with_the_shipped_plan(run_cli):
     pypi = {"PIP_CONFIG_FILE": "/dev/null", "PIP_INDEX_URL": ""}  # the default index, not the tests' own
-    result = run_cli("plan", "0.6.6", "--json", "--retries", "2", env=pypi)
+    result = run_cli("plan", "0.6.6", "--json", "--retries", "2", "--no-cache", env=pypi)
     report = plan_json(result)
     assert report["origin"] == "flashinfer-python 0.6.6 on https://pypi.org/simple/"
     assert report["agrees_with_shipped"] is True and report["differences"] == []

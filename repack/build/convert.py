@@ -172,8 +172,11 @@ class Placed:
 
 
 def convert_wheel(wheel: Path, out_dir: Path, *, names: Mapping[str, str | None] | None = None,
-                  epoch: int | None = None, build_number: int = 0) -> Artifact:
-    """Write ``<name>-<version>-<build>.conda`` for the pure wheel ``wheel`` into ``out_dir``."""
+                  epoch: int | None = None, build_number: int = 0, progress=None) -> Artifact:
+    """Write ``<name>-<version>-<build>.conda`` for the pure wheel ``wheel`` into ``out_dir``.
+
+    ``progress(label, done_bytes, total_bytes)``, if given, follows the payload (uncompressed bytes).
+    """
     names = load_name_map() if names is None else names
     epoch = DEFAULT_EPOCH if epoch is None else epoch
     wheel, out_dir = Path(wheel), Path(out_dir)
@@ -182,7 +185,8 @@ def convert_wheel(wheel: Path, out_dir: Path, *, names: Mapping[str, str | None]
             dist_info, meta, name, depends, build = _describe(zf, wheel, names, build_number)
             stem = f"{name}-{Version(meta['Version'])}-{build}"
             return _write_package(zf, wheel, out_dir, stem, _layout(zf, dist_info),
-                                  _info(zf, dist_info, meta, name, build, build_number, depends, epoch, wheel), epoch)
+                                  _info(zf, dist_info, meta, name, build, build_number, depends, epoch, wheel), epoch,
+                                  progress)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise BuildError(f"cannot convert {wheel.name}: {exc}", "check that the wheel is complete") from exc
 
@@ -280,7 +284,7 @@ def _entry_points(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
 # -- writing -----------------------------------------------------------------------------------------
 
 def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Placed], info: dict,
-                   epoch: int) -> Artifact:
+                   epoch: int, progress=None) -> Artifact:
     """The payload is compressed to a file as it streams from the wheel, then copied into the container."""
     target = out_dir / f"{stem}.conda"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -288,7 +292,7 @@ def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Place
         pkg = Path(tmp) / "pkg.tar.zst"
         with open(pkg, "wb") as fh:
             writer = zstd_compressor(PAYLOAD_LEVEL).stream_writer(fh, closefd=False)
-            written = _write_payload(zf, wheel, layout, info["dist_info"], writer, epoch)
+            written = _write_payload(zf, wheel, layout, info["dist_info"], writer, epoch, progress)
             writer.close()
         partial = Path(tmp) / target.name
         with open(pkg, "rb") as payload, open(partial, "wb") as out:
@@ -298,9 +302,11 @@ def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Place
     return Artifact.of("conda", target)
 
 
-def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer, epoch: int) -> list[PathRecord]:
+def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer, epoch: int,
+                   progress=None) -> list[PathRecord]:
     record = _record(zf, dist_info)
     written, problems = [], []
+    total, done = sum(zf.getinfo(p.member).file_size for p in layout), 0
     with open_tar(writer) as tar:
         for p in layout:
             info = zf.getinfo(p.member)
@@ -311,6 +317,9 @@ def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer
             if want is None or want != source.record_hash():
                 problems.append(f"{p.member}: " + ("not in RECORD" if want is None else "sha256 differs from RECORD"))
             written.append(PathRecord(p.path, source.sha256.hexdigest(), source.size))
+            done += source.size
+            if progress is not None:
+                progress(f"convert {wheel.name}", done, total)
         metadata = zf.read(dist_info + "METADATA")
         if record.get(dist_info + "METADATA") != "sha256=" + _b64(hashlib.sha256(metadata).digest()):
             problems.append(f"{dist_info}METADATA: not in RECORD or sha256 differs from RECORD")

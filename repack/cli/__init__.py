@@ -1,50 +1,58 @@
 """The command line: the only module that reads argv and the environment,
-prints, and picks exit codes.
-
-Exit codes: 0 success; 1 the work failed (network, integrity, unknown or
-unaffected version); 2 usage error; 130 interrupted.  ``doctor`` uses 0/1/2 as
-"starts offline" / "will reach for the network or fail" / usage.
+prints, and picks exit codes (one table, :data:`repack.cli.common.EXIT_CODES`,
+printed by ``--help`` and the README).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import signal
+import os
+import re
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from repack import __version__
 from repack.cli.common import (
     EPILOG,
     EXIT_FAIL,
     EXIT_INTERRUPTED,
+    EXIT_PIPE,
+    EXIT_TABLE,
     EXIT_USAGE,
     _clear_progress,
     emit_json,
+    verbose_option,
 )
 from repack.errors import RepackError, UsageError
 
 # -- entry point -------------------------------------------------------------------
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    Parser.json_errors = "--json" in argv  # argparse errors come before any Namespace exists
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(getattr(args, "verbose", 0) or 0)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     # why: a SIGTERM (docker stop, CI cancel) must unwind like ^C, so that temporaries are removed
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a reader gone before the last block is a closed pipe too
+        return code
     except KeyboardInterrupt:
-        print("flashinfer-repack: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
+    except BrokenPipeError:
+        return _closed_pipe()
     except RepackError as exc:
         return report_error(args, exc)
-    except OSError as exc:  # the filesystem said no where no module expected it: still one line, no traceback
+    except OSError as exc:  # the filesystem said no where no module expected it: still one line
+        logging.getLogger("repack.cli").debug("unexpected OSError", exc_info=True)  # -v shows the traceback
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         return report_error(args, RepackError(f"{exc.strerror or exc}{where}",
                                               "check that the path exists, is a directory where one is "
@@ -53,32 +61,120 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+def setup_logging(verbosity: int) -> None:
+    """-v: our decisions; -vv: also every request (urllib3's lines)."""
+    logging.basicConfig(level=logging.DEBUG if verbosity else logging.WARNING,
+                        format="flashinfer-repack: %(message)s" if verbosity < 2 else "%(name)s: %(message)s",
+                        stream=sys.stderr)
+    if verbosity < 2:
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _interrupted() -> int:
+    """'interrupted' on a line of its own: not after a progress bar, nor after the terminal's ^C echo."""
+    _clear_progress()
+    try:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K")
+        print("flashinfer-repack: interrupted", file=sys.stderr)
+    except OSError:
+        pass
+    return EXIT_INTERRUPTED
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (``| head``): say nothing more and stop, as coreutils do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush cannot complain
+    except (OSError, ValueError):
+        pass
+    return EXIT_PIPE
 
 
 def report_error(args, exc: RepackError) -> int:
     code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAIL
-    if getattr(args, "json", False):
-        emit_json({"ok": False, "error": str(exc), "hint": exc.hint, "kind": type(exc).__name__,
-                   "problems": list(getattr(exc, "problems", ()))})
-    _clear_progress()
-    print(f"flashinfer-repack: error: {exc}", file=sys.stderr)
-    if exc.hint:
-        print(f"  hint: {exc.hint}", file=sys.stderr)
+    try:
+        if getattr(args, "json", False):
+            emit_json({"ok": False, "error": str(exc), "hint": exc.hint, "kind": type(exc).__name__,
+                       "exit_code": code, "problems": list(getattr(exc, "problems", ()))})
+            sys.stdout.flush()
+        _clear_progress()
+        print(f"flashinfer-repack: error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"  hint: {exc.hint}", file=sys.stderr)
+    except BrokenPipeError:
+        return _closed_pipe()
     return code
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean", and errors as JSON on stdout when --json was asked for."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        hint = self._suggestion(message)
+        if self.json_errors:
+            try:
+                emit_json({"ok": False, "error": message, "hint": hint, "kind": "UsageError",
+                           "exit_code": EXIT_USAGE, "problems": []})
+                sys.stdout.flush()
+            except BrokenPipeError:
+                sys.exit(_closed_pipe())
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        if hint:
+            print(f"  hint: {hint}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+    def _suggestion(self, message: str) -> str:
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = re.findall(r"'([^']*)'", choice.group(2)) or [c.strip() for c in choice.group(2).split(",")]
+            return _did_you_mean(choice.group(1), options)
+        unknown = re.search(r"unrecognized arguments: (\S+)", message)
+        if unknown:
+            return _did_you_mean(unknown.group(1).split("=")[0], _all_options(self))
+        return ""
+
+
+def _did_you_mean(word: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _all_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of the parser and its subcommands (unknown options surface at the top)."""
+    found: list[str] = []
+    for action in parser._actions:
+        found += [o for o in action.option_strings if o.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found += _all_options(sub)
+    return sorted(set(found))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="flashinfer-repack",
         description="Package FlashInfer's TRT-LLM BMM export headers where flashinfer-python 0.6.5-0.6.7 "
                     "looks for them, so that it starts with no network.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=TOP_EPILOG + "\n" + EPILOG + "\n" + EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every request and decision")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    verbose_option(parser)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     for register in _commands():
         register(sub)
     return parser
+
+
+TOP_EPILOG = """\
+examples:
+  flashinfer-repack doctor --python .venv           will that env's flashinfer start offline? what to fix
+  flashinfer-repack build 0.6.6 -o dist             the flashinfer-cubin-headers wheel, from the index
+  flashinfer-repack -v plan 0.6.6                   what 0.6.6 needs, and where each answer came from
+"""
 
 
 def _commands() -> list[Callable]:

@@ -9,11 +9,13 @@ from pathlib import Path
 from repack.cli.common import (
     EPILOG,
     EXIT_OK,
+    EXIT_TABLE,
     _clear_progress,
     common_options,
     emit_json,
     human_size,
     make_transport,
+    output_dir,
     source_date_epoch,
     source_option,
 )
@@ -29,13 +31,22 @@ from repack.errors import UsageError
 FORMATS = ("wheel", "conda", "conda-bz2")
 
 
+BUILD_EXAMPLES = """\
+examples:
+  flashinfer-repack build 0.6.6 -o dist                       from the index pip uses (-v says which)
+  flashinfer-repack build 0.6.6 --from flashinfer_cubin-0.6.6-py3-none-any.whl --format wheel,conda
+  flashinfer-repack build 0.6.6 --offline                     from the cache or an installed flashinfer-cubin
+"""
+
+
 def register_build(sub) -> None:
     p = sub.add_parser("build", help="fetch, verify and package the headers of a version",
                        description="Fetch the BMM export headers of VERSION from a real source, verify every byte "
                                    "against the checksums flashinfer-python pins, and build the "
                                    "flashinfer-cubin-headers package(s) into -o DIR. Nothing is written unless "
                                    "everything verifies.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=BUILD_EXAMPLES + "\n" + EPILOG + "\n" + EXIT_TABLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
     p.add_argument("-o", "--output", type=Path, default=Path("dist"), metavar="DIR",
                    help="output directory (default: ./dist)")
@@ -70,6 +81,7 @@ def cmd_build(args) -> int:
 
     started = time.monotonic()
     version = check_version(args.version)
+    output_dir(args.output)  # before any download: a file at -o is a usage error, not "File exists" at the end
     formats = parse_formats(args.format)
     if any(f != "wheel" for f in formats):
         from repack.build.conda import conda_options_from_args

@@ -9,17 +9,27 @@ from pathlib import Path
 
 from repack.cli.common import (
     EXIT_OK,
+    EXIT_TABLE,
     _clear_progress,
     common_options,
     emit_json,
     human_size,
     index_url,
     make_transport,
+    output_dir,
     source_date_epoch,
 )
 from repack.errors import UsageError
 
 # -- bundle --------------------------------------------------------------------------
+
+BUNDLE_EXAMPLES = """\
+examples:
+  flashinfer-repack bundle 0.6.6 -o /media/usb/flashinfer-0.6.6     then read /media/usb/flashinfer-0.6.6/README.txt
+  flashinfer-repack bundle 0.6.6 -o bundle --index-url http://mirror/simple/
+
+"""
+
 
 def register_bundle(sub) -> None:
     p = sub.add_parser("bundle", help="everything an air-gapped site needs for a version, in one directory",
@@ -29,7 +39,7 @@ def register_bundle(sub) -> None:
                                    "flashinfer-cubin converted from their wheels) and manifest.json into -o DIR. "
                                    "A re-run downloads nothing again; an interrupted download resumes. "
                                    "See DIR/README.txt for installing from it.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=BUNDLE_EXAMPLES + EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="the bundle directory")
     p.add_argument("--conda-map", type=Path, metavar="FILE",
@@ -46,6 +56,7 @@ def cmd_bundle(args) -> int:
 
     started = time.monotonic()
     version = check_version(args.version)
+    output_dir(args.output)
     names = load_name_map(args.conda_map)
     transport = make_transport(args)
     if transport is None:

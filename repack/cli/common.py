@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
+import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,19 @@ from typing import Callable
 
 from repack.errors import UsageError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+log = logging.getLogger("repack.cli")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
+
+#: The one table of exit codes: --help, the README and the tests print or read this.
+EXIT_CODES = (
+    (EXIT_OK, "success (doctor: flashinfer will start with no network)"),
+    (EXIT_FAIL, "the work failed: network, integrity, unknown version (doctor: it will reach for the network)"),
+    (EXIT_USAGE, "usage error: a bad option, value, path or config file"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C); a later run resumes"),
+    (EXIT_PIPE, "stdout was closed early, e.g. by `| head`; nothing else is printed"),
+)
+EXIT_TABLE = "exit codes:\n" + "".join(f"  {code:<4} {text}\n" for code, text in EXIT_CODES)
 PYPI = "https://pypi.org/simple/"  # as index.PYPI; kept here so that --help imports nothing heavy
 ZIP_TIME_LIMIT = 4354819200  # 2108-01-01: a zip stores years up to 2107
 
@@ -31,20 +44,19 @@ sources for --from (repeatable; tried in the order given; default: auto):
   cache              the local cache only
 
 environment:
-  PIP_INDEX_URL, pip.conf index-url   default --index-url (as pip reads them)
+  PIP_INDEX_URL, PIP_CONFIG_FILE,     default --index-url: the files and variables pip reads, in pip's
+  pip.conf (global, user, site)       order (-v says which one gave it)
   FLASHINFER_REPACK_CACHE_DIR         cache directory (default: $XDG_CACHE_HOME/flashinfer-repack)
   HTTPS_PROXY, NO_PROXY, ~/.netrc     proxies and credentials, as for pip
   SOURCE_DATE_EPOCH                   timestamp inside built archives (default 1980-01-01)
   FLASHINFER_CUBINS_REPOSITORY        the artifactory base URL or directory (as flashinfer reads it)
-
-exit codes: 0 success, 1 failure, 2 usage error
 """
 
 
 def common_options(p: argparse.ArgumentParser, network: bool = True, cache: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every request and decision")
+    verbose_option(p)
     if network:
         p.add_argument("--index-url", metavar="URL",
                        help="simple-API index (default: $PIP_INDEX_URL, pip.conf, then PyPI)")
@@ -54,8 +66,14 @@ def common_options(p: argparse.ArgumentParser, network: bool = True, cache: bool
         p.add_argument("--offline", action="store_true", help="use no network: cache and local sources only")
         p.add_argument("--timeout", type=positive_seconds, default=20.0, metavar="S",
                        help="connect and read timeout per request (default 20)")
-        p.add_argument("--retries", type=int, default=3, metavar="N",
+        p.add_argument("--retries", type=retry_count, default=3, metavar="N",
                        help="retries after a failed request, with backoff 0.5, 1, 2 s... (default 3)")
+
+
+def verbose_option(p: argparse.ArgumentParser) -> None:
+    """-v before or after the command: SUPPRESS keeps a subcommand's default from erasing the earlier one."""
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                   help="log decisions (source, cache, plan, index and why); -vv also every request")
 
 
 def source_option(p: argparse.ArgumentParser) -> None:
@@ -73,36 +91,48 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def retry_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of retries from 0 to 100")
+    return value
+
+
 # -- environment ---------------------------------------------------------------------
 
 def index_url(args) -> str:
+    """--index-url, else what ``pip install`` would use (logged once, with where it came from)."""
     if getattr(args, "index_url", None):
         return args.index_url
-    if os.environ.get("PIP_INDEX_URL"):
-        return os.environ["PIP_INDEX_URL"]
-    return _pip_config_index() or PYPI
+    return index_settings(args).index_url
 
 
-def _pip_config_index() -> str | None:
-    files = []
-    if os.environ.get("PIP_CONFIG_FILE"):
-        files.append(os.environ["PIP_CONFIG_FILE"])
-    else:
-        xdg = os.environ.get("XDG_CONFIG_HOME", os.path.expanduser("~/.config"))
-        files += ["/etc/pip.conf", os.path.join(xdg, "pip", "pip.conf"), os.path.expanduser("~/.pip/pip.conf")]
-        if os.environ.get("VIRTUAL_ENV"):
-            files.append(os.path.join(os.environ["VIRTUAL_ENV"], "pip.conf"))
-    found = None
-    for path in files:
-        config = configparser.ConfigParser()
-        try:
-            config.read(path)
-        except configparser.Error:
-            continue
-        for section in ("global", "install", "download"):
-            if config.has_option(section, "index-url"):
-                found = config.get(section, "index-url")
-    return found
+def index_settings(args, site_prefix: str | None = None):
+    """pip's index settings for the environment ``pip`` would run in (see :mod:`repack.pipconfig`)."""
+    from repack.pipconfig import resolve_index
+
+    cached = getattr(args, "_pip_index", None)
+    if cached is not None and site_prefix is None:
+        return cached
+    prefix = site_prefix or os.environ.get("VIRTUAL_ENV") or os.environ.get("CONDA_PREFIX") or sys.prefix
+    settings = resolve_index(os.environ, prefix)
+    if log.isEnabledFor(logging.INFO):
+        _log_index(settings)
+    if site_prefix is None:
+        args._pip_index = settings
+    return settings
+
+
+def _log_index(settings) -> None:
+    from repack.fetch.transport import redact
+
+    log.info("index %s, from %s", redact(settings.index_url), settings.index_origin)
+    if settings.extra_index_urls:
+        log.info("pip also searches %s (from %s); flashinfer-repack reads only the index",
+                 ", ".join(redact(u) for u in settings.extra_index_urls), settings.extra_origin)
 
 
 def cache_dir(args) -> Path | None:
@@ -127,9 +157,22 @@ def source_date_epoch() -> int | None:
 
 
 def cubins_repository() -> str:
+    """$FLASHINFER_CUBINS_REPOSITORY: a URL, or a directory that must exist (a typo is not a URL to try)."""
     from repack.fetch.sources import NVIDIA_ARTIFACTORY
 
-    return os.environ.get("FLASHINFER_CUBINS_REPOSITORY", NVIDIA_ARTIFACTORY)
+    value = os.environ.get("FLASHINFER_CUBINS_REPOSITORY", NVIDIA_ARTIFACTORY)
+    if "://" not in value and not os.path.isdir(value):
+        raise UsageError(f"FLASHINFER_CUBINS_REPOSITORY={value!r} is neither a URL nor an existing directory",
+                         "set it to an http(s) URL in artifactory layout or to a directory that exists, or unset it")
+    return value
+
+
+def output_dir(path: Path, option: str = "-o") -> Path:
+    """An output directory: created when missing, refused when a file stands there."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path}: a file is there, not a directory",
+                         "give a directory (it is created if missing), or move the file away")
+    return path
 
 
 # -- output --------------------------------------------------------------------------
@@ -142,34 +185,65 @@ _progress_shown = False
 
 
 def progress_printer(args) -> Callable[[str, int, "int | None"], None] | None:
+    """A one-line progress display on a terminal's stderr, redrawn at most 10 times a second."""
     if getattr(args, "quiet", False) or getattr(args, "json", False) or not sys.stderr.isatty():
         return None
-    last = [0.0]
+    last_drawn, last_finished = 0.0, ""
 
     def show(label: str, done: int, total: int | None) -> None:
         global _progress_shown
+        nonlocal last_drawn, last_finished
         now = time.monotonic()
-        if now - last[0] < 0.1 and (total is None or done < total):
-            return
-        last[0] = now
+        finished = total is not None and done >= total
+        if (now - last_drawn < 0.1 and not finished) or (finished and last_finished == label):
+            return  # at most 10 redraws a second, and a finished step drawn once
+        last_drawn, last_finished = now, label if finished else ""
         _progress_shown = True
-        if total:
-            width = 30
-            filled = int(width * done / total)
-            bar = "#" * filled + "-" * (width - filled)
-            line = f"{label[:40]} [{bar}] {done / 1e6:.1f}/{total / 1e6:.1f} MB"
-        else:
-            line = f"{label[:40]} {done / 1e6:.1f} MB"
-        sys.stderr.write("\r" + line.ljust(79)[:79])
+        width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+        sys.stderr.write("\r" + progress_line(label, done, total, width).ljust(width) + "\r")
         sys.stderr.flush()
 
     return show
 
 
+def progress_line(label: str, done: int, total: int | None, width: int) -> str:
+    """``label [####----] 42% 12.3 MB / 29.1 MB``, fitted into ``width`` columns.
+
+    The numbers matter most, so the bar shrinks (then goes) first, and the label is cut last.
+    """
+    if not total:
+        sizes = human_size(done)
+        return (_fit_label(label, width - len(sizes) - 1) + " " + sizes).lstrip()[-width:]
+    sizes = _sizes(done, total, width)
+    room = width - len(sizes) - 1
+    bar_width = min(30, room - min(len(label), 40) - 3)
+    if bar_width >= 8:
+        filled = bar_width * min(done, total) // total
+        bar = " [" + "#" * filled + "-" * (bar_width - filled) + "]"
+        return _fit_label(label, room - len(bar)) + bar + " " + sizes
+    return (_fit_label(label, room) + " " + sizes).lstrip()
+
+
+def _sizes(done: int, total: int, width: int) -> str:
+    """The widest form of ``done / total`` that fits: with a percentage, without, then compact."""
+    pct = f"{100 * min(done, total) // total:3d}%"
+    forms = [f"{pct} {human_size(done)} / {human_size(total)}", f"{human_size(done)} / {human_size(total)}",
+             f"{human_size(done).split()[0]}/{human_size(total)}"]
+    return next((f for f in forms if len(f) <= width), forms[-1][:width])
+
+
+def _fit_label(label: str, room: int) -> str:
+    if room <= 0:
+        return ""
+    return label if len(label) <= room else label[:max(0, room - 1)] + "~"
+
+
 def _clear_progress() -> None:
+    """End a progress display so that the next line starts clean (errors, 'interrupted', results)."""
     global _progress_shown
     if _progress_shown:
-        sys.stderr.write("\r" + " " * 79 + "\r")
+        width = max(20, shutil.get_terminal_size((80, 24)).columns - 1)
+        sys.stderr.write("\r" + " " * width + "\r")
         sys.stderr.flush()
         _progress_shown = False
 
@@ -179,7 +253,7 @@ def make_transport(args):
 
     if getattr(args, "offline", False):
         return None
-    return Transport(timeout=args.timeout, retries=max(0, args.retries), progress=progress_printer(args))
+    return Transport(timeout=args.timeout, retries=args.retries, progress=progress_printer(args))
 
 
 def human_size(n: int) -> str:
@@ -190,9 +264,26 @@ def human_size(n: int) -> str:
     return str(n)
 
 
-def _target_python(path: str | None) -> str | None:
-    if path is None:
+def resolve_python(given: str | None, cwd: str | None = None) -> str | None:
+    """The interpreter a --python value means: a python file, a venv directory or a conda prefix.
+
+    Relative paths are the user's, so they are made absolute against the user's working directory
+    before anything is started elsewhere (doctor runs the interpreter from /).
+    """
+    if given is None:
         return None
-    if not os.path.lexists(path) or os.path.isdir(path):  # a link this user cannot resolve may still run
-        raise UsageError(f"--python {path}: no such file", "give the path of the environment's python")
-    return path
+    path = os.path.join(cwd or os.getcwd(), os.path.expanduser(given))
+    if os.path.isdir(path):
+        for candidate in ("bin/python", "bin/python3", "python.exe"):
+            if os.path.lexists(os.path.join(path, candidate)):
+                return os.path.normpath(os.path.join(path, candidate))
+        raise UsageError(f"--python {given}: the directory {path} has no bin/python",
+                         "give an environment's interpreter, its venv directory or its conda prefix")
+    if not os.path.lexists(path):  # a link this user cannot resolve may still run
+        raise UsageError(f"--python {given}: no such file or directory ({path})",
+                         "give an environment's interpreter, its venv directory or its conda prefix")
+    return os.path.normpath(path)
+
+
+def _target_python(path: str | None) -> str | None:
+    return resolve_python(path)

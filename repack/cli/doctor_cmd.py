@@ -10,9 +10,11 @@ from pathlib import Path
 from repack.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
-    _target_python,
+    EXIT_TABLE,
     common_options,
     emit_json,
+    index_settings,
+    resolve_python,
 )
 from repack.errors import UsageError
 
@@ -23,10 +25,19 @@ doctor imports neither flashinfer nor torch: it asks the target interpreter (run
 shell's PYTHONPATH) for its distributions' metadata and what find_spec finds, reads flashinfer-python's
 own code for that version's rules, resolves FLASHINFER_CUBIN_DIR as that version does (with this shell's
 environment), and looks at the files there. Run it as the user that runs flashinfer: write permission is
-judged for you.
+judged for you. Fixes name the package first (pip, with the index pip uses there, or conda), and
+`flashinfer-repack install` only where no package can serve.
 
-exit codes: 0 flashinfer will start with no network, 1 it will reach for the network or fail, or its
-code was not understood (verdict "unknown"), 2 usage error
+without --python or --prefix, the environment is this tool's own if it has flashinfer-python, else the
+python3, then the python, on PATH; the first line says which.
+
+examples:
+  flashinfer-repack doctor --python .venv            a venv directory, relative to here
+  flashinfer-repack doctor --python /opt/env/bin/python --json
+  flashinfer-repack doctor --prefix /opt/conda/envs/serve
+
+doctor's exit code 0 means flashinfer will start with no network, 1 that it will reach for it or fail, or
+that its code was not understood (verdict "unknown"), 2 a usage error.
 """
 
 
@@ -35,9 +46,11 @@ def register_doctor(sub) -> None:
                        description="Inspect a Python environment (this one, another interpreter, or a conda "
                                    "prefix) and tell whether its FlashInfer will reach for the network at start-up "
                                    "for the TRT-LLM BMM headers, why, and the exact command that fixes each problem.",
-                       epilog=DOCTOR_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=DOCTOR_EPILOG + EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--python", metavar="PATH", help="the environment's interpreter (default: this one)")
+    where.add_argument("--python", metavar="PATH",
+                       help="the environment: its interpreter, its venv directory or its conda prefix "
+                            "(default: see below)")
     where.add_argument("--prefix", metavar="PATH", type=Path,
                        help="a conda prefix (its bin/python if it has one, else its files are read)")
     common_options(p, network=False)
@@ -50,11 +63,19 @@ def cmd_doctor(args) -> int:
 
     if args.prefix is not None and not args.prefix.is_dir():
         raise UsageError(f"--prefix {args.prefix}: no such directory", "give the root of a conda environment")
-    python = _target_python(args.python) or (None if args.prefix else sys.executable)
+    if args.python and _is_conda_prefix_without_python(args.python):
+        args.prefix, args.python = Path(args.python).resolve(), None  # a conda prefix given as --python
+    python, chosen = resolve_python(args.python), None
+    if python is None and args.prefix is None:
+        python, chosen = default_environment()
     env = snapshot(dict(os.environ), python=python, prefix=str(args.prefix) if args.prefix else None)
-    diagnosis = diagnose(env)
+    diagnosis = diagnose(env, advice_for(args, env))
+    if chosen and not args.json and not args.quiet:
+        print(f"checking {chosen}; choose another with --python or --prefix")
+    if _is_own_env(env) and env.dist("flashinfer-python") is None:
+        diagnosis = _not_the_tools_env(diagnosis)
     if args.json:
-        data = {"ok": diagnosis.starts_offline, "target": env.target,
+        data = {"ok": diagnosis.starts_offline, "target": env.target, "chosen_because": chosen,
                 "python": env.interpreter.python, "python_version": env.interpreter.python_version,
                 "versions": {k: v.version for k, v in env.interpreter.dists.items()},
                 "cubin_dir": env.cubin_dir.path if env.cubin_dir else None,
@@ -64,6 +85,76 @@ def cmd_doctor(args) -> int:
     elif not args.quiet or not diagnosis.starts_offline:
         print_diagnosis(env, diagnosis)
     return EXIT_OK if diagnosis.starts_offline else EXIT_FAIL
+
+
+def _is_conda_prefix_without_python(given: str) -> bool:
+    path = Path(os.path.expanduser(given))
+    return (path / "conda-meta").is_dir() and not (path / "bin" / "python").exists()
+
+
+def default_environment() -> tuple[str, str]:
+    """The environment a user means: ours only if it has flashinfer-python, else python3, then python, on PATH."""
+    import importlib.metadata
+    import shutil
+
+    try:
+        importlib.metadata.distribution("flashinfer-python")
+        return sys.executable, f"this tool's own environment ({sys.executable}), which has flashinfer-python"
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for name in ("python3", "python"):
+        found = shutil.which(name)
+        if found:
+            return found, f"{found}, the first {name} on PATH (this tool's own environment has no flashinfer-python)"
+    return sys.executable, f"this tool's own environment ({sys.executable}): no python3 or python on PATH"
+
+
+def _is_own_env(env) -> bool:
+    """The snapshot is of this tool's own environment, however its interpreter was named (shim, python3...)."""
+    import sysconfig
+
+    site = env.interpreter.site_packages
+    return bool(site) and os.path.realpath(site) == os.path.realpath(sysconfig.get_paths()["purelib"])
+
+
+def _not_the_tools_env(diagnosis):
+    """Installing flashinfer beside this tool helps nobody: point at the environment that runs it instead."""
+    from dataclasses import replace
+
+    problems = tuple(replace(p, fix="run doctor with --python set to the interpreter or venv that runs flashinfer")
+                     if p.code == "no-flashinfer" else p for p in diagnosis.problems)
+    return replace(diagnosis, problems=problems)
+
+
+def advice_for(args, env):
+    """Where the fixes' packages come from: pip's index for that environment, or conda for a conda env."""
+    from repack.environment.doctor import Advice
+    from repack.fetch.transport import redact
+    from repack.pipconfig import PYPI
+
+    prefix = _prefix_of(env)
+    settings = index_settings(args, site_prefix=prefix)
+    conda = prefix if prefix and os.path.isdir(os.path.join(prefix, "conda-meta")) and _by_conda(env) else None
+    url = redact(settings.index_url)
+    return Advice(index_url=url, index_is_pypi=url.rstrip("/") == PYPI.rstrip("/"), conda_prefix=conda)
+
+
+def _prefix_of(env) -> str | None:
+    site = env.interpreter.site_packages  # <prefix>/lib/pythonX.Y/site-packages
+    return os.path.dirname(os.path.dirname(os.path.dirname(site))) if site else None
+
+
+def _by_conda(env) -> bool:
+    """flashinfer-python came from conda (its INSTALLER says so), so conda, not pip, should add to it."""
+    import glob
+
+    site = env.interpreter.site_packages or ""
+    for installer in glob.glob(os.path.join(site, "flashinfer_python-*.dist-info", "INSTALLER")):
+        try:
+            return Path(installer).read_text(encoding="utf-8").strip() == "conda"
+        except (OSError, UnicodeDecodeError):
+            return False
+    return False
 
 
 def print_diagnosis(env, diagnosis) -> None:

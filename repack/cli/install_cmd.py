@@ -10,11 +10,12 @@ from pathlib import Path
 from repack.cli.common import (
     EPILOG,
     EXIT_OK,
+    EXIT_TABLE,
     _clear_progress,
-    _target_python,
     common_options,
     emit_json,
     make_transport,
+    resolve_python,
     source_option,
 )
 from repack.cli.pipeline import (
@@ -25,18 +26,27 @@ from repack.errors import UsageError
 
 # -- install -------------------------------------------------------------------------
 
+INSTALL_EXAMPLES = """\
+examples:
+  flashinfer-repack install 0.6.6 --python .venv             into that venv's flashinfer_cubin/cubins
+  flashinfer-repack install 0.6.6 --target /srv/cubins --from flashinfer_cubin-0.6.6-py3-none-any.whl
+prefer the package where flashinfer-cubin is installed: pip owns its files (see doctor's fixes).
+"""
+
+
 def register_install(sub) -> None:
     p = sub.add_parser("install", help="place the verified headers straight into an environment's cubin dir",
                        description="Fetch and verify the BMM export headers of VERSION (as build does) and place "
                                    "them, with the exact marker, directly where that environment's flashinfer "
                                    "searches, atomically; where the environment has no flashinfer-cubin, also "
                                    "checksums.txt and flashinferMetaInfo.h. Nothing is fetched at run time.",
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=INSTALL_EXAMPLES + "\n" + EPILOG + "\n" + EXIT_TABLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--python", metavar="PATH",
-                       help="the environment's interpreter: its FLASHINFER_CUBIN_DIR is resolved as its flashinfer "
-                            "does (default: this one)")
+                       help="the environment (its interpreter, venv directory or conda prefix): its "
+                            "FLASHINFER_CUBIN_DIR is resolved as its flashinfer does (default: this one)")
     where.add_argument("--target", type=Path, metavar="DIR", help="a FLASHINFER_CUBIN_DIR to fill (created if missing)")
     source_option(p)
     common_options(p)
@@ -51,7 +61,7 @@ def cmd_install(args) -> int:
     version = check_version(args.version)
     transport = make_transport(args)
     plan = require_needed(resolve_for_build(args, version, transport))
-    cubin_dir, with_extras = (args.target, True) if args.target else install_destination(args, version)
+    cubin_dir, with_extras, owned = (args.target, True, False) if args.target else install_destination(args, version)
     payload, report = fetch_verified(args, plan, transport, with_extras)
     written = install(payload, cubin_dir)
     _clear_progress()
@@ -59,25 +69,30 @@ def cmd_install(args) -> int:
         emit_json({"ok": True, "version": version, "cubin_dir": str(cubin_dir), "source": report.source,
                    "written": [str(p) for p in written]})
     elif not args.quiet:
-        print(f"installed the headers of flashinfer {version} into {cubin_dir} "
-              f"({len(written)} file(s) written, from {report.source})")
+        if written:
+            print(f"installed the headers of flashinfer {version} into {cubin_dir} "
+                  f"({len(written)} file(s) written, from {report.source})")
+        else:
+            print(f"the headers of flashinfer {version} were already in place in {cubin_dir}: nothing written")
         if args.target:
             print(f"flashinfer finds them with FLASHINFER_CUBIN_DIR={cubin_dir} (and no flashinfer-cubin installed)")
-        elif not with_extras:
-            print("note: inside flashinfer-cubin these files belong to no package: `pip uninstall flashinfer-cubin` "
-                  "leaves them behind as a namespace package that breaks `import flashinfer`; the "
-                  "flashinfer-cubin-headers package (flashinfer-repack build) avoids that")
+        elif written and not with_extras and not owned:
+            print(f"note: inside flashinfer-cubin these {len(written)} file(s) belong to no package: `pip uninstall "
+                  "flashinfer-cubin` leaves them behind as a namespace package that breaks `import flashinfer`; "
+                  f"the flashinfer-cubin-headers package avoids that (flashinfer-repack build {version}, "
+                  "then pip install the wheel)")
     return EXIT_OK
 
 
-def install_destination(args, version: str) -> tuple[Path, bool]:
-    """The cubin dir of the environment of --python (default: this one), and whether it lacks flashinfer-cubin."""
+def install_destination(args, version: str) -> tuple[Path, bool, bool]:
+    """The cubin dir of the environment of --python (default: this one), whether it lacks flashinfer-cubin,
+    and whether our package of this version is installed there (so pip owns the files)."""
     from packaging.version import Version
 
     from repack.environment.probe import snapshot
     from repack.errors import BuildError
 
-    env = snapshot(dict(os.environ), python=_target_python(args.python) or sys.executable)
+    env = snapshot(dict(os.environ), python=resolve_python(args.python) or sys.executable)
     fp = env.dist("flashinfer-python")
     if fp is None or Version(fp.version) != Version(version):
         raise UsageError(f"{env.target} has flashinfer-python {fp.version if fp else '(none)'}, not {version}",
@@ -85,4 +100,6 @@ def install_destination(args, version: str) -> tuple[Path, bool]:
     if env.cubin_dir.import_error:
         raise BuildError(f"`import flashinfer` fails in {env.target}: {env.cubin_dir.import_error}",
                          f"run 'flashinfer-repack doctor --python {env.interpreter.python}' for the fix")
-    return Path(env.cubin_dir.path), env.dist("flashinfer-cubin") is None
+    ours = env.dist("flashinfer-cubin-headers")
+    owned = ours is not None and Version(ours.version) == Version(version)
+    return Path(env.cubin_dir.path), env.dist("flashinfer-cubin") is None, owned

@@ -8,7 +8,9 @@ from pathlib import Path
 from repack.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
+    EXIT_TABLE,
     _clear_progress,
+    cache_dir,
     common_options,
     emit_json,
     index_url,
@@ -17,13 +19,22 @@ from repack.cli.common import (
 
 # -- plan ----------------------------------------------------------------------------
 
+PLAN_EXAMPLES = """\
+examples:
+  flashinfer-repack plan 0.6.6                 read from the index pip uses, then kept in the cache
+  flashinfer-repack -v plan 0.6.8 --offline    from the cache; -v says which entry and why
+  flashinfer-repack plan 0.6.6 --python-wheel flashinfer_python-0.6.6-py3-none-any.whl --json
+
+"""
+
+
 def register_plan(sub) -> None:
     p = sub.add_parser("plan", help="what a FlashInfer version needs, read from its own code",
                        description="Read flashinfer-python's code of VERSION statically (never imported) and "
                                    "report whether it needs a supplementary headers package, and exactly what: "
                                    "artifact path, pinned checksum, headers, runtime path, marker bytes. "
                                    "Compares the result with the plan shipped in this package.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=PLAN_EXAMPLES + EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("version", metavar="VERSION", help="a FlashInfer version, e.g. 0.6.6")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--python-wheel", type=Path, metavar="PATH", help="read a flashinfer-python wheel on disk")
@@ -34,14 +45,21 @@ def register_plan(sub) -> None:
 
 
 def cmd_plan(args) -> int:
-    from repack.fetch.transport import redact
-    from repack.rules import resolve
     from repack.rules.plan import shipped_plan
 
-    version = resolve.check_version(args.version)
+    version = _check_version(args.version)
     shipped = shipped_plan(version)
     transport = None
-    if args.shipped or (args.offline and not args.python_wheel and not args.installed):
+    cached = None
+    if not (args.shipped or args.python_wheel or args.installed):
+        cached = _from_cache(args, version)  # a plan read before answers with no request, offline too
+    if cached is None:
+        from repack.fetch.cache import Cache
+        from repack.fetch.transport import redact
+        from repack.rules import resolve
+    if cached is not None:
+        plan, origin = cached
+    elif args.shipped or (args.offline and not args.python_wheel and not args.installed):
         if shipped is None:
             raise resolve.UnknownVersionError(f"no plan for flashinfer {version} is shipped with this package",
                                               "drop --shipped/--offline to read the code from the index")
@@ -53,7 +71,8 @@ def cmd_plan(args) -> int:
     else:
         transport = make_transport(args)
         url = index_url(args)
-        plan, origin = resolve.plan_from_index(transport, url, version), f"flashinfer-python {version} on {redact(url)}"
+        plan = resolve.plan_from_index(transport, url, version, Cache(cache_dir(args)))
+        origin = f"flashinfer-python {version} on {redact(url)}"
     differences = shipped.differences(plan) if shipped is not None and plan is not shipped else []
     _clear_progress()
     if args.json:
@@ -62,12 +81,35 @@ def cmd_plan(args) -> int:
                 "differences": differences, "plan": plan.to_json()}
         if shipped is not None and not plan.header_sha256:
             data["plan"]["header_sha256"] = dict(shipped.header_sha256)
+        if cached is not None:
+            data["transfer"] = {"requests": 0, "bytes": 0}
         if transport is not None:
             data["transfer"] = {"requests": transport.stats.requests, "bytes": transport.stats.bytes}
         emit_json(data)
     else:
         print_plan(plan, origin, shipped, differences)
     return EXIT_FAIL if differences else EXIT_OK
+
+
+def _check_version(text: str) -> str:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return str(Version(text))
+    except InvalidVersion:
+        from repack.rules.resolve import check_version
+
+        return check_version(text)  # raises the one message for a bad version
+
+
+def _from_cache(args, version: str):
+    """A plan derived before from the same index: no request, and no network code imported."""
+    from repack.rules import plancache
+
+    if getattr(args, "no_cache", False):
+        return None
+    found = plancache.load(cache_dir(args), index_url(args), version)
+    return None if found is None else (found[0], f"flashinfer-python {version} on {found[1]} (cached)")
 
 
 def print_plan(plan, origin: str, shipped, differences: list[str]) -> None:

@@ -8,22 +8,32 @@ from pathlib import Path
 
 from repack.cli.common import (
     EXIT_OK,
+    EXIT_TABLE,
     _clear_progress,
     common_options,
     emit_json,
     positive_seconds,
     progress_printer,
+    retry_count,
 )
 
 # -- publish -------------------------------------------------------------------------
 
 PUBLISH_EPILOG = """\
-credentials for --index, first found wins (never printed, logged or written anywhere):
+examples:
+  flashinfer-repack publish dist/*.whl --index http://localhost:8080/      pypiserver, devpi, Artifactory...
+  flashinfer-repack publish dist/*.whl --repository internal               an index named in ~/.pypirc
+  flashinfer-repack publish dist/*.whl --simple /srv/simple                 a static tree for pip --index-url
+  flashinfer-repack publish dist/*.conda --channel /srv/conda               a conda channel directory
+
+credentials for --index or --repository, first found wins (never printed, logged or written anywhere):
   1. --username / --password
   2. user:password in the --index URL
   3. $FLASHINFER_REPACK_USERNAME / $FLASHINFER_REPACK_PASSWORD
   4. $TWINE_USERNAME / $TWINE_PASSWORD
-  5. the entry for the host in $NETRC or ~/.netrc
+  5. username and password of the --repository section of ~/.pypirc (as twine reads it)
+  6. keyring, when installed, for a username from 1-5 without a password (as twine asks it)
+  7. the entry for the host in $NETRC or ~/.netrc
 a file already there with the same sha256 is skipped; the same name with other bytes is refused.
 --simple writes a static PEP 503/691 tree (see 'pydoc repack.publish.simple'): serve it with any web server,
 or point pip at it directly: pip install --index-url file:///path/to/DIR ...
@@ -36,22 +46,26 @@ def register_publish(sub) -> None:
                                    "(pypiserver, devpi, Artifactory, Nexus...), or into a static simple-API "
                                    "directory, or conda packages into a channel directory. Every wheel is "
                                    "checked against its own RECORD first.",
-                       epilog=PUBLISH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=PUBLISH_EPILOG + EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="built packages to publish")
     dest = p.add_mutually_exclusive_group(required=True)
     dest.add_argument("--index", metavar="URL", help="upload URL of an index, e.g. http://host:8080/ (pypiserver) "
                                                      "or http://host:3141/USER/INDEX/ (devpi)")
+    dest.add_argument("--repository", metavar="NAME",
+                      help="an index named in ~/.pypirc (its repository URL and credentials, as twine reads them)")
     dest.add_argument("--simple", type=Path, metavar="DIR", help="a static simple-API tree, updated in place")
     dest.add_argument("--channel", type=Path, metavar="DIR", help="a conda channel directory, re-indexed in place")
     p.add_argument("--username", help="index user (prefer the environment or ~/.netrc, see below)")
     p.add_argument("--password", help="index password (visible to other local users in the process list; "
                                       "prefer $FLASHINFER_REPACK_PASSWORD or ~/.netrc)")
+    p.add_argument("--config-file", type=Path, metavar="FILE", default=None,
+                   help="the pypirc file for --repository (default: ~/.pypirc)")
     p.add_argument("--simple-url", metavar="URL",
                    help="the index's simple API, read to skip files already there (default: URL/simple/, "
                         "then URL/+simple/)")
     common_options(p, network=False)
     p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S", help="connect/read timeout (default 60)")
-    p.add_argument("--retries", type=int, default=3, metavar="N",
+    p.add_argument("--retries", type=retry_count, default=3, metavar="N",
                    help="retries when a gateway answers 502/503/504 (default 3)")
     p.set_defaults(func=cmd_publish)
 
@@ -59,20 +73,28 @@ def register_publish(sub) -> None:
 def cmd_publish(args) -> int:
     if args.channel is not None:
         return publish_to_channel(args)
-    from repack.publish.distfile import read_distfile
+    from repack.publish.distfile import check_record, read_distfile, with_upload_digests
 
-    dists = [read_distfile(f) for f in args.files]  # every file checked before anything is sent
-    if args.index:
-        from repack.publish.upload import Uploader, find_credentials, netrc_path
+    progress = progress_printer(args)
+    # every file's identity and metadata is checked before anything is sent; its sha256 decides whether
+    # it will be sent, and only then are its RECORD read and the upload form's other digests computed
+    dists = [read_distfile(f, check_record=False, digests=("sha256",)) for f in args.files]
+    if args.index or args.repository:
+        from repack.publish.upload import Uploader
 
-        credentials = find_credentials(args.index, username=args.username, password=args.password,
-                                       env=os.environ, netrc_file=netrc_path(os.environ))
-        uploader = Uploader(args.index, credentials, simple_url=args.simple_url, timeout=args.timeout,
-                            retries=max(0, args.retries), progress=progress_printer(args))
+        url, credentials = upload_target(args)
+        uploader = Uploader(url, credentials, simple_url=args.simple_url, timeout=args.timeout,
+                            retries=args.retries, progress=progress)
+        for i, dist in enumerate(dists):
+            if uploader.listed(dist) is None:  # a file listed already is skipped or refused, never sent
+                dists[i] = with_upload_digests(check_record(dist, progress))
         destination, results = uploader.server, uploader.publish(dists)
     else:
-        from repack.publish.simple import publish_simple
+        from repack.publish.simple import already_there, publish_simple
 
+        for i, dist in enumerate(dists):
+            if not already_there(args.simple, dist):
+                dists[i] = check_record(dist, progress)
         destination, results = str(args.simple), publish_simple(args.simple, dists)
     _clear_progress()
     if args.json:
@@ -82,6 +104,36 @@ def cmd_publish(args) -> int:
             note = " (already there, same sha256)" if r.action == "skipped" else ""
             print(f"{r.action} {r.filename}{note} -> {destination}")
     return EXIT_OK
+
+
+def upload_target(args):
+    """The upload URL and credentials in twine's order: command line and environment, pypirc, keyring; then netrc.
+
+    A username from anywhere without a password takes the pypirc password of that username, else keyring's.
+    """
+    import urllib.parse
+
+    from repack.publish.pypirc import keyring_password, read_repository
+    from repack.publish.upload import Credentials, find_credentials, netrc_path
+
+    repo = None
+    if args.repository:
+        repo = read_repository(args.config_file or Path(os.path.expanduser("~/.pypirc")), args.repository)
+    url = args.index or repo.url
+    in_url = urllib.parse.urlsplit(url)
+    username = args.username or in_url.username or _env("USERNAME") or (repo.username if repo else None)
+    if username and not (args.password or in_url.password or _env("PASSWORD")):
+        from_file = repo.password if repo and repo.username == username else None
+        password = from_file or keyring_password(url, username)
+        if password:
+            origin = f"{repo.source} [{repo.name}]" if from_file else "keyring"
+            return url, Credentials(urllib.parse.unquote(username), password, origin)
+    return url, find_credentials(url, username=args.username, password=args.password, env=os.environ,
+                                 netrc_file=netrc_path(os.environ))
+
+
+def _env(what: str) -> str | None:
+    return os.environ.get(f"FLASHINFER_REPACK_{what}") or os.environ.get(f"TWINE_{what}")
 
 
 def publish_to_channel(args) -> int:

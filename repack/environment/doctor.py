@@ -19,6 +19,7 @@ exists, reads, and has its sha256 (``load_cubin``); anything else is downloaded.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shlex
 from dataclasses import asdict, dataclass
@@ -28,6 +29,25 @@ from repack.rules.plan import Plan
 
 HEADERS_PROJECT = "flashinfer-cubin-headers"
 METAINFO_NAME = "flashinferMetaInfo.h"
+
+
+#: flashinfer-cubin 0.6.14 and later are not on PyPI: flashinfer publishes them on its own wheel index
+#: (flashinfer's README and docs/installation.rst since flashinfer-ai/flashinfer#3853).
+FLASHINFER_WHEEL_INDEX = "https://flashinfer.ai/whl"
+FIRST_CUBIN_OFF_PYPI = (0, 6, 14)
+
+
+@dataclass(frozen=True)
+class Advice:
+    """What the fixes need to know about where packages come from (the caller finds it; doctor only words it).
+
+    ``index_url`` is what ``pip install`` in that environment would use, without credentials;
+    ``conda_prefix`` is set when the environment is a conda environment whose flashinfer came from conda.
+    """
+
+    index_url: str | None = None
+    index_is_pypi: bool = True
+    conda_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,8 +105,16 @@ class _Report:
         self.problems.extend(problems)
 
 
-def diagnose(env: Environment) -> Diagnosis:
+def diagnose(env: Environment, advice: Advice | None = None) -> Diagnosis:
     """Every check, in the order flashinfer meets them at start-up."""
+    token = _ADVICE.set(advice or Advice())  # the fixes' wording reads it; the verdict never does
+    try:
+        return _diagnose(env)
+    finally:
+        _ADVICE.reset(token)
+
+
+def _diagnose(env: Environment) -> Diagnosis:
     report = _Report()
     fp, rules = env.dist("flashinfer-python"), env.rules
     if fp is not None and env.unknown is not None:
@@ -130,7 +158,7 @@ def _check_packages(env: Environment, rules: Plan, report: _Report) -> None:
         problems.append(Problem(
             "headers-cubin-mismatch", f"{HEADERS_PROJECT} {headers.version} is installed beside flashinfer-cubin "
             f"{cubin.version}", "pip reports a broken requirement: they are made to be installed together",
-            f"{_pip(env)} install flashinfer-cubin=={rules.version}", fatal=False))
+            _cubin_fix(env, rules.version), fatal=False))
     needed = (f"needed: {rules.version} looks for {len(rules.headers)} headers and a marker in "
               f"FLASHINFER_CUBIN_DIR/{rules.dest_dir}/" if rules.mode == "download"
               else f"not needed: {rules.reason}")
@@ -153,7 +181,7 @@ def _check_import(env: Environment, rules: Plan, report: _Report) -> None:
         problems.append(Problem(
             "cubin-version-mismatch", f"flashinfer-cubin {where.cubin_version} is installed beside "
             f"flashinfer-python {rules.build_version}", f"`import flashinfer` fails: {where.import_error}",
-            f"{_pip(env)} install flashinfer-cubin=={rules.version}"))
+            _cubin_fix(env, rules.version)))
     report.add("FLASHINFER_CUBIN_DIR", f"{where.path or '(import fails)'}  [{where.source}]", problems)
 
 
@@ -162,12 +190,11 @@ def _namespace_problem(env: Environment, rules: Plan) -> Problem:
     why = (f"{HEADERS_PROJECT} is installed without flashinfer-cubin" if env.dist(HEADERS_PROJECT) and not cubin
            else "files were left behind, e.g. by `pip uninstall flashinfer-cubin` after flashinfer or "
                 f"{HEADERS_PROJECT} wrote there")
-    reinstall = "install --force-reinstall" if cubin else "install"
     return Problem(
         "namespace-package", f"{env.namespace_dir} has no __init__.py ({why}); find_spec('flashinfer_cubin') "
         "finds it as a namespace package", "`import flashinfer` fails: AttributeError: module 'flashinfer_cubin' "
         "has no attribute '__version__' (FLASHINFER_DISABLE_VERSION_CHECK does not help)",
-        f"{_pip(env)} {reinstall} flashinfer-cubin=={rules.version}")
+        _cubin_fix(env, rules.version, force=cubin is not None))
 
 
 # -- files -----------------------------------------------------------------------------
@@ -327,8 +354,28 @@ _OFFLINE_ERROR = {
 }
 
 
+_ADVICE: contextvars.ContextVar[Advice] = contextvars.ContextVar("doctor_advice", default=Advice())
+
+
 def _dest_fix(env: Environment, rules: Plan) -> str:
-    """Place this version's headers where its flashinfer searches: ``flashinfer-repack install``."""
+    """Headers at ``dest_dir``: our package where flashinfer-cubin is there to carry it, else ``install``.
+
+    The package is preferred: pip owns its files, so an upgrade or uninstall removes them and leaves
+    no namespace-package folder behind.  Without flashinfer-cubin the package cannot serve (it
+    requires flashinfer-cubin of the same version, whose metadata flashinfer checks).
+    """
+    if env.dist("flashinfer-cubin") is None or env.files is None:
+        return _install_route(env, rules)
+    spec = f"{HEADERS_PROJECT}=={rules.version}"
+    if _ADVICE.get().conda_prefix:
+        return f"conda install --prefix {shlex.quote(_ADVICE.get().conda_prefix)} {HEADERS_PROJECT}={rules.version}"
+    if _ADVICE.get().index_is_pypi:  # we publish nowhere public: build it, then install the file
+        return (f"flashinfer-repack build {rules.version} -o dist && {_pip(env)} install "
+                f"dist/flashinfer_cubin_headers-{rules.version}-py3-none-any.whl")
+    return f"{_pip(env)} install {spec}  # from {_ADVICE.get().index_url}, the index pip uses there"
+
+
+def _install_route(env: Environment, rules: Plan) -> str:
     python = env.interpreter.python
     where = f"--python {shlex.quote(python)}" if python else f"--target {shlex.quote(env.files.root)}"
     return f"flashinfer-repack install {rules.version} {where}"
@@ -338,8 +385,26 @@ def _artifact_fix(env: Environment, rules: Plan) -> str:
     """Files at the artifact path come with flashinfer-cubin (or, for 0.6.5-0.6.7, with ``install``)."""
     cubin = env.dist("flashinfer-cubin")
     if cubin is None and rules.mode == "download":
-        return _dest_fix(env, rules)
-    return f"{_pip(env)} install {'--force-reinstall ' if cubin else ''}flashinfer-cubin=={rules.version}"
+        return _install_route(env, rules)
+    return _cubin_fix(env, rules.version, force=cubin is not None)
+
+
+def _cubin_fix(env: Environment, version: str, force: bool = False) -> str:
+    """flashinfer-cubin of ``version`` from where it is published: PyPI up to 0.6.13, flashinfer's index after."""
+    force_flag = "--force-reinstall " if force else ""
+    if _ADVICE.get().conda_prefix:
+        return f"conda install --prefix {shlex.quote(_ADVICE.get().conda_prefix)} {force_flag}flashinfer-cubin={version}"
+    index = f" --index-url {FLASHINFER_WHEEL_INDEX}" if _release(version) >= FIRST_CUBIN_OFF_PYPI else ""
+    return f"{_pip(env)} install {force_flag}flashinfer-cubin=={version}{index}"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version).release
+    except InvalidVersion:
+        return ()
 
 
 def _pip(env: Environment) -> str:

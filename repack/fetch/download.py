@@ -81,6 +81,7 @@ def _append_ranges(transport: Transport, found: IndexFile, part: Path) -> None:
         part.unlink()
         offset = 0
     progress, transport.progress = transport.progress, None  # one bar for the file, not one per range
+    label = f"{found.filename} (resumed at {offset * 100 // max(total, 1)}%)" if offset else found.filename
     try:
         with open(part, "ab") as fh:
             while offset < total:
@@ -88,7 +89,7 @@ def _append_ranges(transport: Transport, found: IndexFile, part: Path) -> None:
                 fh.write(resp.body)
                 fh.flush()
                 offset += len(resp.body)
-                _show(progress, found.filename, offset, total)
+                _show(progress, label, offset, total)
     finally:
         transport.progress = progress
 

@@ -15,8 +15,10 @@ from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 
 from packaging.utils import (
+    InvalidSdistFilename,
     InvalidWheelFilename,
     canonicalize_name,
+    parse_sdist_filename,
     parse_wheel_filename,
 )
 from packaging.version import InvalidVersion, Version
@@ -75,6 +77,11 @@ def find_wheel(files: list[IndexFile], project: str, version: str, index_url: st
         if name == canonicalize_name(project) and ver == want:
             matches.append(f)
     if not matches:
+        sdists = [f.filename for f in files if _sdist_version(f.filename, project) == want]
+        if sdists:
+            raise UnknownVersionError(f"{project} {version} is on {redact(index_url)} only as a source "
+                                      f"distribution ({sdists[0]}), and its code is read from a wheel",
+                                      "choose a version published as a wheel")
         versions = sorted({v for v in map(_version_of, (f.filename for f in files)) if v is not None}, key=Version)
         near = ", ".join(versions[-6:]) or "none"
         hint = "check the version" + ("; flashinfer-cubin is on PyPI for 0.6.0 to 0.6.13"
@@ -94,6 +101,12 @@ def wheel_filename(filename: str) -> str:
     if not WHEEL_NAME.fullmatch(filename) or not is_safe_relpath(filename):
         raise InvalidWheelFilename(f"not a plain wheel file name: {filename!r}")
     return filename
+def _sdist_version(filename: str, project: str) -> Version | None:
+    try:
+        name, version = parse_sdist_filename(filename)
+    except (InvalidSdistFilename, InvalidVersion):
+        return None
+    return version if name == canonicalize_name(project) else None
 
 
 def _version_of(filename: str) -> str | None:

@@ -44,11 +44,18 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
     extras = ARTIFACT_EXTRAS if with_extras else ()
     payload = _from_cache(plan, cache, extras)
     if payload is not None:
+        log.info("source: the cache %s (checksums.txt %s and every file by sha256)", cache.root,
+                 plan.checksums_sha256[:16])
         report.source = "cache"
         return payload
+    log.info("source: not in the cache %s; trying %s", cache.root or "(off)",
+             ", ".join(s.label for s in sources) or "nothing else")
     if not sources:
-        raise FetchError(f"the headers of flashinfer {plan.version} are not in the cache and no source was given",
-                         "drop --offline, or pass --from with a wheel, directory or URL")
+        where = f"the cache {cache.root}" if cache.root is not None else "any cache (caching is off)"
+        raise FetchError(f"the headers of flashinfer {plan.version} are not in {where}, and no other source "
+                         "was to be tried", "name a source that holds them (a flashinfer-cubin wheel, a directory "
+                         "in artifactory layout, an index or artifactory URL), or let the network be used once "
+                         "to fill the cache")
     last: Exception | None = None
     for source in sources:
         try:
@@ -58,6 +65,7 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
             report.tried.append((source.label, str(exc)))
             last = exc
             continue
+        log.info("source: %s gave verified headers; caching them", source.label)
         report.source = source.label
         for blob in [checksums] + [f.data for f in payload.files + payload.extras]:
             cache.put(blob)

@@ -10,6 +10,7 @@ the same tree under ``flashinfer_cubin/cubins/``.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import urllib.parse
@@ -30,6 +31,8 @@ from repack.fs import (
     read_regular,
     safe_join,
 )
+
+log = logging.getLogger(__name__)
 
 CUBIN_PROJECT = "flashinfer-cubin"
 WHEEL_ROOT = "flashinfer_cubin/cubins/"
@@ -131,6 +134,12 @@ class RemoteWheel:
             self.transport, self.cache, IndexFile(name, self.url), members))
 
 
+#: A wheel streamed whole (the server ignores ranges) is kept in the cache only up to this size:
+#: a flashinfer-python wheel (8-9 MB) is read again by later plans, while what a build needs of the
+#: 268 MB flashinfer-cubin wheel is cached as verified blobs, so keeping the whole file buys nothing.
+KEEP_WHOLE_WHEEL_UP_TO = 32 << 20
+
+
 def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
                       members: Sequence[str] | Callable[[str], bool]) -> dict[str, bytes]:
     """Members of a remote wheel: from a whole copy already in the cache (checked first), else by Range
@@ -142,7 +151,7 @@ def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
         return read_members(HTTPBytes(transport, found.url, found.size, found.filename), members)
     except RangesIgnored:
         pass
-    dest = _cache_destination(cache, found.filename)
+    dest = _cache_destination(cache, found.filename) if (found.size or KEEP_WHOLE_WHEEL_UP_TO + 1) <= KEEP_WHOLE_WHEEL_UP_TO else None
     if dest is not None:
         try:
             cache.record_wheel(dest, _download(transport, found, dest))

@@ -220,7 +220,9 @@ class Transport:
             target = urllib.parse.urljoin(url, location)
             _check_redirect(url, target)
             url = target
-        raise FetchError(f"{redact(url)}: more than {MAX_REDIRECTS} redirects", "check the URL")
+        raise FetchError(f"cannot fetch {redact(url)}: more than {MAX_REDIRECTS} redirects (a redirect loop?)",
+                         "the server (or a proxy before it) is misconfigured: tell its administrator, "
+                         "or use another source")
 
     def _take_userinfo(self, url: str) -> str:
         """Credentials in a URL become credentials for its host; the URL goes on without them."""
@@ -259,6 +261,7 @@ class Transport:
             return self._read_file_url(url, headers, limit)
         with self._get_following(url, headers) as resp:
             _raise_for_status(resp, url)
+            _refuse_encoding(resp, url)
             if "Range" in headers and resp.status_code == 200:
                 raise RangesIgnored(url)
             pace = _Pace(self.timeout)
@@ -338,6 +341,7 @@ class Transport:
             return
         with self._get_following(url, {}) as resp:
             _raise_for_status(resp, url)
+            _refuse_encoding(resp, url)
             expected = size if size is not None else _content_length(resp)
             for chunk in self._stream(resp, _Pace(self.timeout), WHEEL_LIMIT if expected is None else expected):
                 yield chunk, expected
@@ -557,6 +561,17 @@ class HTTPStatusError(FetchError):
     def __init__(self, message: str, hint: str = "", status: int = 0) -> None:
         super().__init__(message, hint)
         self.status = status
+
+
+def _refuse_encoding(resp: Any, url: str) -> None:
+    """We ask for identity: a compressed answer cannot be checked against sizes, ranges or sha256."""
+    encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        resp.close()
+        raise FetchError(f"cannot fetch {redact(url)}: the server answered with Content-Encoding: {encoding} "
+                         "although only identity was accepted",
+                         "a proxy or server compresses the file, so its bytes cannot be checked; have it serve "
+                         "the file as it is, or use another source")
 
 
 def _check_content_range(resp: Any, url: str, spec: str, body: bytes, want: int | None) -> None:

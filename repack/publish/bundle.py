@@ -88,7 +88,7 @@ def _fill(version: str, out: Path, transport: Transport, index_url: str, epoch: 
     say("writing the static simple index")
     _drop_stale_simple_copies(out / "simple", [python, cubin, ours])
     _write_simple(out / "simple", [python, cubin, ours])
-    _write_channel(out / "conda", payload, [python, cubin], names, epoch, say)
+    _write_channel(out / "conda", payload, [python, cubin], names, epoch, say, transport.progress)
     atomic_write(out / "conda-map.json", (json.dumps({"names": names}, indent=1, sort_keys=True) + "\n").encode())
     atomic_write(out / "README.txt", readme(plan, [python.name, cubin.name, ours.name]).encode())
     say("writing manifest.json")
@@ -172,7 +172,8 @@ def _write_simple(root: Path, wheels: list[Path]) -> None:
 
 
 def _write_channel(channel: Path, payload, wheels: list[Path], names: Mapping[str, str | None],
-                   epoch: int | None, say: Step) -> None:
+                   epoch: int | None, say: Step, progress=None) -> None:
+    """The conda channel; ``progress`` (the transport's display) also follows each conversion."""
     from repack.build.conda import build_conda
     from repack.build.convert import conda_name, convert_wheel, package_filename
     from repack.publish.channel import write_repodata
@@ -183,7 +184,7 @@ def _write_channel(channel: Path, payload, wheels: list[Path], names: Mapping[st
         target = noarch / package_filename(wheel, names)
         if not target.is_file():  # written atomically: present means complete
             say(f"converting {wheel.name} to {target.name}")
-            convert_wheel(wheel, noarch, names=names, epoch=epoch)
+            convert_wheel(wheel, noarch, names=names, epoch=epoch, progress=progress)
         keep.append(target.name)
     renamed = {p: conda_name(p, names) or p for p in (PYTHON_PROJECT, CUBIN_PROJECT)}
     say("building the flashinfer-cubin-headers conda package")

@@ -84,10 +84,25 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False)
     return results
 
 
+def already_there(root: Path, dist: DistFile) -> bool:
+    """The tree serves ``dist``'s bytes already.
+
+    The sha256 recorded when the file was last hashed counts only while the file is exactly that file
+    (size, mtime, inode and ctime, see :data:`STATE`); otherwise the file is hashed again.
+    """
+    target = _target(Path(root), dist)
+    if not target.is_file() or target.stat().st_size != dist.size:
+        return False
+    known = _read_state(target.parent / STATE).get(dist.filename)
+    fresh = isinstance(known, dict) and known.get("stamp") == _stamp(target) and isinstance(known.get("sha256"), str)
+    have = known["sha256"] if fresh else file_sha256(target)
+    return bool(have.lower() == dist.sha256.lower())
+
+
 def _check_free(root: Path, dist: DistFile) -> None:
     """Refuse a different file under a name the tree already serves."""
     target = _target(root, dist)
-    if not target.exists() or (target.samefile(dist.path)):
+    if not target.exists() or (target.samefile(dist.path)) or already_there(root, dist):
         return
     have = file_sha256(target)
     if have != dist.sha256:

@@ -138,7 +138,14 @@ def _netrc_entry(host: str, path: Path | None) -> tuple[str, str] | None:
 # -- the form --------------------------------------------------------------------------
 
 def form_fields(dist: DistFile) -> list[tuple[str, str]]:
-    """The upload form as twine sends it, from the wheel's own METADATA."""
+    """The upload form as twine sends it, from the wheel's own METADATA.
+
+    Only a wheel checked against its RECORD, with all three digests, may be sent (fail closed: a
+    caller that deferred those steps and then sends anyway is refused here).
+    """
+    if not (dist.record_checked and dist.md5 and dist.blake2_256):
+        raise PublishError(f"{dist.filename} was not checked against its RECORD and hashed before sending",
+                           "this is a bug in the caller; nothing was sent")
     meta = dist.headers()
     python_tag = parse_wheel_filename(dist.filename)[3]
     fields = [(":action", "file_upload"), ("protocol_version", "1"),

@@ -22,6 +22,7 @@ from repack.fetch.cache import Cache
 from repack.fetch.index import find_wheel, project_files
 from repack.fetch.sources import read_local_wheel, read_remote_wheel
 from repack.fetch.transport import Transport
+from repack.rules import plancache
 from repack.rules.plan import (
     ARTIFACTS_MODULE,
     PACKAGE_PREFIX,
@@ -69,10 +70,25 @@ def plan_from_wheel(path: Path, version: str | None = None) -> Plan:
     return plan_from_code(str(wheel_version), read_local_wheel(Path(path), _wanted), name)
 
 
-def plan_from_index(transport: Transport, index_url: str, version: str) -> Plan:
+def plan_from_index(transport: Transport | None, index_url: str, version: str, cache: Cache | None = None) -> Plan:
+    """From the flashinfer-python wheel on the index, read by ranges; the derived plan is kept in ``cache``.
+
+    A warm cache answers with no request at all (a file on an index is immutable; the key holds the
+    index URL without credentials) and without parsing the code again (0.25 s of ``ast`` work).
+    An entry that does not read back as a plan of this version is a miss, never an error.
+    """
+    cache = cache or Cache(None)
+    cached = plancache.load(cache.root, index_url, version)
+    if cached is not None:
+        return cached[0]
+    if transport is None:
+        raise UnknownVersionError(f"flashinfer-python {version}'s code is not in the cache and the network is off",
+                                  "read it once with the network, or give its wheel or an installed copy")
     files = project_files(transport, index_url, PYTHON_PROJECT)
     found = find_wheel(files, PYTHON_PROJECT, version, index_url)
-    return plan_from_code(version, read_remote_wheel(transport, Cache(None), found, _wanted), found.filename)
+    plan = plan_from_code(version, read_remote_wheel(transport, Cache(None), found, _wanted), found.filename)
+    plancache.store(cache.root, index_url, found.filename, plan)
+    return plan
 
 
 def plan_from_installed(version: str | None = None, paths: list[str] | None = None) -> Plan:

@@ -1,0 +1,134 @@
+"""Benchmark: the work a user waits for, beside the tools they would otherwise use (issue 12).
+
+    python benchmarks/bench_ux.py [--version 0.6.6] [--skip-index]
+
+Prints one table, side by side, every figure from this run on this machine:
+  * ``plan VERSION`` cold (empty cache, the real index pip uses) and warm (the same cache);
+  * ``publish --simple`` of the three wheels of VERSION (flashinfer-python, flashinfer-cubin, ours) into a
+    fresh tree and again over it, against ``simple503`` (copy mode, PEP 658 metadata) doing the same;
+  * ``publish --index`` of the flashinfer-cubin wheel to a fresh local pypiserver, against ``twine upload``
+    of the same file to another fresh pypiserver (``--skip-index`` leaves these out).
+
+Seconds are the wall time of the whole process (interpreter start-up included).  Figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.envs import real_wheel  # noqa: E402
+from tests.test_upload import PASSWORD, USER, free_port, start_server, stop  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])}... failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return seconds, proc
+
+
+def repack(*args: str) -> list[str]:
+    return [sys.executable, "-m", "repack", *args]
+
+
+def bench_plan(version: str, tmp: Path) -> list[tuple[str, float, str]]:
+    rows = []
+    for label in ("cold", "warm"):
+        seconds, proc = timed(repack("plan", version, "--json", "--cache-dir", str(tmp / "plan-cache")))
+        transfer = json.loads(proc.stdout).get("transfer", {})
+        rows.append((f"plan {version} ({label} cache)", seconds,
+                     f"{transfer.get('requests', 0)} requests, {transfer.get('bytes', 0):,} bytes"))
+    return rows
+
+
+def bench_simple(wheels: list[Path], tmp: Path) -> list[tuple[str, float, str]]:
+    rows = []
+    for label in ("fresh tree", "again"):
+        seconds, _ = timed(repack("publish", "--simple", str(tmp / "ours"), *map(str, wheels), "--json"))
+        rows.append((f"flashinfer-repack publish --simple, 3 wheels ({label})", seconds,
+                     "sha256 each; RECORD read only for files not yet there"))
+    origin = tmp / "origin"
+    origin.mkdir()
+    for w in wheels:  # simple503 moves or copies from its origin: give it its own
+        shutil.copy(w, origin / w.name)
+    for label in ("fresh tree", "again"):
+        seconds, _ = timed([str(BIN / "simple503"), "--copy", "--sort", "--extract-metadata", str(origin),
+                            str(tmp / "theirs")])
+        rows.append((f"simple503 --copy --sort --extract-metadata, 3 wheels ({label})", seconds, "no RECORD check"))
+    return rows
+
+
+def pypiserver(tmp: Path, name: str):
+    from passlib.apache import HtpasswdFile
+
+    root = tmp / name
+    (root / "packages").mkdir(parents=True)
+    htpasswd = HtpasswdFile(str(root / "htpasswd"), new=True)
+    htpasswd.set_password(USER, PASSWORD)
+    htpasswd.save()
+    port = free_port()
+    proc = start_server([str(BIN / "pypi-server"), "run", "-i", "127.0.0.1", "-p", str(port), "-P",
+                         str(root / "htpasswd"), "-a", "update", "--disable-fallback", str(root / "packages")],
+                        f"http://127.0.0.1:{port}/health", root / "log")
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def bench_index(wheel: Path, tmp: Path) -> list[tuple[str, float, str]]:
+    creds = {"FLASHINFER_REPACK_USERNAME": USER, "FLASHINFER_REPACK_PASSWORD": PASSWORD,
+             "TWINE_USERNAME": USER, "TWINE_PASSWORD": PASSWORD, "NETRC": "/nonexistent"}
+    rows = []
+    proc, url = pypiserver(tmp, "ours")
+    try:
+        seconds, _ = timed(repack("publish", "--index", url, str(wheel), "--json"), creds)
+        rows.append((f"flashinfer-repack publish --index ({wheel.stat().st_size / 1e6:.0f} MB)", seconds,
+                     "3 digests, RECORD check, upload, listing checked after"))
+        seconds, _ = timed(repack("publish", "--index", url, str(wheel), "--json"), creds)
+        rows.append(("flashinfer-repack publish --index (again: already there)", seconds, "sha256 compared, not sent"))
+    finally:
+        stop(proc)
+    proc, url = pypiserver(tmp, "twine")
+    try:
+        seconds, _ = timed([str(BIN / "twine"), "upload", "--non-interactive", "--disable-progress-bar",
+                            "--repository-url", url, str(wheel)], creds)
+        rows.append((f"twine upload ({wheel.stat().st_size / 1e6:.0f} MB)", seconds, "twine's own checks"))
+    finally:
+        stop(proc)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--version", default="0.6.6")
+    parser.add_argument("--skip-index", action="store_true")
+    args = parser.parse_args()
+    cubin, python = real_wheel("flashinfer-cubin", args.version), real_wheel("flashinfer-python", args.version)
+    with tempfile.TemporaryDirectory(prefix="bench-ux-") as tmp_name:
+        tmp = Path(tmp_name)
+        _, proc = timed(repack("build", args.version, "-o", str(tmp / "dist"), "--from", str(cubin), "--no-cache",
+                               "--json"))
+        ours = Path(json.loads(proc.stdout)["artifacts"][0]["path"])
+        rows = bench_plan(args.version, tmp) + bench_simple([python, cubin, ours], tmp)
+        if not args.skip_index:
+            rows += bench_index(cubin, tmp)
+    print(f"{'what':<66} {'seconds':>8}  notes")
+    for what, seconds, notes in rows:
+        print(f"{what:<66} {seconds:8.3f}  {notes}")
+
+
+if __name__ == "__main__":
+    main()
