@@ -25,6 +25,13 @@ own code for that version's rules, resolves FLASHINFER_CUBIN_DIR as that version
 environment), and looks at the files there. Run it as the user that runs flashinfer: write permission is
 judged for you.
 
+With --run, doctor then measures instead of predicting: the environment's interpreter runs that
+flashinfer's own start-up code for the headers (0.6.5-0.6.7: gen_moe_utils_module and
+gen_trtllm_gen_fused_moe_sm100_module; other versions: those and the TRT-LLM GEMM generators) in a
+child process with every connection refused and recorded, sleeps cut short, a scratch
+FLASHINFER_WORKSPACE_BASE, every file it writes recorded, and a time limit (--run-timeout). The exit
+code is then the live result's.
+
 exit codes: 0 flashinfer will start with no network, 1 it will reach for the network or fail, 2 usage error
 """
 
@@ -39,6 +46,11 @@ def register_doctor(sub) -> None:
     where.add_argument("--python", metavar="PATH", help="the environment's interpreter (default: this one)")
     where.add_argument("--prefix", metavar="PATH", type=Path,
                        help="a conda prefix (its bin/python if it has one, else its files are read)")
+    p.add_argument("--run", action="store_true",
+                   help="also run that environment's flashinfer header start-up code, offline and watched, "
+                        "and exit from what it did")
+    p.add_argument("--run-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="time limit of the --run check (default 300)")
     common_options(p, network=False)
     p.set_defaults(func=cmd_doctor)
 
@@ -52,6 +64,7 @@ def cmd_doctor(args) -> int:
     python = _target_python(args.python) or (None if args.prefix else sys.executable)
     env = snapshot(dict(os.environ), python=python, prefix=str(args.prefix) if args.prefix else None)
     diagnosis = diagnose(env)
+    live = run_live(args, env) if args.run else None
     if args.json:
         data = {"ok": diagnosis.starts_offline, "target": env.target,
                 "python": env.interpreter.python, "python_version": env.interpreter.python_version,
@@ -59,10 +72,46 @@ def cmd_doctor(args) -> int:
                 "cubin_dir": env.cubin_dir.path if env.cubin_dir else None,
                 "cubin_dir_source": env.cubin_dir.source if env.cubin_dir else None}
         data.update(diagnosis.to_json())
+        if live is not None:
+            data.update(ok=live.ok, static_ok=diagnosis.starts_offline, live=live.to_json())
         emit_json(data)
-    elif not args.quiet or not diagnosis.starts_offline:
-        print_diagnosis(env, diagnosis)
-    return EXIT_OK if diagnosis.starts_offline else EXIT_FAIL
+    else:
+        if not args.quiet or not diagnosis.starts_offline or (live is not None and not live.ok):
+            print_diagnosis(env, diagnosis)
+        if live is not None and (not args.quiet or not live.ok):
+            print_live(diagnosis, live)
+    ok = diagnosis.starts_offline if live is None else live.ok
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def run_live(args, env):
+    from repack.environment.run import live_check_environment
+
+    if args.run_timeout <= 0:
+        raise UsageError(f"--run-timeout {args.run_timeout:g} is not a positive number of seconds",
+                         "give e.g. --run-timeout 300")
+    if not env.interpreter.python:
+        raise UsageError(f"--run needs the environment's interpreter, and {env.target} has none",
+                         "give --python PATH, or a conda prefix with bin/python")
+    return live_check_environment(env, dict(os.environ), timeout=args.run_timeout)
+
+
+def print_live(diagnosis, live) -> None:
+    print(f"\nlive run ({', '.join(c.rsplit(':', 1)[-1] for c in live.calls + live.absent) or 'import only'}; "
+          f"flashinfer {live.version or '?'}, FLASHINFER_CUBIN_DIR {live.cubin_dir or '?'}):")
+    print(f"  {live.summary()}")
+    if live.absent:
+        print(f"  not in this version: {', '.join(live.absent)}")
+    if live.sleeps:
+        print(f"  sleeps cut short: {live.sleeps} ({live.slept_seconds:g} s asked)")
+    for where in ("site-packages", "cubin dir", "elsewhere"):
+        written = live.writes_in(where)
+        if written:
+            shown = ", ".join(w.path for w in written[:5]) + (f" and {len(written) - 5} more" if len(written) > 5 else "")
+            print(f"  wrote {len(written)} path(s) in {where}: {shown}")
+    agree = "agrees with" if live.ok == diagnosis.starts_offline else "DISAGREES with"
+    print(f"live verdict: {'starts offline' if live.ok else 'does not start offline'} "
+          f"({agree} the static verdict)")
 
 
 def print_diagnosis(env, diagnosis) -> None:
