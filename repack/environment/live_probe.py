@@ -150,14 +150,26 @@ def run_steps(opts, watch, result) -> None:
         runpy.run_path(opts["script"], run_name="__main__")
         result["calls"].append(opts["script"])
     for call in opts["calls"]:
-        module, _, name = call.partition(":")
-        generate = getattr(__import__(module, fromlist=[name]), name, None)
+        generate = _generator(call)
         if generate is None:
             result["absent"].append(call)  # this version has no such code path
             continue
         generate()
         result["calls"].append(call)
     result["step"] = "done"
+
+
+def _generator(call: str):
+    """MODULE:FUNCTION, or None when this version has no such module or function (a missing
+    dependency of a module that exists is a failure, not an absence)."""
+    module, _, name = call.partition(":")
+    try:
+        loaded = __import__(module, fromlist=[name])
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            return None
+        raise
+    return getattr(loaded, name, None)
 
 
 def main(argv) -> int:
