@@ -158,7 +158,7 @@ def test_doctor_run_exits_from_the_live_result(run_cli, tmp_path):
     assert data["problems"][0]["code"] == "no-flashinfer"
     text = run_cli("doctor", "--python", sys.executable, "--run", env=env)
     assert "live verdict: starts offline (DISAGREES with the static verdict)" in text.stdout
-    assert f"wrote 5 path(s) in elsewhere: {tmp_path / 's'}, " in text.stdout
+    assert f"wrote 5 path(s) in elsewhere: {tmp_path / 's'}, {tmp_path / 's' / 'written.lock'}, " in text.stdout
 
 
 def test_doctor_run_without_flashinfer_says_why(run_cli):
