@@ -23,6 +23,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
 from repack.build.conda_archive import Member, conda_bytes, tar_bz2_bytes
+from repack.build.sbom import SBOM_DIR, SBOM_NAME, sbom_bytes
 from repack.build.wheel import PACKAGE_ROOT
 from repack.errors import BuildError, UsageError
 from repack.fetch.verify import Payload
@@ -146,6 +147,7 @@ def package_members(payload: Payload, epoch: int, requirements: list[str],
         Member("info/link.json", json_bytes(link_json())),
         Member("info/about.json", json_bytes(about_json(plan))),
         Member("info/hash_input.json", json_bytes(hash_input)),
+        Member("info/" + SBOM_DIR + SBOM_NAME, sbom_bytes(payload, PACKAGE_ROOT)),  # the wheel's document
     ]
     return f"{DIST_NAME}-{plan.version}-{build}", info, files
 

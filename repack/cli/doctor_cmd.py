@@ -64,6 +64,7 @@ def cmd_doctor(args) -> int:
     python = _target_python(args.python) or (None if args.prefix else sys.executable)
     env = snapshot(dict(os.environ), python=python, prefix=str(args.prefix) if args.prefix else None)
     diagnosis = diagnose(env)
+    provenance = installed_provenance(env)
     live = run_live(args, env) if args.run else None
     if args.json:
         data = {"ok": diagnosis.starts_offline, "target": env.target,
@@ -72,16 +73,38 @@ def cmd_doctor(args) -> int:
                 "cubin_dir": env.cubin_dir.path if env.cubin_dir else None,
                 "cubin_dir_source": env.cubin_dir.source if env.cubin_dir else None}
         data.update(diagnosis.to_json())
+        data["provenance"] = provenance
         if live is not None:
             data.update(ok=live.ok, static_ok=diagnosis.starts_offline, live=live.to_json())
         emit_json(data)
     else:
         if not args.quiet or not diagnosis.starts_offline or (live is not None and not live.ok):
             print_diagnosis(env, diagnosis)
+            print_provenance(provenance)
         if live is not None and (not args.quiet or not live.ok):
             print_live(diagnosis, live)
     ok = diagnosis.starts_offline if live is None else live.ok
     return EXIT_OK if ok else EXIT_FAIL
+
+
+def installed_provenance(env) -> dict | None:
+    """The SBOM of the installed flashinfer-cubin-headers (where its bytes came from), if it has one."""
+    from repack.build.sbom import read_installed
+
+    ours = env.dist("flashinfer-cubin-headers")
+    return read_installed(ours.location, ours.version) if ours else None
+
+
+def print_provenance(provenance: dict | None) -> None:
+    if not provenance:
+        return
+    if "error" in provenance:
+        print(f"\nflashinfer-cubin-headers provenance: {provenance['error']}")
+        return
+    wheel = f", wheel {provenance['wheel']}" if provenance["wheel"] else ""
+    digest = f" (sha256 {provenance['wheel_sha256']})" if provenance["wheel_sha256"] else ""
+    print(f"\nflashinfer-cubin-headers provenance: {provenance['files']} files from {provenance['source_kind']} "
+          f"{provenance['source']}{wheel}{digest}; checksums.txt sha256 {provenance['checksums_sha256']}")
 
 
 def run_live(args, env):
