@@ -142,8 +142,9 @@ def live_check(python: str, env_vars: Mapping[str, str], *, calls: Sequence[str]
     with tempfile.TemporaryDirectory(prefix="flashinfer-live-") as tmp:
         scratch = Path(tmp) / "workspace"
         scratch.mkdir()
-        os.chmod(tmp, 0o777)  # a wrapped child running as another user writes its report and workspace here
-        os.chmod(scratch, 0o777)
+        if wrap:  # a child running as another user writes its report and workspace here; sticky, like /tmp
+            os.chmod(tmp, 0o1777)
+            os.chmod(scratch, 0o1777)
         report = Path(tmp) / "report.json"
         cmd = [*wrap, python, "-B", str(PROBE), "--report", str(report), "--deadline", str(timeout)]
         cmd += [a for c in ([] if script else calls) for a in ("--call", c)]
