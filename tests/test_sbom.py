@@ -157,3 +157,14 @@ def test_doctor_says_when_the_sbom_is_unreadable(run_cli, small_cubin_wheel, tmp
     (target / SBOM).write_bytes(damage)
     result = run_cli("doctor", "--python", sys.executable, "--json", env={"PYTHONPATH": str(target)})
     assert json.loads(result.stdout)["provenance"]["error"].startswith(f"cannot read {target / SBOM}")
+
+
+def test_a_damaged_provenance_record_in_the_cache_costs_only_the_provenance(run_cli, small_cubin_wheel, tmp_path):
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    build(run_cli, tmp_path / "a", str(small_cubin_wheel(VERSION)), *cache)
+    records = list((tmp_path / "cache" / "provenance").glob("*.json"))
+    assert len(records) == 1
+    records[0].write_bytes(b"\x00not json")
+    again = build(run_cli, tmp_path / "b", "cache", *cache)["wheel"]
+    cubin = component(sbom_of(again), "flashinfer-cubin")
+    assert (cubin["props"]["source-kind"], "hashes" in cubin) == ("cache", False)
