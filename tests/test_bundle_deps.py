@@ -61,15 +61,23 @@ def test_pip_failure_is_one_clear_error(file_server, tmp_path):
         resolve("1.2.3", check_target("3.12", ["manylinux_2_28_x86_64"], []), index)
 
 
-def test_the_graph_follows_markers_in_the_target_environment():
+def test_the_graph_follows_markers_and_extras_in_the_target_environment():
+    # flashinfer-python needs kit[gpu]; kit's gpu extra needs kit-gpu; torch-like needs kit[other] -> kit-other
     report = {"environment": {"sys_platform": "linux", "python_version": "3.12"}, "install": [
         {"metadata": {"name": "flashinfer-python", "version": V,
-                      "requires_dist": ["a", "b; sys_platform == 'win32'", "c; extra == 'x'", "not a requirement!"]}},
+                      "requires_dist": ["a", "b; sys_platform == 'win32'", "c; extra == 'x'", "not a requirement!",
+                                        "Kit[GPU]>=1", "torchy"]}},
         {"metadata": {"name": "A", "version": "1"}}, {"metadata": {"name": "b", "version": "1"}},
-        {"metadata": {"name": "c", "version": "1"}}]}
+        {"metadata": {"name": "c", "version": "1"}},
+        {"metadata": {"name": "kit", "version": "1", "provides_extra": ["gpu", "other"],
+                      "requires_dist": ["kit-gpu; extra == 'gpu'", "kit-other; extra == 'other'"]}},
+        {"metadata": {"name": "kit-gpu", "version": "1"}}, {"metadata": {"name": "kit-other", "version": "1"}},
+        {"metadata": {"name": "torchy", "version": "1", "requires_dist": ["kit[other]"]}}]}
     graph, items = dependency_graph(report)
-    assert graph["flashinfer-python"] == {"a"} and set(items) == {"flashinfer-python", "a", "b", "c"}
-    assert reachable(graph, ("flashinfer-python", "flashinfer-cubin"), set()) == {"flashinfer-python", "a"}
+    assert graph[("flashinfer-python", "")] == {("a", ""), ("kit", ""), ("kit", "gpu"), ("torchy", "")}
+    roots = ("flashinfer-python", "flashinfer-cubin")
+    assert reachable(graph, roots, set()) == {"flashinfer-python", "a", "kit", "kit-gpu", "kit-other", "torchy"}
+    assert reachable(graph, roots, {"torchy"}) == {"flashinfer-python", "a", "kit", "kit-gpu"}
 
 
 @pytest.mark.parametrize("info, problem", [

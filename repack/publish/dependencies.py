@@ -137,8 +137,12 @@ def pip_report(version: str, target: Target, index_url: str, run: Callable) -> d
     return data
 
 
-def dependency_graph(report: dict) -> tuple[dict[str, set[str]], dict[str, dict]]:
-    """name -> the names it requires on the target (markers evaluated in pip's target environment)."""
+Node = tuple  # (project name, extra): ("nvidia-cutlass-dsl", "cu13") is that project's [cu13] extra
+
+
+def dependency_graph(report: dict) -> tuple[dict[Node, set[Node]], dict[str, dict]]:
+    """(name, extra) -> the (name, extra) nodes it requires on the target, markers evaluated in pip's
+    target environment with that extra; a requirement ``b[x]`` leads to ``(b, "")`` and ``(b, "x")``."""
     environment = report.get("environment") if isinstance(report.get("environment"), dict) else {}
     items: dict[str, dict] = {}
     for item in report["install"]:
@@ -146,35 +150,38 @@ def dependency_graph(report: dict) -> tuple[dict[str, set[str]], dict[str, dict]
         if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta.get("version"):
             raise FetchError("pip's report has an entry without a name and version", "report it, with pip's version")
         items[canonicalize_name(meta["name"])] = item
-    graph = {}
+    graph: dict[Node, set[Node]] = {}
     for name, item in items.items():
-        extras = set(item.get("requested_extras") or []) | {""}
-        graph[name] = {r for r in _requires(item["metadata"], environment, extras) if r in items}
+        extras = {""} | {canonicalize_name(e) for e in item["metadata"].get("provides_extra") or []}
+        for extra in extras:
+            graph[(name, extra)] = {n for n in _requires(item["metadata"], environment, extra) if n[0] in items}
     return graph, items
 
 
-def _requires(meta: dict, environment: dict, extras: set[str]) -> set[str]:
-    out = set()
+def _requires(meta: dict, environment: dict, extra: str) -> set[Node]:
+    out: set[Node] = set()
     for line in meta.get("requires_dist") or []:
         try:
             req = Requirement(str(line))
-            if req.marker is None or any(req.marker.evaluate({**environment, "extra": e}) for e in extras):
-                out.add(canonicalize_name(req.name))
+            if req.marker is None or req.marker.evaluate({**environment, "extra": extra}):
+                name = canonicalize_name(req.name)
+                out |= {(name, "")} | {(name, canonicalize_name(x)) for x in req.extras}
         except (InvalidRequirement, InvalidMarker, UndefinedEnvironmentName):
             log.info("%s: ignoring the requirement %r pip's report holds", meta.get("name"), line)
     return out
 
 
-def reachable(graph: dict[str, set[str]], roots: Sequence[str], excluded: set[str]) -> set[str]:
+def reachable(graph: dict[Node, set[Node]], roots: Sequence[str], excluded: set[str]) -> set[str]:
     """Every project reachable from ``roots`` without passing through an excluded one."""
-    seen, todo = set(), [r for r in roots if r in graph]
+    seen: set[Node] = set()
+    todo: list[Node] = [(r, "") for r in roots if (r, "") in graph]
     while todo:
-        name = todo.pop()
-        if name in seen or name in excluded:
+        node = todo.pop()
+        if node in seen or node[0] in excluded:
             continue
-        seen.add(name)
-        todo.extend(graph.get(name, ()))
-    return seen
+        seen.add(node)
+        todo.extend(graph.get(node, ()))
+    return {name for name, _ in seen}
 
 
 def wheel_file(name: str, item: dict) -> IndexFile:
