@@ -77,13 +77,12 @@ def cmd_doctor(args) -> int:
         if live is not None:
             data.update(ok=live.ok, static_ok=diagnosis.starts_offline, live=live.to_json())
         emit_json(data)
-    else:
-        if not args.quiet or not diagnosis.starts_offline or (live is not None and not live.ok):
-            print_diagnosis(env, diagnosis)
-            print_provenance(provenance)
-        if live is not None and (not args.quiet or not live.ok):
-            print_live(diagnosis, live)
     ok = diagnosis.starts_offline if live is None else live.ok
+    if not args.json and (not args.quiet or not ok):
+        print_diagnosis(env, diagnosis)
+        print_provenance(provenance)
+        if live is not None:
+            print_live(diagnosis, live)
     return EXIT_OK if ok else EXIT_FAIL
 
 
