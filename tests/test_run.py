@@ -171,3 +171,12 @@ def test_doctor_run_without_flashinfer_says_why(run_cli):
 def test_doctor_run_timeout_must_be_positive(run_cli, value):
     result = run_cli("doctor", "--run", "--run-timeout", value)
     assert result.returncode == 2 and f"--run-timeout {value} is not a positive number" in result.stderr
+
+
+def test_the_environments_own_workspace_when_asked(tmp_path):
+    root = fake_flashinfer(tmp_path / "fi", WRITING)
+    env = env_for(root, FAKE_SITE=str(tmp_path / "s"), FAKE_ELSEWHERE=str(tmp_path / "o"),
+                  FLASHINFER_WORKSPACE_BASE=str(tmp_path / "ws"))
+    result = live_check(sys.executable, env, scratch_workspace=False)
+    assert result.cubin_dir == str(tmp_path / "ws" / ".cache" / "flashinfer" / "cubins")
+    assert result.writes_in("scratch") == [] and (tmp_path / "ws" / "written.lock").is_file()

@@ -133,11 +133,12 @@ def child_environment(env_vars: Mapping[str, str], scratch: Path, cubin_dir: str
 def live_check(python: str, env_vars: Mapping[str, str], *, calls: Sequence[str] = BMM_CALLERS,
                script: Path | None = None, site_packages: str | None = None, cubin_dir: str | None = None,
                timeout: float = DEFAULT_TIMEOUT, cwd: Path | None = None, wrap: Sequence[str] = (),
-               real_clock: bool = False, allow_network: bool = False) -> LiveResult:
+               real_clock: bool = False, allow_network: bool = False, scratch_workspace: bool = True) -> LiveResult:
     """Run flashinfer's header code (``calls``, or ``script``) with ``python`` and watch it.
 
     ``wrap`` prefixes the command (e.g. to run it as another user); ``cubin_dir`` see
-    :func:`child_environment`; ``real_clock``/``allow_network`` are for benchmarks only.
+    :func:`child_environment`; ``real_clock``/``allow_network`` are for benchmarks only;
+    ``scratch_workspace=False`` keeps ``env_vars``' own workspace (a test whose HOME is its own).
     """
     with tempfile.TemporaryDirectory(prefix="flashinfer-live-") as tmp:
         scratch = Path(tmp) / "workspace"
@@ -150,8 +151,11 @@ def live_check(python: str, env_vars: Mapping[str, str], *, calls: Sequence[str]
         cmd += [a for c in ([] if script else calls) for a in ("--call", c)]
         cmd += ["--script", str(script)] if script else []
         cmd += ["--real-clock"] * real_clock + ["--allow-network"] * allow_network
-        proc, timed_out = _run(cmd, child_environment(env_vars, scratch, cubin_dir), cwd or Path(tmp),
-                               timeout + GRACE)
+        child_env = child_environment(env_vars, scratch, cubin_dir)
+        if not scratch_workspace:
+            child_env.pop("FLASHINFER_WORKSPACE_BASE")
+            child_env.update({k: v for k, v in env_vars.items() if k == "FLASHINFER_WORKSPACE_BASE"})
+        proc, timed_out = _run(cmd, child_env, cwd or Path(tmp), timeout + GRACE)
         data = _read_report(report, proc, timed_out)
         return _result(data, proc, timed_out, scratch, site_packages)
 

@@ -113,7 +113,8 @@ class FlashinferEnv:
                     network: bool = False) -> dict:
         """Run vLLM's snippet (``script=None``: the JIT-spec generators instead) under the library's live
         check (:func:`repack.environment.run.live_check`: connections refused and recorded unless
-        ``network``, writes recorded); return its JSON report (ok, step, error, seconds, connects, ...)."""
+        ``network``, writes recorded), with the workspace the test's own environment gives (its HOME);
+        return its JSON report (ok, step, error, seconds, connects, ...)."""
         from repack.environment.run import BMM_CALLERS, live_check
 
         run_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PYTHON"))}
@@ -122,7 +123,7 @@ class FlashinferEnv:
         wrap = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] if user else []
         result = live_check(str(self.python), run_env, calls=BMM_CALLERS, script=script, cwd=cwd or self.root,
                             wrap=wrap, timeout=timeout, real_clock=not fast_clock, allow_network=network,
-                            site_packages=str(self.site_packages()))
+                            site_packages=str(self.site_packages()), scratch_workspace=False)
         return result.to_json()
 
     def run_header_code(self, **kwargs) -> dict:
