@@ -114,7 +114,7 @@ def main() -> None:
         with FileServer() as server:
             base = server.serve_tree("artifactory", layout)
             r = env.run_snippet(env={"FLASHINFER_CUBINS_REPOSITORY": base,
-                                     "FLASHINFER_CUBIN_DIR": str(tmp / "cubin-dir")})
+                                     "FLASHINFER_CUBIN_DIR": str(tmp / "cubin-dir")}, network=True)
             rows.append(("(b) flashinfer download_trtllm_headers, local server", r["snippet_seconds"],
                          server.bytes_sent(), f"{server.requests()} requests, ok={r['ok']} {r['error'] or ''}"))
         our_wheel = next((tmp / "out-0").glob("*.whl"))

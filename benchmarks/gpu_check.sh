@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check: on an air-gapped machine with a GPU, nvcc and torch, with only carried files
-# (scripts/prepare_gpu_carry.sh makes them), flashinfer-python 0.6.6 without flashinfer-cubin
-# generates its moe_utils JIT spec and nvcc compiles moe_utils_binding.cu with the BMM export
-# headers that `flashinfer-repack install` placed; nothing is fetched.
+# (scripts/prepare_gpu_carry.sh makes them), two routes, nothing fetched:
+#  1. install --target: flashinfer-python 0.6.6 without flashinfer-cubin generates its moe_utils JIT
+#     spec and nvcc compiles moe_utils_binding.cu with the BMM export headers that
+#     `flashinfer-repack install` placed;
+#  2. the package route: a venv (with the image's torch) gets flashinfer-python 0.6.6, the trimmed
+#     flashinfer-cubin 0.6.6 and our flashinfer-cubin-headers wheel with pip --no-index, and
+#     `flashinfer-repack doctor --run` runs that environment's own header start-up code there
+#     (both JIT-spec generators, every connection refused and counted).
 #
 #   bash benchmarks/gpu_check.sh [CARRY_DIR]        # from the repository root; CARRY_DIR default .carry
 #
@@ -19,7 +24,7 @@ WORK=$(mktemp -d /tmp/gpu-check.XXXXXX)
 LOG=${OUT:+$OUT/gpu_check.log}
 exec > >(tee ${LOG:-/dev/null}) 2>&1
 fail() { echo "GPU CHECK FAILED: $*"; exit 1; }
-[ -d "$CARRY/wheels" ] && [ -d "$CARRY/artifactory" ] || fail "$CARRY/wheels or $CARRY/artifactory missing (run scripts/prepare_gpu_carry.sh where pip works)"
+[ -d "$CARRY/wheels" ] && [ -d "$CARRY/artifactory" ] && [ -d "$CARRY/package" ] || fail "$CARRY/wheels, artifactory or package missing (run scripts/prepare_gpu_carry.sh where pip works)"
 command -v nvcc >/dev/null || export PATH=${CUDA_HOME:-/usr/local/cuda}/bin:$PATH
 
 echo "== machine"
@@ -65,6 +70,29 @@ echo "== flashinfer: JIT spec and nvcc"
 "$PY" benchmarks/gpu_check.py --cubin-dir "$CUBINS" --report "$WORK/gpu_check.json" ${FULL_BUILD:+--full-build}
 check=$?
 [ -n "${OUT:-}" ] && cp "$WORK/gpu_check.json" "$OUT/gpu_check.json" 2>/dev/null
+
+echo "== package route: flashinfer-python + trimmed flashinfer-cubin + flashinfer-cubin-headers, doctor --run"
+unset FLASHINFER_CUBIN_DIR  # the installed flashinfer_cubin package decides, as for any pip user
+VENV="$WORK/venv"
+"$PY" -m venv --system-site-packages "$VENV" || fail "cannot make a venv"
+"$VENV/bin/python" -m pip install -q --no-index --no-deps --no-cache-dir "$CARRY"/wheels/*.whl "$CARRY"/package/*.whl \
+    || fail "pip could not install the carried wheels into the venv"
+"$VENV/bin/python" -c "import importlib.metadata as m; print(*(f'{d} {m.version(d)}' for d in ('flashinfer-python', 'flashinfer-cubin', 'flashinfer-cubin-headers')), sep='; ')"
+TIMEFORMAT='doctor --run took %R s'
+time PYTHONPATH="$PWD" "$PY" -m repack doctor --python "$VENV/bin/python" --run --json > "$WORK/doctor_run.json"
+run=$?
+PYTHONPATH="$PWD" "$PY" -m repack doctor --python "$VENV/bin/python" --run
+"$PY" - "$WORK/doctor_run.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+live = d["live"]
+print(f"static verdict: {'offline' if d['static_ok'] else 'not offline'}; live: {live['summary']}")
+print(f"live: step {live['step']}, {live['seconds']:.2f} s, calls {', '.join(c.rsplit(':', 1)[1] for c in live['calls'])}, "
+      f"{len(live['connects'])} connects, {len(live['requests'])} requests, "
+      f"{sum(w['where'] == 'site-packages' for w in live['writes'])} writes in site-packages")
+PY
+[ -n "${OUT:-}" ] && cp "$WORK/doctor_run.json" "$OUT/doctor_run.json" 2>/dev/null
 [ "$doctor" -eq 0 ] || fail "doctor did not report a clean environment"
 [ "$check" -eq 0 ] || fail "see above"
+[ "$run" -eq 0 ] || fail "doctor --run: flashinfer did not start offline in the package route"
 echo "GPU CHECK PASSED"

@@ -72,5 +72,9 @@ class BuildError(RepackError):
     """An artifact could not be written."""
 
 
+class LiveCheckError(RepackError):
+    """The live check could not run flashinfer at all (no interpreter, a child that left no report)."""
+
+
 class PublishError(RepackError):
     """A package could not be added to an index or channel."""

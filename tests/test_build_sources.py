@@ -69,10 +69,23 @@ def failed(result, out: Path) -> str:
     return errors[0]
 
 
+def payload_of(wheel) -> dict[str, bytes]:
+    """A wheel's members but its SBOM and RECORD: the SBOM names the source, so it differs by source."""
+    with zipfile.ZipFile(wheel) as zf:
+        return {n: zf.read(n) for n in zf.namelist() if "/sboms/" not in n and not n.endswith("/RECORD")}
+
+
+def sbom_source_kind(report: dict) -> str:
+    with zipfile.ZipFile(report["artifacts"][0]["path"]) as zf:
+        doc = json.loads(zf.read(next(n for n in zf.namelist() if "/sboms/" in n)))
+    cubin = next(c for c in doc["components"] if c["name"] == "flashinfer-cubin")
+    return next(p["value"] for p in cubin["properties"] if p["name"].endswith(":source-kind"))
+
+
 @pytest.fixture(scope="module")
-def reference_sha(headers_wheel) -> str:
-    """sha256 of the wheel built from the local real flashinfer-cubin wheel."""
-    return hashlib.sha256(headers_wheel(VERSION).read_bytes()).hexdigest()
+def reference_payload(headers_wheel) -> dict[str, bytes]:
+    """The members of the wheel built from the local real flashinfer-cubin wheel (its SBOM aside)."""
+    return payload_of(headers_wheel(VERSION))
 
 
 def installed_site(tmp_path: Path, tree: Path, wheel: Path) -> Path:
@@ -95,7 +108,7 @@ SOURCES = ["wheel", "index-json-ranges", "index-html-ranges", "index-no-ranges",
 
 @pytest.mark.parametrize("kind", SOURCES)
 def test_every_source_builds_the_same_wheel(kind, run_cli, tmp_path, file_server, cubin_wheel,
-                                            small_cubin_wheel, artifactory_tree, reference_sha, plan_server):
+                                            small_cubin_wheel, artifactory_tree, reference_payload, plan_server):
     real, small, tree = cubin_wheel(VERSION), small_cubin_wheel(VERSION), artifactory_tree(VERSION)
     env, ranged = None, not kind.endswith("no-ranges")
     if kind == "wheel":
@@ -117,7 +130,9 @@ def test_every_source_builds_the_same_wheel(kind, run_cli, tmp_path, file_server
         env = {"PYTHONPATH": str(site)}
     report = succeeded(build(run_cli, tmp_path / "out", spec, env=env))
 
-    assert report["artifacts"][0]["sha256"] == reference_sha
+    assert payload_of(report["artifacts"][0]["path"]) == reference_payload
+    assert sbom_source_kind(report) == {"wheel": "wheel", "artifactory-url": "artifactory"}.get(
+        kind, "index" if kind.startswith("index") else "remote-wheel" if kind.startswith("url") else "directory")
     assert report["source"] != "cache"
     transfer = header_transfer(report, plan_server)
     assert transfer["requests"] == file_server.requests()
@@ -143,14 +158,14 @@ def test_html_index_without_sizes_uses_a_suffix_range(run_cli, tmp_path, file_se
     assert first.range.startswith("bytes=-") and first.status == 206
 
 
-def test_streaming_the_real_wheel_without_ranges(run_cli, tmp_path, file_server, cubin_wheel, reference_sha,
+def test_streaming_the_real_wheel_without_ranges(run_cli, tmp_path, file_server, cubin_wheel, reference_payload,
                                                  plan_server):
     """The whole wheel, checked against the index's sha256 (its time: benchmarks/bench_build.py)."""
     real = cubin_wheel(VERSION)
     file_server.ranges = False
     index = file_server.serve_project("flashinfer-cubin", [real])
     report = succeeded(build(run_cli, tmp_path / "out", "index+" + index))
-    assert report["artifacts"][0]["sha256"] == reference_sha
+    assert payload_of(report["artifacts"][0]["path"]) == reference_payload
     wheel_gets = [entry for entry in file_server.log if entry.path.startswith("/files/")]
     assert [entry.status for entry in wheel_gets] == [200, 200]  # the ranged try, dropped; the stream
     assert wheel_gets[-1].sent == real.stat().st_size
@@ -204,11 +219,11 @@ def test_misbehaving_server_fails_cleanly(name, target, run_cli, tmp_path, file_
 
 
 def test_transient_500_then_success_thanks_to_retries(run_cli, tmp_path, file_server, artifactory_tree,
-                                                      reference_sha, plan_server):
+                                                      reference_payload, plan_server):
     base = file_server.serve_tree("artifactory", artifactory_tree(VERSION))
     rule = file_server.misbehave("/artifactory/*/checksums.txt", "status", status=500, times=2)
     report = succeeded(build(run_cli, tmp_path / "out", base, options=("--retries", "2", "--timeout", "2")))
-    assert report["artifacts"][0]["sha256"] == reference_sha
+    assert payload_of(report["artifacts"][0]["path"]) == reference_payload
     assert rule.hits == 2
     assert [e.status for e in file_server.log if e.path.endswith("checksums.txt")] == [500, 500, 200]
     assert header_transfer(report, plan_server)["requests"] == file_server.requests() == 3 + len(PLAN.headers)
@@ -221,13 +236,13 @@ def test_transient_500_fails_without_retries(run_cli, tmp_path, file_server, art
     assert "HTTP 500" in failed(build(run_cli, out, base, options=("--retries", "0", "--timeout", "2")), out)
 
 
-def test_transient_failures_over_ranges_are_retried(run_cli, tmp_path, file_server, cubin_wheel, reference_sha,
+def test_transient_failures_over_ranges_are_retried(run_cli, tmp_path, file_server, cubin_wheel, reference_payload,
                                                     plan_server):
     index = file_server.serve_project("flashinfer-cubin", [cubin_wheel(VERSION)])
     unavailable = file_server.misbehave("/simple/*", "status", status=503, times=1)
     reset = file_server.misbehave("/files/*", "reset", times=1)
     report = succeeded(build(run_cli, tmp_path / "out", "index+" + index))
-    assert report["artifacts"][0]["sha256"] == reference_sha
+    assert payload_of(report["artifacts"][0]["path"]) == reference_payload
     assert (unavailable.hits, reset.hits) == (1, 1)
     assert header_transfer(report, plan_server)["requests"] == file_server.requests()
 
@@ -361,7 +376,7 @@ def test_the_real_checksums_pass_the_same_checks(cubin_wheel, artifactory_tree):
 # -- the cache ---------------------------------------------------------------------------------
 
 def test_second_build_makes_no_request_and_a_damaged_blob_is_fetched_again(run_cli, tmp_path, file_server,
-                                                                           artifactory_tree, reference_sha,
+                                                                           artifactory_tree, reference_payload,
                                                                            plan_server):
     base = file_server.serve_tree("artifactory", artifactory_tree(VERSION))
     cache = ("--cache-dir", str(tmp_path / "cache"))
@@ -371,14 +386,15 @@ def test_second_build_makes_no_request_and_a_damaged_blob_is_fetched_again(run_c
     second = succeeded(build(run_cli, tmp_path / "out2", base, extra=cache))
     assert second["source"] == "cache" and header_transfer(second, plan_server)["requests"] == 0
     assert file_server.requests() == 1 + len(PLAN.headers)
-    assert second["artifacts"][0]["sha256"] == reference_sha
+    assert second["artifacts"][0]["sha256"] == first["artifacts"][0]["sha256"]  # the cache keeps the provenance
+    assert payload_of(second["artifacts"][0]["path"]) == reference_payload
 
     blob = tmp_path / "cache" / "sha256" / PLAN.header_sha256["Enums.h"][:2] / PLAN.header_sha256["Enums.h"]
     good = blob.read_bytes()
     blob.write_bytes(good[:-1] + b"\0")
     third = succeeded(build(run_cli, tmp_path / "out3", base, extra=cache))
     assert third["source"] != "cache" and header_transfer(third, plan_server)["requests"] == 1 + len(PLAN.headers)
-    assert third["artifacts"][0]["sha256"] == reference_sha
+    assert payload_of(third["artifacts"][0]["path"]) == reference_payload
     assert blob.read_bytes() == good
 
 

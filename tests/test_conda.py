@@ -27,7 +27,7 @@ VERSION = synthetic.VERSION
 EPOCH = "1700000000"
 PLAN = synthetic.plan()
 INFO_FILES = {"info/index.json", "info/paths.json", "info/files", "info/link.json", "info/about.json",
-              "info/hash_input.json"}
+              "info/hash_input.json", "info/sboms/flashinfer-cubin-headers.cdx.json"}
 ARCHIVES = {"conda": ".conda", "conda-bz2": ".tar.bz2"}
 
 

@@ -2,10 +2,13 @@
 
 The truth table installs the real flashinfer-python 0.6.5, 0.6.6, 0.6.7,
 0.6.7.post3 and 0.6.8 (and flashinfer-cubin of the same version, and our
-wheel) from PyPI into one venv, and for every row compares doctor's verdict
-(exit 0 / 1) with what flashinfer's own header code does with
-FLASHINFER_CUBINS_REPOSITORY at a closed port: ``header_probe.py`` (the JIT
-spec generators of that version) and, for the versions that have it, vLLM's
+wheel) from PyPI into one venv.  Every row holds its expected outcome (starts
+or not, and the step where flashinfer fails: ``import`` or ``headers``) and
+asserts that the ground truth meets it, and that doctor's static verdict
+(exit 0 / 1) and ``doctor --run`` (exit code, step) equal it.  The ground
+truth is what flashinfer's own header code does with
+FLASHINFER_CUBINS_REPOSITORY at a closed port, measured by the test: the JIT
+spec generators of that version and, for the versions that have it, vLLM's
 snippet.  The table is printed (``-s``) and written as markdown.
 """
 
@@ -29,7 +32,7 @@ from repack.rules.plan import Plan, shipped_plan
 from repack.environment.probe import (MISSING, CubinDir, CubinDirFacts, Dist, Environment, FileState, Interpreter,
                           resolve_cubin_dir)
 from tests.conftest import AFFECTED
-from tests.support.envs import HEADER_PROBE, PROJECTS
+from tests.support.envs import PROJECTS
 
 REPO = Path(__file__).resolve().parents[1]
 ART = shipped_plan("0.6.6").artifact_path
@@ -218,18 +221,26 @@ class Row:
     cubin: bool
     ours: str
     state: str
+    expect: tuple[bool, str]   # (starts offline, the step flashinfer reaches: "done", "import" or "headers")
     doctor_ok: bool = False
     codes: list = field(default_factory=list)
     probe: dict = field(default_factory=dict)
     snippet: dict | None = None
+    live: dict = field(default_factory=dict)   # doctor --run: {"exit": code, "step": ..., "summary": ...}
+
+    @property
+    def truth(self) -> tuple[bool, str]:
+        return bool(self.probe.get("ok")), str(self.probe.get("step"))
 
     @property
     def agrees(self) -> bool:
-        return self.doctor_ok == self.probe.get("ok") and (self.snippet is None or self.snippet["ok"] == self.doctor_ok)
+        snippet_ok = self.snippet is None or (self.snippet["ok"], self.snippet["step"]) == self.expect
+        live = (self.live.get("exit") == 0, self.live.get("step"))
+        return self.truth == self.expect == live and self.doctor_ok == self.expect[0] and snippet_ok
 
 
 def outcome(report: dict | None, paths: dict[str, str]) -> str:
-    """One cell: starts or fails (the error, this machine's paths replaced by names), and connection attempts."""
+    """One cell: starts or fails (at which step, the error with this machine's paths replaced), connections."""
     if report is None:
         return "n/a"
     if report["ok"]:
@@ -237,39 +248,55 @@ def outcome(report: dict | None, paths: dict[str, str]) -> str:
     error = (report.get("error") or "").split("\n")[0]
     for path, name in paths.items():
         error = error.replace(path, name)
-    error = error if len(error) <= 110 else error[:107] + "..."
+    error = error if len(error) <= 100 else error[:97] + "..."
     tried = f" ({len(report['connects'])} connects)" if report.get("connects") else ""
-    return f"fails: {error.replace('|', '/')}{tried}"
+    return f"fails at {report.get('step')}: {error.replace('|', '/')}{tried}"
+
+
+def live_cell(row: Row) -> str:
+    live = row.live
+    return f"exit {live.get('exit')}: " + ("starts" if live.get("exit") == 0 else f"fails at {live.get('step')}")
 
 
 def markdown(rows: list[Row], paths: dict[str, str]) -> str:
-    head = ("| flashinfer-python | flashinfer-cubin | our wheel | state | doctor | problems found | "
-            "flashinfer's JIT-spec header code | vLLM snippet | agree |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| flashinfer-python | flashinfer-cubin | our wheel | state | expected | doctor | problems found | "
+            "doctor --run | flashinfer's JIT-spec header code | vLLM snippet | agree |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = [f"| {r.version} | {'yes' if r.cubin else 'no'} | {r.ours or 'no'} | {r.state} | "
+             f"{'starts' if r.expect[0] else 'fails at ' + r.expect[1]} | "
              f"{'exit 0: offline' if r.doctor_ok else 'exit 1: not offline'} | {', '.join(r.codes) or '-'} | "
-             f"{outcome(r.probe, paths)} | {outcome(r.snippet, paths)} | {'yes' if r.agrees else '**NO**'} |"
+             f"{live_cell(r)} | {outcome(r.probe, paths)} | {outcome(r.snippet, paths)} | "
+             f"{'yes' if r.agrees else '**NO**'} |"
              for r in rows]
     return head + "\n".join(lines) + "\n"
 
 
+STARTS, FAILS_AT_IMPORT, FAILS_AT_HEADERS = (True, "done"), (False, "import"), (False, "headers")
+
+
 class Table:
-    """Runs doctor and the ground truth on the venv in its current state, one row at a time."""
+    """Runs doctor, doctor --run and the ground truth on the venv in its current state, one row at a time."""
 
     def __init__(self, fenv, shared: Path) -> None:
         self.fenv, self.shared, self.rows = fenv, shared, []
         self.site = fenv.site_packages()
 
-    def judge(self, version: str, cubin: bool, ours: str, state: str, user: str | None = None) -> Row:
+    def judge(self, version: str, cubin: bool, ours: str, state: str, expect: tuple[bool, str],
+              user: str | None = None) -> Row:
         home = self.shared / f"home{len(self.rows)}"
         home.mkdir()
         os.chmod(home, 0o777)
         env = {"HOME": str(home)}
-        row = Row(version, cubin, ours, state)
+        row = Row(version, cubin, ours, state, expect)
         doctor = run_doctor(self.fenv.python, env, user)
         data = json.loads(doctor.stdout)
         row.doctor_ok, row.codes = doctor.returncode == 0, [p["code"] for p in data["problems"]]
         assert doctor.returncode in (0, 1), doctor.stderr
-        row.probe = self.fenv.run_snippet(fast_clock=True, env=env, user=user, cwd=self.shared, script=HEADER_PROBE)
+        live = run_doctor(self.fenv.python, env, user, "--run")
+        assert live.returncode in (0, 1), live.stderr
+        report = json.loads(live.stdout)["live"]
+        row.live = {"exit": live.returncode, "step": report["step"], "summary": report["summary"]}
+        row.probe = self.fenv.run_header_code(fast_clock=True, env=env, user=user, cwd=self.shared)
         if version in AFFECTED:
             row.snippet = self.fenv.run_snippet(fast_clock=True, env=env, user=user, cwd=self.shared)
         self.rows.append(row)
@@ -312,8 +339,9 @@ def python_for(user: str | None, python: Path) -> Path:
     return link
 
 
-def run_doctor(python: Path, env: dict, user: str | None) -> subprocess.CompletedProcess:
-    cmd = as_user(user, [sys.executable, "-m", "repack", "doctor", "--python", str(python_for(user, python)), "--json"])
+def run_doctor(python: Path, env: dict, user: str | None, *extra: str) -> subprocess.CompletedProcess:
+    cmd = as_user(user, [sys.executable, "-m", "repack", "doctor", "--python", str(python_for(user, python)), "--json",
+                         *extra])
     run_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PYTHON"))}
     run_env.update(env)
     return subprocess.run(cmd, capture_output=True, text=True, env=run_env, cwd=REPO, timeout=120)
@@ -335,27 +363,28 @@ def version_rows(t: Table, version: str, cubin_wheel, headers_wheel) -> None:
     ours = headers_wheel(ours_for(version))
     export = t.site / "flashinfer_cubin" / "cubins" / "flashinfer"
     t.fresh(version)
-    t.judge(version, False, "", "as installed")
+    t.judge(version, False, "", "as installed", FAILS_AT_HEADERS)
     t.pip_install(ours)
-    t.judge(version, False, ours_for(version), "our wheel without flashinfer-cubin")
+    # the bare flashinfer_cubin/ folder: find_spec finds it, reading __version__ fails inside `import flashinfer`
+    t.judge(version, False, ours_for(version), "our wheel without flashinfer-cubin", FAILS_AT_IMPORT)
     t.fenv.remove("flashinfer-cubin-headers")
     shutil.rmtree(t.site / "flashinfer_cubin", ignore_errors=True)
     t.pip_install(cubin_wheel(version))
     if version == "0.6.8":
-        read_only_row(t, version, False, "", "read-only, as an unprivileged user")
-    t.judge(version, True, "", "as installed")
+        read_only_row(t, version, False, "", "read-only, as an unprivileged user", FAILS_AT_HEADERS)
+    t.judge(version, True, "", "as installed", FAILS_AT_HEADERS if version in AFFECTED else STARTS)
     shutil.rmtree(export, ignore_errors=True)  # only a runtime writes there: back to the installed state
     t.pip_install(ours)
-    t.judge(version, True, ours_for(version), "as installed")
+    t.judge(version, True, ours_for(version), "as installed", STARTS)
     if version == "0.6.6":
         special_rows(t, version)
 
 
-def read_only_row(t: Table, version: str, cubin: bool, ours: str, state: str) -> None:
+def read_only_row(t: Table, version: str, cubin: bool, ours: str, state: str, expect: tuple[bool, str]) -> None:
     package = t.site / "flashinfer_cubin"
     set_writable(package, False)
     try:
-        t.judge(version, True, ours, state, user=NOBODY)
+        t.judge(version, True, ours, state, expect, user=NOBODY)
     finally:
         set_writable(package, True)
 
@@ -365,17 +394,17 @@ def special_rows(t: Table, version: str) -> None:
     header, marker = dest / "KernelParams.h", dest / ".artifact_hash"
     original = header.read_bytes()
     header.write_bytes(original + b"// tampered\n")
-    t.judge(version, True, version, "one header tampered")
+    t.judge(version, True, version, "one header tampered", FAILS_AT_HEADERS)
     header.write_bytes(original)
-    t.judge(version, True, version, "header restored after that failed start")
+    t.judge(version, True, version, "header restored after that failed start", STARTS)
     for lock in dest.rglob("*.lock"):
         lock.unlink()
-    read_only_row(t, version, True, version, "read-only, as an unprivileged user")
+    read_only_row(t, version, True, version, "read-only, as an unprivileged user", STARTS)
     marker.write_bytes(marker.read_bytes() + b"\n")
-    read_only_row(t, version, True, version, "marker with a newline; read-only, unprivileged user")
-    t.judge(version, True, version, "marker with a newline; writable")
+    read_only_row(t, version, True, version, "marker with a newline; read-only, unprivileged user", FAILS_AT_HEADERS)
+    t.judge(version, True, version, "marker with a newline; writable", STARTS)
     t.fenv.remove("flashinfer-cubin")
-    t.judge(version, False, version, "flashinfer-cubin uninstalled after our wheel")
+    t.judge(version, False, version, "flashinfer-cubin uninstalled after our wheel", FAILS_AT_IMPORT)
 
 
 @pytest.mark.slow
@@ -390,7 +419,7 @@ def test_truth_table(flashinfer_env, cubin_wheel, headers_wheel, shared_tmp, tmp
     table = markdown(t.rows, {str(t.site): "<site-packages>"})
     (tmp_path / "truth_table.md").write_text(table)
     print("\n" + table)
-    disagree = [(r.version, r.state, r.codes, r.probe.get("error"), r.probe.get("traceback", "")[-600:])
-                for r in t.rows if not r.agrees]
+    disagree = [(r.version, r.state, r.expect, r.truth, r.doctor_ok, r.live, r.codes, r.probe.get("error"),
+                 r.probe.get("traceback", "")[-600:]) for r in t.rows if not r.agrees]
     assert not disagree, disagree
     assert any(r.doctor_ok for r in t.rows) and any(not r.doctor_ok for r in t.rows)

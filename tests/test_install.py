@@ -16,7 +16,6 @@ from repack.fetch.payload import fetch_payload
 from repack.environment.install import install
 from repack.fetch.sources import WheelFile
 from tests.support import synthetic
-from tests.support.envs import HEADER_PROBE
 
 VERSION = synthetic.VERSION
 PLAN = synthetic.plan()
@@ -125,7 +124,7 @@ def test_install_into_a_fresh_cubin_dir_makes_0_6_6_start_offline_without_flashi
     snippet = flashinfer_env.run_snippet(env=env)
     assert snippet["ok"], snippet
     assert snippet["connects"] == [] and snippet["cubin_dir"] == str(cubins)
-    probe = flashinfer_env.run_snippet(env=env, script=HEADER_PROBE)
+    probe = flashinfer_env.run_header_code(env=env)
     assert probe["ok"] and probe["connects"] == [], probe
     code, report = doctor(run_cli, "--python", str(flashinfer_env.python), env=env)
     assert code == 0 and report["problems"] == [], report
@@ -140,7 +139,7 @@ def test_install_with_python_finds_the_default_cache_dir(flashinfer_env, cubin_w
                      str(cubin_wheel("0.6.6")), "--no-cache", "--json", env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["cubin_dir"] == str(shared_tmp / ".cache" / "flashinfer" / "cubins")
-    probe = flashinfer_env.run_snippet(fast_clock=True, env=env, script=HEADER_PROBE)
+    probe = flashinfer_env.run_header_code(fast_clock=True, env=env)
     assert probe["ok"] and probe["connects"] == [], probe
     code, report = doctor(run_cli, "--python", str(flashinfer_env.python), env=env)
     assert code == 0 and report["problems"] == [], report

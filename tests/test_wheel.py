@@ -39,8 +39,8 @@ def test_wheel_holds_exactly_the_headers_the_marker_and_metadata(headers_wheel, 
         real = {h: zf.read(CUBIN_ROOT + PLAN.source_path(h)) for h in PLAN.headers}
 
     expected = {EXPORT + h for h in PLAN.headers} | {EXPORT + ".artifact_hash"} \
-        | {DIST_INFO + n for n in ("METADATA", "WHEEL", "RECORD")}
-    assert sorted(names) == sorted(expected) and len(names) == len(expected) == 21
+        | {DIST_INFO + n for n in ("METADATA", "WHEEL", "RECORD", "sboms/flashinfer-cubin-headers.cdx.json")}
+    assert sorted(names) == sorted(expected) and len(names) == len(expected) == 22
     assert names[-1] == DIST_INFO + "RECORD"
     assert not any(n.startswith("flashinfer_cubin/__init__") for n in names)
     for header in PLAN.headers:
@@ -87,9 +87,10 @@ def test_installer_places_the_files_where_flashinfer_looks(headers_wheel, tmp_pa
         assert hashlib.sha256((export / header).read_bytes()).hexdigest() == PLAN.header_sha256[header]
     assert (export / ".artifact_hash").read_bytes() == PLAN.marker_bytes
     assert not (site / "flashinfer_cubin" / "__init__.py").exists()
-    assert sorted(p.name for p in (site / DIST_INFO).iterdir()) == ["INSTALLER", "METADATA", "RECORD", "WHEEL"]
+    assert sorted(p.name for p in (site / DIST_INFO).iterdir()) == ["INSTALLER", "METADATA", "RECORD", "WHEEL",
+                                                                    "sboms"]
     installed = sorted(str(p.relative_to(site)) for p in site.rglob("*") if p.is_file())
-    assert len(installed) == len(PLAN.headers) + 1 + 4
+    assert len(installed) == len(PLAN.headers) + 1 + 5
 
 
 # -- reproducibility ---------------------------------------------------------------------------

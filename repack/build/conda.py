@@ -24,6 +24,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
 from repack.build.conda_archive import Member, conda_bytes, tar_bz2_bytes
+from repack.build.sbom import SBOM_DIR, SBOM_NAME, sbom_bytes
 from repack.build.wheel import PACKAGE_ROOT
 from repack.errors import BuildError, UsageError
 from repack.fetch.verify import Payload
@@ -170,6 +171,7 @@ def package_members(payload: Payload, epoch: int, requirements: list[str],
     build = build_string(hash_input_json(requirements), build_number)
     index = index_json(plan, build, build_number, requirements, epoch * 1000)
     info = info_members(index, about_json(plan), link_json(), [PathRecord.of(f) for f in files])
+    info.append(Member("info/" + SBOM_DIR + SBOM_NAME, sbom_bytes(payload, PACKAGE_ROOT)))  # the wheel's document
     return f"{DIST_NAME}-{plan.version}-{build}", info, files
 
 

@@ -2,7 +2,8 @@
 
 Entries sorted, one timestamp (``SOURCE_DATE_EPOCH`` as the caller passes it),
 normalised permissions, fixed compression, RECORD last; written beside the
-target and renamed into place.  Never ``flashinfer_cubin/__init__.py``: a
+target and renamed into place.  The SBOM (where the bytes came from) lies in
+``.dist-info/sboms/`` (PEP 770).  Never ``flashinfer_cubin/__init__.py``: a
 headers-only ``flashinfer_cubin`` package would shadow flashinfer-cubin.
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
+from repack.build.sbom import SBOM_DIR, SBOM_NAME, sbom_bytes
 from repack.errors import BuildError
 from repack.fetch.verify import Payload
 from repack.fs import atomic_write
@@ -83,6 +85,7 @@ def wheel_bytes(payload: Payload, epoch: int) -> bytes:
     dist_info = f"{DIST_NAME.replace('-', '_')}-{plan.version}.dist-info/"
     files = [(PACKAGE_ROOT + f.path, f.data) for f in payload.files]
     files.append((dist_info + "METADATA", metadata_text(payload).encode("utf-8")))
+    files.append((dist_info + SBOM_DIR + SBOM_NAME, sbom_bytes(payload, PACKAGE_ROOT)))  # PEP 770
     files.append((dist_info + "WHEEL", (f"Wheel-Version: 1.0\nGenerator: flashinfer-repack {__version__}\n"
                                          f"Root-Is-Purelib: true\nTag: {TAG}\n").encode()))
     if any(name.startswith("flashinfer_cubin/__init__") for name, _ in files):

@@ -45,6 +45,17 @@ def register_bundle(sub) -> None:
     p.add_argument("--conda-map", type=Path, metavar="FILE",
                    help='JSON {"names": {"pypi-name": "conda-name" or null}} over the shipped table '
                         "(repack/build/condamap.json), for the conda requirements of converted wheels")
+    deps = p.add_argument_group("dependencies (for a clean machine with no index at all)")
+    deps.add_argument("--with-dependencies", action="store_true",
+                      help="also bundle every wheel flashinfer-python needs on the target, as pip's own resolver "
+                           "picks them (pip install --dry-run --report), each checked against the index's sha256")
+    deps.add_argument("--python-version", metavar="X.Y", help="the target's Python (default: this one's)")
+    deps.add_argument("--platform", action="append", default=[], metavar="TAG",
+                      help="a wheel platform tag of the target, e.g. manylinux_2_28_x86_64 (repeatable; "
+                           "default: this machine's)")
+    deps.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                      help="leave out a project your site mirrors, and what only it needs (repeatable), "
+                           "e.g. --exclude torch")
     common_options(p, cache=False)  # the bundle directory is its own cache: a re-run downloads nothing
     p.set_defaults(func=cmd_bundle)
 
@@ -70,7 +81,7 @@ def cmd_bundle(args) -> int:
             print(f"bundle: {message}", file=sys.stderr)
 
     report = bundle(version, args.output, transport, index_url(args), epoch=source_date_epoch(), names=names,
-                    step=step)
+                    step=step, target=dependency_target(args))
     _clear_progress()
     if args.json:
         emit_json({"ok": True, **report.to_json(), "seconds": round(time.monotonic() - started, 3)})
@@ -81,3 +92,17 @@ def cmd_bundle(args) -> int:
               f"({', '.join(f'{k}: {v}' for k, v in report.fetched.items())}), "
               f"{time.monotonic() - started:.1f} s")
     return EXIT_OK
+
+
+def dependency_target(args):
+    """The --with-dependencies target, or None; the target options without it are a usage error."""
+    from repack.publish.dependencies import check_target
+
+    if not args.with_dependencies:
+        given = [f for f, v in (("--python-version", args.python_version), ("--platform", args.platform),
+                                ("--exclude", args.exclude)) if v]
+        if given:
+            raise UsageError(f"{given[0]} applies only with --with-dependencies",
+                             "add --with-dependencies, or drop " + given[0])
+        return None
+    return check_target(args.python_version, args.platform, args.exclude)

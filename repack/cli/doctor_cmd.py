@@ -36,6 +36,13 @@ examples:
   flashinfer-repack doctor --python /opt/env/bin/python --json
   flashinfer-repack doctor --prefix /opt/conda/envs/serve
 
+With --run, doctor then measures instead of predicting: the environment's interpreter runs that
+flashinfer's own start-up code for the headers (0.6.5-0.6.7: gen_moe_utils_module and
+gen_trtllm_gen_fused_moe_sm100_module; other versions: those and the TRT-LLM GEMM generators) in a
+child process with every connection refused and recorded, sleeps cut short, a scratch
+FLASHINFER_WORKSPACE_BASE, every file it writes recorded, and a time limit (--run-timeout). The exit
+code is then the live result's.
+
 doctor's exit code 0 means flashinfer will start with no network, 1 that it will reach for it or fail, or
 that its code was not understood (verdict "unknown"), 2 a usage error.
 """
@@ -53,6 +60,11 @@ def register_doctor(sub) -> None:
                             "(default: see below)")
     where.add_argument("--prefix", metavar="PATH", type=Path,
                        help="a conda prefix (its bin/python if it has one, else its files are read)")
+    p.add_argument("--run", action="store_true",
+                   help="also run that environment's flashinfer header start-up code, offline and watched, "
+                        "and exit from what it did")
+    p.add_argument("--run-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="time limit of the --run check (default 300)")
     common_options(p, network=False)
     p.set_defaults(func=cmd_doctor)
 
@@ -74,6 +86,8 @@ def cmd_doctor(args) -> int:
         print(f"checking {chosen}; choose another with --python or --prefix")
     if _is_own_env(env) and env.dist("flashinfer-python") is None:
         diagnosis = _not_the_tools_env(diagnosis)
+    provenance = installed_provenance(env)
+    live = run_live(args, env) if args.run else None
     if args.json:
         data = {"ok": diagnosis.starts_offline, "target": env.target, "chosen_because": chosen,
                 "python": env.interpreter.python, "python_version": env.interpreter.python_version,
@@ -81,10 +95,67 @@ def cmd_doctor(args) -> int:
                 "cubin_dir": env.cubin_dir.path if env.cubin_dir else None,
                 "cubin_dir_source": env.cubin_dir.source if env.cubin_dir else None}
         data.update(diagnosis.to_json())
+        data["provenance"] = provenance
+        if live is not None:
+            data.update(ok=live.ok, static_ok=diagnosis.starts_offline, live=live.to_json())
         emit_json(data)
-    elif not args.quiet or not diagnosis.starts_offline:
+    ok = diagnosis.starts_offline if live is None else live.ok
+    if not args.json and (not args.quiet or not ok):
         print_diagnosis(env, diagnosis)
-    return EXIT_OK if diagnosis.starts_offline else EXIT_FAIL
+        print_provenance(provenance)
+        if live is not None:
+            print_live(diagnosis, live)
+    return EXIT_OK if ok else EXIT_FAIL
+
+
+def installed_provenance(env) -> dict | None:
+    """The SBOM of the installed flashinfer-cubin-headers (where its bytes came from), if it has one."""
+    from repack.build.sbom import read_installed
+
+    ours = env.dist("flashinfer-cubin-headers")
+    return read_installed(ours.location, ours.version) if ours else None
+
+
+def print_provenance(provenance: dict | None) -> None:
+    if not provenance:
+        return
+    if "error" in provenance:
+        print(f"\nflashinfer-cubin-headers provenance: {provenance['error']}")
+        return
+    wheel = f", wheel {provenance['wheel']}" if provenance["wheel"] else ""
+    digest = f" (sha256 {provenance['wheel_sha256']})" if provenance["wheel_sha256"] else ""
+    print(f"\nflashinfer-cubin-headers provenance: {provenance['files']} files from {provenance['source_kind']} "
+          f"{provenance['source']}{wheel}{digest}; checksums.txt sha256 {provenance['checksums_sha256']}")
+
+
+def run_live(args, env):
+    from repack.environment.run import live_check_environment
+
+    if args.run_timeout <= 0:
+        raise UsageError(f"--run-timeout {args.run_timeout:g} is not a positive number of seconds",
+                         "give e.g. --run-timeout 300")
+    if not env.interpreter.python:
+        raise UsageError(f"--run needs the environment's interpreter, and {env.target} has none",
+                         "give --python PATH, or a conda prefix with bin/python")
+    return live_check_environment(env, dict(os.environ), timeout=args.run_timeout)
+
+
+def print_live(diagnosis, live) -> None:
+    print(f"\nlive run ({', '.join(c.rsplit(':', 1)[-1] for c in live.calls + live.absent) or 'import only'}; "
+          f"flashinfer {live.version or '?'}, FLASHINFER_CUBIN_DIR {live.cubin_dir or '?'}):")
+    print(f"  {live.summary()}")
+    if live.absent:
+        print(f"  not in this version: {', '.join(live.absent)}")
+    if live.sleeps:
+        print(f"  sleeps cut short: {live.sleeps} ({live.slept_seconds:g} s asked)")
+    for where in ("site-packages", "cubin dir", "elsewhere"):
+        written = live.writes_in(where)
+        if written:
+            shown = ", ".join(w.path for w in written[:5]) + (f" and {len(written) - 5} more" if len(written) > 5 else "")
+            print(f"  wrote {len(written)} path(s) in {where}: {shown}")
+    agree = "agrees with" if live.ok == diagnosis.starts_offline else "DISAGREES with"
+    print(f"live verdict: {'starts offline' if live.ok else 'does not start offline'} "
+          f"({agree} the static verdict)")
 
 
 def _is_conda_prefix_without_python(given: str) -> bool:

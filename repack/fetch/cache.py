@@ -121,3 +121,22 @@ class Cache:
                 stale.unlink(missing_ok=True)
             except OSError:
                 pass
+
+    def provenance_path(self, checksums_sha256: str) -> Path | None:
+        return None if self.root is None else self.root / "provenance" / f"{checksums_sha256}.json"
+
+    def put_provenance(self, checksums_sha256: str, record: bytes) -> None:
+        """Where the blobs of one checksums.txt first came from; the first record stays."""
+        path = self.provenance_path(checksums_sha256)
+        if path is not None and not path.exists():
+            try:
+                atomic_write(path, record)
+            except OSError:
+                pass  # a read-only cache must not fail a build
+
+    def get_provenance(self, checksums_sha256: str) -> bytes | None:
+        path = self.provenance_path(checksums_sha256)
+        try:
+            return None if path is None else path.read_bytes()[:65536]
+        except OSError:
+            return None

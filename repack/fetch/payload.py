@@ -10,7 +10,7 @@ build: tampering is reported, never routed around.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from repack.errors import FetchError, IntegrityError, SourceError, UnknownVersionError
@@ -69,6 +69,7 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
         report.source = source.label
         for blob in [checksums] + [f.data for f in payload.files + payload.extras]:
             cache.put(blob)
+        cache.put_provenance(plan.checksums_sha256, payload.provenance.to_bytes())
         return payload
     if len(report.tried) == 1:
         label, message = report.tried[0]
@@ -89,6 +90,8 @@ def _paths(plan: Plan, extras: Sequence[str]) -> list[str]:
 
 
 def _from_source(plan: Plan, source: Source, extras: Sequence[str]) -> tuple[Payload, bytes]:
+    from repack.fetch.provenance import of_source
+
     data = source.read(_paths(plan, extras))
     try:
         payload = verified_payload(
@@ -97,7 +100,7 @@ def _from_source(plan: Plan, source: Source, extras: Sequence[str]) -> tuple[Pay
             {e: data[plan.artifact_path + e] for e in extras}, source=source.label)
     except IntegrityError as exc:  # wrapped, never edited: say which source served the bytes
         raise IntegrityError(f"{source.label}: {exc}", exc.hint, exc.problems) from exc
-    return payload, data[plan.checksums_path]
+    return replace(payload, provenance=of_source(source)), data[plan.checksums_path]
 
 
 def _from_cache(plan: Plan, cache: Cache, extras: Sequence[str]) -> Payload | None:
@@ -113,4 +116,10 @@ def _from_cache(plan: Plan, cache: Cache, extras: Sequence[str]) -> Payload | No
     extra = {e: checksums if e == "checksums.txt" else cache.get(runtime_hash(entries, e) or "") for e in extras}
     if any(v is None for v in headers.values()) or any(v is None for v in extra.values()):
         return None
-    return verified_payload(plan, checksums, headers, extra, source="cache")  # type: ignore[arg-type]
+    from repack.fetch.provenance import Provenance
+
+    payload = verified_payload(plan, checksums, headers, extra, source="cache")  # type: ignore[arg-type]
+    # the source that first provided these verified bytes, so that a rebuild from the cache is byte-identical
+    stored = cache.get_provenance(plan.checksums_sha256)
+    return replace(payload, provenance=(Provenance.from_bytes(stored) if stored else None)
+                   or Provenance("cache", "a verified cache entry whose first source was not recorded"))

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -102,6 +102,8 @@ class IndexWheel:
     index_url: str
     version: str
     cache: Cache
+    #: the index's entry for the wheel last read (its file name and sha256 go into the provenance)
+    found: IndexFile | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -112,8 +114,9 @@ class IndexWheel:
         return find_wheel(files, CUBIN_PROJECT, self.version, redact(self.index_url))
 
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
+        self.found = self.locate()
         return _by_artifact_path(paths, lambda members: read_remote_wheel(
-            self.transport, self.cache, self.locate(), members))
+            self.transport, self.cache, self.found, members))
 
 
 @dataclass

@@ -40,6 +40,8 @@ class Payload:
     files: tuple[PayloadFile, ...]
     extras: tuple[PayloadFile, ...] = ()
     source: str = ""
+    #: where the bytes came from (repack.fetch.provenance.Provenance), for the artifacts' SBOM
+    provenance: object | None = None
 
 
 def sha256(data: bytes) -> str:

@@ -3,7 +3,9 @@
 Layout of ``-o DIR``::
 
     wheels/            flashinfer-python, flashinfer-cubin (from the index, verified against its
-                       sha256) and flashinfer-cubin-headers: pip install --no-index --find-links DIR/wheels
+                       sha256) and flashinfer-cubin-headers: pip install --no-index --find-links DIR/wheels;
+                       with a dependency target (:mod:`repack.publish.dependencies`), also every wheel
+                       flashinfer-python needs on that target, less the excluded projects
     simple/            the same wheels as a static PEP 503/691 index (hard links where possible):
                        pip install --index-url file://DIR/simple/
     conda/noarch/      a conda channel: our package, and flashinfer-python and flashinfer-cubin
@@ -23,7 +25,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from repack import __version__
 from repack.errors import BuildError
@@ -35,6 +37,9 @@ from repack.fetch.transport import Transport
 from repack.fs import atomic_write, check_filename, locked, remove_stale_temporaries, safe_join
 from repack.publish.channel import PLATFORMS
 from repack.rules.plan import Plan, require_needed
+
+if TYPE_CHECKING:
+    from repack.publish.dependencies import Target
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +58,18 @@ class BundleReport:
     transferred: int = 0                                      # bytes of wheels that crossed the wire
     files: list[dict] = field(default_factory=list)         # the manifest's entries
     verified: dict[str, str] = field(default_factory=dict)  # bundle path -> the sha256 it was verified with
+    dependencies: dict | None = None                          # the resolution, when dependencies were bundled
 
     def to_json(self) -> dict:
         return {"root": str(self.root), "version": self.version, "fetched": self.fetched,
-                "transferred_bytes": self.transferred, "files": self.files}
+                "transferred_bytes": self.transferred, "files": self.files, "dependencies": self.dependencies}
 
 
 def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *, epoch: int | None = None,
-           names: Mapping[str, str | None] | None = None, step: Step | None = None) -> BundleReport:
-    """Fill ``out_dir`` with the bundle of ``version`` (see the module docstring)."""
+           names: Mapping[str, str | None] | None = None, step: Step | None = None,
+           target: "Target | None" = None) -> BundleReport:
+    """Fill ``out_dir`` with the bundle of ``version`` (see the module docstring); with ``target``,
+    flashinfer-python's whole dependency set for that target too."""
     from repack.build.convert import load_name_map
 
     say = step or (lambda message: None)
@@ -70,12 +78,12 @@ def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *,
     report = BundleReport(out, version)
     out.mkdir(parents=True, exist_ok=True)
     with locked(out):  # two bundle runs into one directory: one after the other, never interleaved
-        _fill(version, out, transport, index_url, epoch, names, say, report)
+        _fill(version, out, transport, index_url, epoch, names, say, report, target)
     return report
 
 
 def _fill(version: str, out: Path, transport: Transport, index_url: str, epoch: int | None,
-          names: dict[str, str | None], say: Step, report: BundleReport) -> None:
+          names: dict[str, str | None], say: Step, report: BundleReport, target: "Target | None") -> None:
     wheels = out / "wheels"
     remove_stale_temporaries(wheels)
     python = _fetch(transport, index_url, PYTHON_PROJECT, version, wheels, report, say)
@@ -85,12 +93,14 @@ def _fill(version: str, out: Path, transport: Transport, index_url: str, epoch: 
     payload = _payload(plan, cubin)
     _drop_stale_own_wheel(out, payload, epoch)
     ours = _build_wheel(payload, wheels, epoch)
+    resolution = _dependencies(version, target, transport, index_url, wheels, report, say)
+    extra = [wheels / f.filename for f in resolution.files] if resolution else []
     say("writing the static simple index")
-    _drop_stale_simple_copies(out / "simple", [python, cubin, ours])
-    _write_simple(out / "simple", [python, cubin, ours])
+    _drop_stale_simple_copies(out / "simple", [python, cubin, ours] + extra)
+    _write_simple(out / "simple", [python, cubin, ours] + extra)
     _write_channel(out / "conda", payload, [python, cubin], names, epoch, say, transport.progress)
     atomic_write(out / "conda-map.json", (json.dumps({"names": names}, indent=1, sort_keys=True) + "\n").encode())
-    atomic_write(out / "README.txt", readme(plan, [python.name, cubin.name, ours.name]).encode())
+    atomic_write(out / "README.txt", readme(plan, [python.name, cubin.name, ours.name], resolution).encode())
     say("writing manifest.json")
     report.files = write_manifest(out, version, report.verified)
 
@@ -110,6 +120,27 @@ def _fetch(transport: Transport, index_url: str, project: str, version: str, whe
     report.verified[f"wheels/{found.filename}"] = (found.sha256 or "").lower()
     report.transferred += transferred
     return dest
+
+
+def _dependencies(version: str, target, transport: Transport, index_url: str, wheels: Path,
+                  report: BundleReport, say: Step):
+    """pip's resolution for ``target`` (None: no dependencies bundled), each wheel fetched and verified."""
+    from repack.publish.dependencies import resolve
+
+    if target is None:
+        return None
+    say(f"resolving flashinfer {version}'s dependencies with pip for {target.describe()}")
+    resolution = resolve(version, target, index_url)
+    for found in resolution.files:
+        dest = safe_join(wheels, check_filename(found.filename, "wheel file name"), "wheel file name")
+        if not dest.is_file():
+            say(f"downloading {found.filename}")
+        what, transferred = fetch_verified(transport, found, dest)
+        report.fetched[found.filename] = what
+        report.verified[f"wheels/{found.filename}"] = (found.sha256 or "").lower()
+        report.transferred += transferred
+    report.dependencies = resolution.to_json()
+    return resolution
 
 
 def _plan(version: str, python_wheel: Path) -> Plan:
@@ -230,8 +261,10 @@ def write_manifest(root: Path, version: str, verified: Mapping[str, str] | None 
     return files
 
 
-def readme(plan: Plan, wheels: list[str]) -> str:
+def readme(plan: Plan, wheels: list[str], resolution=None) -> str:
     v = plan.version
+    install = (f"  pip install --no-index --find-links wheels flashinfer-python=={v} flashinfer-cubin=={v} "
+               f"flashinfer-cubin-headers=={v}")
     return f"""flashinfer {v}, bundled by flashinfer-repack {__version__} for sites without network access.
 
 Check the copy:   python -c "import json,hashlib; [print('BAD', f['path']) for f in json.load(open('manifest.json'))['files'] if hashlib.sha256(open(f['path'],'rb').read()).hexdigest() != f['sha256']]"
@@ -239,12 +272,12 @@ Check the copy:   python -c "import json,hashlib; [print('BAD', f['path']) for f
 Name all three packages, with both installers: a package that was only pulled in as a requirement
 is removed with the one that pulled it in (conda prunes it; pip-autoremove and uv sync do the same).
 
-pip (torch and flashinfer's other requirements must come from your own mirror or wheels):
-  pip install --no-index --find-links wheels flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
+{_pip_section(v, install, resolution)}
 or serve simple/ with any web server (or use file://) as an index:
   pip install --index-url file://$PWD/simple/ --extra-index-url <your mirror> flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
 
-conda / mamba / pixi (pytorch and the other requirements from your conda-forge mirror):
+conda / mamba / pixi (pytorch and the other requirements from your conda-forge mirror; the conda
+channel holds only the three flashinfer packages):
   conda install -c file://$PWD/conda -c <your conda-forge mirror> flashinfer-python={v} flashinfer-cubin={v} flashinfer-cubin-headers={v}
 Later, "conda remove flashinfer-cubin-headers" leaves flashinfer-python and flashinfer-cubin installed.
 
@@ -253,3 +286,22 @@ The headers then lie where flashinfer-python {v} looks for them
 
 Files: {", ".join(wheels)}
 """
+
+
+def _pip_section(v: str, install: str, resolution) -> str:
+    if resolution is None:
+        return f"""pip: this bundle holds flashinfer-python, flashinfer-cubin and flashinfer-cubin-headers ONLY.
+flashinfer's third-party dependencies (torch, numpy, apache-tvm-ffi, requests, ...) are not in it:
+they must come from your site's mirror, or `--no-index` fails on a clean machine:
+  pip install --find-links wheels --index-url <your mirror> flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
+(A bundle made with its dependencies holds every wheel, and then the --no-index command works.)"""
+    target = resolution.target
+    dropped = resolution.dropped
+    head = (f"pip: wheels/ holds everything flashinfer-python needs on {target.describe()}"
+            f" ({len(resolution.kept)} projects, resolved by pip)")
+    if not dropped:
+        return f"{head}. On a clean machine of that platform, with no index at all:\n{install}"
+    return (f"{head}, except {', '.join(target.excludes)}: install {'it' if len(target.excludes) == 1 else 'them'} "
+            f"first from your site's mirror (with what only {'it needs' if len(target.excludes) == 1 else 'they need'}: "
+            f"{', '.join(n for n in dropped if n not in target.excludes) or 'nothing else'}), then, with no index at all:\n"
+            f"{install}")

@@ -6,8 +6,9 @@
 * :class:`FlashinferEnv` is one venv with the local CPU torch and flashinfer's
   light dependencies, into which a test swaps flashinfer-python /
   flashinfer-cubin / our wheel of any version with pip (``--no-deps``), and
-  runs vLLM's Dockerfile snippet (``vllm_snippet.py``) with
-  ``FLASHINFER_CUBINS_REPOSITORY`` pointing at a closed port.
+  runs vLLM's Dockerfile snippet (``vllm_snippet.py``) or the JIT-spec generators under the
+  library's live check (the same code as ``doctor --run``), with ``FLASHINFER_CUBINS_REPOSITORY``
+  pointing at a closed port.
 
 flashinfer imports without nvidia-cutlass-dsl and nvidia-cudnn-frontend (GPU
 only), so those and torch (installed from the local CPU build) are skipped
@@ -33,7 +34,6 @@ from packaging.requirements import Requirement
 STORE = Path(os.environ.get("FLASHINFER_REPACK_TEST_STORE",
                             Path.home() / ".cache" / "flashinfer-repack-tests"))
 SNIPPET = Path(__file__).with_name("vllm_snippet.py")
-HEADER_PROBE = Path(__file__).with_name("header_probe.py")
 TORCH = "torch==2.13.0"
 GPU_ONLY = {"nvidia-cutlass-dsl", "nvidia-cudnn-frontend", "torch", "cuda-tile"}
 PYPI = "https://pypi.org/simple/"
@@ -190,24 +190,23 @@ class FlashinferEnv:
             self.pip("uninstall", "-q", "-y", *present)
 
     def run_snippet(self, *, fast_clock: bool = False, env: dict | None = None, user: str | None = None,
-                    cwd: Path | None = None, timeout: float = 300, script: Path = SNIPPET) -> dict:
-        """Run vLLM's snippet (or another ``script`` that reports the same way, e.g. header_probe.py);
-        return its JSON report (ok, error, seconds, connects)."""
-        report = Path(cwd or self.root) / f"snippet-{os.getpid()}-{closed_port()}.json"
+                    cwd: Path | None = None, timeout: float = 300, script: Path | None = SNIPPET,
+                    network: bool = False) -> dict:
+        """Run vLLM's snippet (``script=None``: the JIT-spec generators instead) under the library's live
+        check (:func:`repack.environment.run.live_check`: connections refused and recorded unless
+        ``network``, writes recorded), with the workspace the test's own environment gives (its HOME);
+        return its JSON report (ok, step, error, seconds, connects, ...)."""
+        from repack.environment.run import BMM_CALLERS, live_check
+
         run_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PYTHON"))}
         run_env.update({"FLASHINFER_CUBINS_REPOSITORY": f"http://127.0.0.1:{closed_port()}/"})
         run_env.update(env or {})
-        cmd = [str(self.python), str(script), "--report", str(report)] + (["--fast-clock"] if fast_clock else [])
-        if user:
-            cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + cmd
-        proc = subprocess.run(cmd, env=run_env, cwd=cwd or self.root, capture_output=True, text=True,
-                              timeout=timeout)
-        try:
-            result = json.loads(report.read_text())
-        except (OSError, ValueError):
-            result = {"ok": False, "error": f"no report (exit {proc.returncode})", "connects": []}
-        finally:
-            report.unlink(missing_ok=True)
-        result["stderr"] = proc.stderr[-4000:]
-        result["returncode"] = proc.returncode
-        return result
+        wrap = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] if user else []
+        result = live_check(str(self.python), run_env, calls=BMM_CALLERS, script=script, cwd=cwd or self.root,
+                            wrap=wrap, timeout=timeout, real_clock=not fast_clock, allow_network=network,
+                            site_packages=str(self.site_packages()), scratch_workspace=False)
+        return result.to_json()
+
+    def run_header_code(self, **kwargs) -> dict:
+        """flashinfer's own JIT-spec generators (both BMM header callers), watched like the snippet."""
+        return self.run_snippet(script=None, **kwargs)
