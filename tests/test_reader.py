@@ -392,7 +392,7 @@ def test_build_refuses_when_the_code_at_hand_cannot_be_told(run_cli, hooked_whee
     index = file_server.serve_project("flashinfer-python", [hooked_wheel])
     out = tmp_path / "out"
     result = run_cli("build", "0.6.6", "-o", str(out), "--no-cache", "--from", "index+" + index,
-                     "--retries", "0", "--timeout", "5")
+                     "--index-url", index, "--retries", "0", "--timeout", "5")
     assert result.returncode == 1, result.stderr
     assert "cannot tell what this flashinfer needs: flashinfer/jit/moe_utils.py:" in result.stderr
     assert not out.exists() or not any(out.iterdir())
@@ -407,8 +407,8 @@ def test_build_refuses_when_the_shipped_plan_disagrees_with_the_code(run_cli, py
     file_server.serve_project("flashinfer-cubin", [small_cubin_wheel("0.6.6")])
     index = file_server.serve_project("flashinfer-python", [wheel])
     out = tmp_path / "out"
-    result = run_cli("build", "0.6.6", "-o", str(out), "--no-cache", "--from", "index+" + index,
-                     "--retries", "0", "--timeout", "5")
+    result = run_cli("build", "0.6.6", "-o", str(out), "--no-cache", "--from", "index",
+                     "--index-url", index, "--retries", "0", "--timeout", "5")
     assert result.returncode == 1, result.stderr
     assert "the plan shipped for flashinfer 0.6.6 disagrees with its code" in result.stderr
     assert "headers:" in result.stderr
@@ -420,4 +420,19 @@ def test_build_from_a_local_wheel_offline_says_the_plan_was_not_checked(run_cli,
     result = run_cli("build", "0.6.6", "-o", str(out), "--no-cache", "--offline", "--from",
                      str(small_cubin_wheel("0.6.6")))
     assert result.returncode == 0, result.stderr
-    assert "NOT checked against flashinfer-python's code" in result.stderr
+    assert "plan shipped with flashinfer-repack, NOT checked against flashinfer-python's code" in result.stdout
+    report = json.loads(run_cli("build", "0.6.6", "-o", str(out), "--no-cache", "--offline", "--json", "--from",
+                                str(small_cubin_wheel("0.6.6"))).stdout)
+    assert report["plan_checked"] is False and "NOT checked" in report["plan_check"]
+
+
+@pytest.mark.real
+def test_build_against_an_index_with_the_code_says_it_was_checked(run_cli, python_wheel, small_cubin_wheel,
+                                                                   tmp_path, file_server):
+    file_server.serve_project("flashinfer-cubin", [small_cubin_wheel("0.6.6")])
+    index = file_server.serve_project("flashinfer-python", [python_wheel("0.6.6")])
+    result = run_cli("build", "0.6.6", "-o", str(tmp_path / "out"), "--no-cache", "--json", "--from",
+                     "index+" + index, "--index-url", index, "--retries", "0", "--timeout", "5")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["plan_checked"] is True and index in report["plan_check"]

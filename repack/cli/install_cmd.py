@@ -50,17 +50,19 @@ def cmd_install(args) -> int:
 
     version = check_version(args.version)
     transport = make_transport(args)
-    plan = require_needed(resolve_for_build(args, version, transport))
+    check = resolve_for_build(args, version, transport)
+    plan = require_needed(check.plan)
     cubin_dir, with_extras = (args.target, True) if args.target else install_destination(args, version)
     payload, report = fetch_verified(args, plan, transport, with_extras)
     written = install(payload, cubin_dir)
     _clear_progress()
     if args.json:
         emit_json({"ok": True, "version": version, "cubin_dir": str(cubin_dir), "source": report.source,
-                   "written": [str(p) for p in written]})
+                   "written": [str(p) for p in written], "plan_checked": check.checked, "plan_check": check.note})
     elif not args.quiet:
         print(f"installed the headers of flashinfer {version} into {cubin_dir} "
               f"({len(written)} file(s) written, from {report.source})")
+        print(check.note)
         if args.target:
             print(f"flashinfer finds them with FLASHINFER_CUBIN_DIR={cubin_dir} (and no flashinfer-cubin installed)")
         elif not with_extras:
