@@ -84,6 +84,12 @@ def install_destination(args, version: str) -> tuple[Path, bool]:
     if fp is None or Version(fp.version) != Version(version):
         raise UsageError(f"{env.target} has flashinfer-python {fp.version if fp else '(none)'}, not {version}",
                          f"install flashinfer-python=={version} there, or use --target DIR")
+    if env.unknown is not None or env.cubin_dir is None:  # its code was not understood: no path is guessed
+        from repack.errors import PlanError
+        raise PlanError(env.unknown or f"where {env.target}'s flashinfer looks is unknown",
+                        "the headers are not placed where that flashinfer may not look")
+    from repack.rules.resolve import checked_plan
+    checked_plan(version, [(f"flashinfer-python in {env.target}", lambda: env.rules)])  # refuses a disagreement
     if env.cubin_dir.import_error:
         raise BuildError(f"`import flashinfer` fails in {env.target}: {env.cubin_dir.import_error}",
                          f"run 'flashinfer-repack doctor --python {env.interpreter.python}' for the fix")
