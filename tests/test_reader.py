@@ -168,6 +168,19 @@ def test_import_aliases_are_followed(caller):
     agrees(read(tree(caller=caller)))
 
 
+def test_a_re_export_under_another_name_in_a_package_init_is_followed():
+    caller = CALLER.replace("from .cubin_loader import get_cubin, download_trtllm_headers",
+                            "from flashinfer.jit import fetch\nfrom .cubin_loader import get_cubin") \
+                   .replace("    download_trtllm_headers(", "    fetch(")
+    init = "from .cubin_loader import download_trtllm_headers as fetch\n"
+    agrees(read(tree(caller=caller, **{"flashinfer/jit/__init__.py": init})))
+
+
+def test_a_caller_in_a_method_of_a_class():
+    method = CALLER.replace("def gen_module():", "class Gen:\n  def module(self):").replace("\n    ", "\n      ")
+    agrees(read(tree(caller=method)))
+
+
 def test_keyword_arguments_in_any_order():
     caller = '''
 from . import env as jit_env
@@ -252,6 +265,17 @@ def test_the_cubin_dir_rules_come_from_env_py():
 def test_a_reference_that_is_not_a_call_cannot_be_told():
     caller = CALLER + "\nHOOKS = [download_trtllm_headers]\n"
     cannot_tell(tree(caller=caller), "flashinfer/jit/moe.py:15", "refers to download_trtllm_headers without calling")
+
+
+@pytest.mark.parametrize("line", ["dl = download_trtllm_headers",
+                                  "f = functools.partial(download_trtllm_headers, 'bmm')"])
+def test_an_alias_made_by_assignment_or_partial_cannot_be_told(line):
+    caller = "import functools\nfrom .cubin_loader import download_trtllm_headers\n" + line + "\n"
+    cannot_tell(tree(caller=caller), "flashinfer/jit/moe.py:3", "without calling it")
+
+
+def test_a_call_for_another_op_cannot_be_told():
+    cannot_tell(tree(caller=CALLER.replace('"bmm",', '"gemm",')), "flashinfer/jit/moe.py:7", "only 'bmm' is modelled")
 
 
 def test_a_lookup_by_string_cannot_be_told():
