@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from repack.rules.scope import UNKNOWN, CannotTellError, Codebase, Scope, Target, module_name
+from repack.rules.scope import CannotTellError, Codebase, Scope, Target, module_name
 
 HEADER_FUNCTION = "download_trtllm_headers"
 MARKER_HINT = ".artifact_hash"  # a function that writes this marker is a header downloader, whatever its name
