@@ -168,6 +168,19 @@ def test_import_aliases_are_followed(caller):
     agrees(read(tree(caller=caller)))
 
 
+def test_a_re_export_under_another_name_in_a_package_init_is_followed():
+    caller = CALLER.replace("from .cubin_loader import get_cubin, download_trtllm_headers",
+                            "from flashinfer.jit import fetch\nfrom .cubin_loader import get_cubin") \
+                   .replace("    download_trtllm_headers(", "    fetch(")
+    init = "from .cubin_loader import download_trtllm_headers as fetch\n"
+    agrees(read(tree(caller=caller, **{"flashinfer/jit/__init__.py": init})))
+
+
+def test_a_caller_in_a_method_of_a_class():
+    method = CALLER.replace("def gen_module():", "class Gen:\n  def module(self):").replace("\n    ", "\n      ")
+    agrees(read(tree(caller=method)))
+
+
 def test_keyword_arguments_in_any_order():
     caller = '''
 from . import env as jit_env
@@ -252,6 +265,17 @@ def test_the_cubin_dir_rules_come_from_env_py():
 def test_a_reference_that_is_not_a_call_cannot_be_told():
     caller = CALLER + "\nHOOKS = [download_trtllm_headers]\n"
     cannot_tell(tree(caller=caller), "flashinfer/jit/moe.py:15", "refers to download_trtllm_headers without calling")
+
+
+@pytest.mark.parametrize("line", ["dl = download_trtllm_headers",
+                                  "f = functools.partial(download_trtllm_headers, 'bmm')"])
+def test_an_alias_made_by_assignment_or_partial_cannot_be_told(line):
+    caller = "import functools\nfrom .cubin_loader import download_trtllm_headers\n" + line + "\n"
+    cannot_tell(tree(caller=caller), "flashinfer/jit/moe.py:3", "without calling it")
+
+
+def test_a_call_for_another_op_cannot_be_told():
+    cannot_tell(tree(caller=CALLER.replace('"bmm",', '"gemm",')), "flashinfer/jit/moe.py:7", "only 'bmm' is modelled")
 
 
 def test_a_lookup_by_string_cannot_be_told():
@@ -392,7 +416,7 @@ def test_build_refuses_when_the_code_at_hand_cannot_be_told(run_cli, hooked_whee
     index = file_server.serve_project("flashinfer-python", [hooked_wheel])
     out = tmp_path / "out"
     result = run_cli("build", "0.6.6", "-o", str(out), "--no-cache", "--from", "index+" + index,
-                     "--retries", "0", "--timeout", "5")
+                     "--index-url", index, "--retries", "0", "--timeout", "5")
     assert result.returncode == 1, result.stderr
     assert "cannot tell what this flashinfer needs: flashinfer/jit/moe_utils.py:" in result.stderr
     assert not out.exists() or not any(out.iterdir())
@@ -407,8 +431,8 @@ def test_build_refuses_when_the_shipped_plan_disagrees_with_the_code(run_cli, py
     file_server.serve_project("flashinfer-cubin", [small_cubin_wheel("0.6.6")])
     index = file_server.serve_project("flashinfer-python", [wheel])
     out = tmp_path / "out"
-    result = run_cli("build", "0.6.6", "-o", str(out), "--no-cache", "--from", "index+" + index,
-                     "--retries", "0", "--timeout", "5")
+    result = run_cli("build", "0.6.6", "-o", str(out), "--no-cache", "--from", "index",
+                     "--index-url", index, "--retries", "0", "--timeout", "5")
     assert result.returncode == 1, result.stderr
     assert "the plan shipped for flashinfer 0.6.6 disagrees with its code" in result.stderr
     assert "headers:" in result.stderr
@@ -420,4 +444,19 @@ def test_build_from_a_local_wheel_offline_says_the_plan_was_not_checked(run_cli,
     result = run_cli("build", "0.6.6", "-o", str(out), "--no-cache", "--offline", "--from",
                      str(small_cubin_wheel("0.6.6")))
     assert result.returncode == 0, result.stderr
-    assert "NOT checked against flashinfer-python's code" in result.stderr
+    assert "plan shipped with flashinfer-repack, NOT checked against flashinfer-python's code" in result.stdout
+    report = json.loads(run_cli("build", "0.6.6", "-o", str(out), "--no-cache", "--offline", "--json", "--from",
+                                str(small_cubin_wheel("0.6.6"))).stdout)
+    assert report["plan_checked"] is False and "NOT checked" in report["plan_check"]
+
+
+@pytest.mark.real
+def test_build_against_an_index_with_the_code_says_it_was_checked(run_cli, python_wheel, small_cubin_wheel,
+                                                                   tmp_path, file_server):
+    file_server.serve_project("flashinfer-cubin", [small_cubin_wheel("0.6.6")])
+    index = file_server.serve_project("flashinfer-python", [python_wheel("0.6.6")])
+    result = run_cli("build", "0.6.6", "-o", str(tmp_path / "out"), "--no-cache", "--json", "--from",
+                     "index+" + index, "--index-url", index, "--retries", "0", "--timeout", "5")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["plan_checked"] is True and index in report["plan_check"]

@@ -88,7 +88,8 @@ def cmd_build(args) -> int:
         conda_options_from_args(args)  # a malformed --conda-* option fails before any download
     epoch = source_date_epoch()
     transport = make_transport(args)
-    plan = resolve_for_build(args, version, transport)
+    check = resolve_for_build(args, version, transport)
+    plan = check.plan
     payload, report = fetch_verified(args, plan, transport)
     artifacts = build_artifacts(payload, formats, args, epoch)
     elapsed = time.monotonic() - started
@@ -98,6 +99,7 @@ def cmd_build(args) -> int:
     if args.json:
         emit_json({"ok": True, "version": version, "source": report.source, "tried": report.tried,
                    "seconds": round(elapsed, 3), "transfer": transfer,
+                   "plan_checked": check.checked, "plan_check": check.note,
                    "artifacts": [a.to_json() for a in artifacts]})
     else:
         for a in artifacts:
@@ -105,4 +107,5 @@ def cmd_build(args) -> int:
         print(f"headers of flashinfer {version} from {report.source}, verified against sha256 "
               f"{plan.checksums_sha256[:16]}...; {human_size(transfer['bytes'])} in {transfer['requests']} "
               f"request(s), {elapsed:.2f} s")
+        print(check.note)
     return EXIT_OK

@@ -60,20 +60,22 @@ def cmd_install(args) -> int:
 
     version = check_version(args.version)
     transport = make_transport(args)
-    plan = require_needed(resolve_for_build(args, version, transport))
+    check = resolve_for_build(args, version, transport)
+    plan = require_needed(check.plan)
     cubin_dir, with_extras, owned = (args.target, True, False) if args.target else install_destination(args, version)
     payload, report = fetch_verified(args, plan, transport, with_extras)
     written = install(payload, cubin_dir)
     _clear_progress()
     if args.json:
         emit_json({"ok": True, "version": version, "cubin_dir": str(cubin_dir), "source": report.source,
-                   "written": [str(p) for p in written]})
+                   "written": [str(p) for p in written], "plan_checked": check.checked, "plan_check": check.note})
     elif not args.quiet:
         if written:
             print(f"installed the headers of flashinfer {version} into {cubin_dir} "
                   f"({len(written)} file(s) written, from {report.source})")
         else:
             print(f"the headers of flashinfer {version} were already in place in {cubin_dir}: nothing written")
+        print(check.note)
         if args.target:
             print(f"flashinfer finds them with FLASHINFER_CUBIN_DIR={cubin_dir} (and no flashinfer-cubin installed)")
         elif written and not with_extras and not owned:
@@ -97,6 +99,12 @@ def install_destination(args, version: str) -> tuple[Path, bool, bool]:
     if fp is None or Version(fp.version) != Version(version):
         raise UsageError(f"{env.target} has flashinfer-python {fp.version if fp else '(none)'}, not {version}",
                          f"install flashinfer-python=={version} there, or use --target DIR")
+    if env.unknown is not None or env.cubin_dir is None:  # its code was not understood: no path is guessed
+        from repack.errors import PlanError
+        raise PlanError(env.unknown or f"where {env.target}'s flashinfer looks is unknown",
+                        "the headers are not placed where that flashinfer may not look")
+    from repack.rules.resolve import checked_plan
+    checked_plan(version, [(f"flashinfer-python in {env.target}", lambda: env.rules)])  # refuses a disagreement
     if env.cubin_dir.import_error:
         raise BuildError(f"`import flashinfer` fails in {env.target}: {env.cubin_dir.import_error}",
                          f"run 'flashinfer-repack doctor --python {env.interpreter.python}' for the fix")

@@ -41,7 +41,7 @@ def build_artifacts(payload, formats: list[str], args, epoch: int | None) -> lis
 
 
 def resolve_for_build(args, version: str, transport):
-    """The plan of ``version``, checked against its code: installed here, else on the build's own indexes."""
+    """The plan of ``version`` (a PlanCheck), checked against its code: installed here, else on the build's indexes."""
     from repack.fetch.transport import redact
     from repack.rules import resolve
 
@@ -54,9 +54,11 @@ def resolve_for_build(args, version: str, transport):
 
 
 def code_indexes(args, transport) -> list[str]:
-    """The indexes this build reads anyway (its --from sources, --index-url): only those are asked for the code.
+    """The indexes asked for flashinfer-python's code: --index-url, and the index that auto/index/pypi read.
 
-    A build from a local wheel or directory talks to no server it was not pointed at.
+    ``index+URL`` names where the flashinfer-cubin wheel is, not flashinfer-python: it is not asked (give
+    --index-url as well to have the plan checked there).  A build from a local wheel or directory talks to
+    no server it was not pointed at.
     """
     if transport is None:
         return []
@@ -66,10 +68,6 @@ def code_indexes(args, transport) -> list[str]:
             urls.append(index_url(args))
         elif spec == "pypi":
             urls.append(args.index_url or PYPI)
-        elif spec.startswith("index+"):
-            urls.append(spec[len("index+"):])
-        elif "://" in spec and spec.rstrip("/").endswith("/simple"):
-            urls.append(spec)
     return list(dict.fromkeys(urls))
 
 

@@ -148,7 +148,7 @@ def _plan(version: str, python_wheel: Path) -> Plan:
     from repack.rules.resolve import checked_plan, plan_from_wheel
 
     # the wheel is at hand: the shipped plan must agree with its code (an edited table builds nothing)
-    plan = checked_plan(version, [(python_wheel.name, lambda: plan_from_wheel(python_wheel, version))])
+    plan = checked_plan(version, [(python_wheel.name, lambda: plan_from_wheel(python_wheel, version))]).plan
     require_needed(plan)
     return plan
 

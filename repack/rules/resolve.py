@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -119,13 +120,28 @@ def plan_from_installed(version: str | None = None, paths: list[str] | None = No
 CodeReader = tuple[str, Callable[[], Plan]]
 
 
-def checked_plan(version: str, readers: Sequence[CodeReader]) -> Plan:
+@dataclass(frozen=True)
+class PlanCheck:
+    """The plan to build with, and whether (and against what) it was checked with the version's code."""
+
+    plan: Plan
+    checked: bool
+    against: str   # where the code was read, or why no code was at hand
+
+    @property
+    def note(self) -> str:
+        if self.checked:
+            return f"plan checked against flashinfer-python's code ({self.against})"
+        return f"plan shipped with flashinfer-repack, NOT checked against flashinfer-python's code ({self.against})"
+
+
+def checked_plan(version: str, readers: Sequence[CodeReader]) -> PlanCheck:
     """The plan to build ``version`` with, checked against its own code wherever that code is at hand.
 
     ``readers`` are tried in order until one finds the code (one that raises UnknownVersionError,
     FetchError or SourceError did not).  With a shipped plan, the code's plan must agree with it
     (an edited table must not build a wrong package): a disagreement, or code the reader cannot
-    tell about, is an error.  With no code at hand the shipped plan is used, and a warning says
+    tell about, is an error.  With no code at hand the shipped plan is used, and the result says
     that it was not checked.  Without a shipped plan, the code's plan is the answer.
     """
     shipped = shipped_plan(version)
@@ -137,21 +153,19 @@ def checked_plan(version: str, readers: Sequence[CodeReader]) -> Plan:
             unavailable.append(f"{label}: {exc}")
             continue
         if shipped is None:
-            return derived
+            return PlanCheck(derived, True, label)
         differences = shipped.differences(derived)
         if differences:
             raise PlanError(f"the plan shipped for flashinfer {version} disagrees with its code ({label}): "
                             + "; ".join(differences),
                             "the plan table of this flashinfer-repack was edited or is wrong; reinstall "
                             "flashinfer-repack, and report it if it persists")
-        logger.info("flashinfer %s: the shipped plan agrees with its code (%s)", version, label)
-        return shipped
+        return PlanCheck(shipped, True, label)
     if shipped is None:
         raise UnknownVersionError(f"flashinfer {version} has no shipped plan and its code was not found"
                                   + (f" ({'; '.join(unavailable)})" if unavailable else ""),
                                   "allow the network so that flashinfer-python's code can be read from the index, "
                                   "or install that flashinfer-python here")
-    logger.warning("flashinfer %s: using the plan shipped with flashinfer-repack, NOT checked against "
-                   "flashinfer-python's code (%s)", version,
-                   "; ".join(unavailable) or "no copy of that code was at hand")
-    return shipped
+    check = PlanCheck(shipped, False, "; ".join(unavailable) or "no copy of that code was at hand")
+    logger.info("flashinfer %s: %s", version, check.note)
+    return check
