@@ -47,7 +47,10 @@ def resolve_for_build(args, version: str, transport):
 
     readers: list = [(f"flashinfer-python installed in {sys.executable}",
                       lambda: resolve.plan_from_installed(version))]
-    for url in code_indexes(args, transport):
+    urls = code_indexes(args, transport)
+    if not urls and transport is not None and resolve.shipped_plan(version) is None:
+        urls = [index_url(args)]  # no plan ships for it: its code is needed, and the index is where it is
+    for url in urls:
         readers.append((f"flashinfer-python {version} on {redact(url)}",
                         lambda url=url: resolve.plan_from_index(transport, url, version)))
     return resolve.checked_plan(version, readers)

@@ -254,22 +254,40 @@ def gen_moe_utils_module():
     )
 '''
 
-_ENV = '''"""Synthetic flashinfer/jit/env.py: FLASHINFER_CUBIN_DIR as 0.6.0-0.6.15 resolve it."""
+_ENV = '''"""Synthetic flashinfer/jit/env.py: FLASHINFER_CUBIN_DIR as 0.6.0-0.6.15 resolve it (0.6.6's shape)."""
 import importlib.util
 import os
 import pathlib
 
-if importlib.util.find_spec("flashinfer_cubin") is not None:
-    import flashinfer_cubin
+flashinfer_version = "{version}"
 
-    FLASHINFER_CUBIN_DIR = pathlib.Path(flashinfer_cubin.CUBIN_DIR)
-else:
-    FLASHINFER_CUBIN_DIR = pathlib.Path(
-        os.getenv(
-            "FLASHINFER_CUBIN_DIR",
-            pathlib.Path(os.getenv("FLASHINFER_WORKSPACE_BASE", pathlib.Path.home())) / ".cache" / "flashinfer" / "cubins",
-        )
-    )
+
+def has_flashinfer_cubin() -> bool:
+    return importlib.util.find_spec("flashinfer_cubin") is not None
+
+
+FLASHINFER_BASE_DIR = pathlib.Path(os.getenv("FLASHINFER_WORKSPACE_BASE", pathlib.Path.home().as_posix()))
+FLASHINFER_CACHE_DIR = FLASHINFER_BASE_DIR / ".cache" / "flashinfer"
+
+
+def _get_cubin_dir():
+    if has_flashinfer_cubin():
+        import flashinfer_cubin
+
+        flashinfer_cubin_version = flashinfer_cubin.__version__
+        if (
+            not os.getenv("FLASHINFER_DISABLE_VERSION_CHECK")
+            and flashinfer_version != flashinfer_cubin_version
+        ):
+            raise RuntimeError("flashinfer-cubin version does not match flashinfer version")
+        return pathlib.Path(flashinfer_cubin.get_cubin_dir())
+    env_dir = os.getenv("FLASHINFER_CUBIN_DIR")
+    if env_dir:
+        return pathlib.Path(env_dir)
+    return FLASHINFER_CACHE_DIR / "cubins"
+
+
+FLASHINFER_CUBIN_DIR = _get_cubin_dir()
 '''
 
 
@@ -283,7 +301,7 @@ def python_files(version: str) -> dict[str, bytes]:
         "flashinfer/artifacts.py": _ARTIFACTS.format(artifact=ARTIFACT, gemm=GEMM_ARTIFACT, zeros="0" * 64,
                                                      pin=checksums_sha256()).encode(),
         "flashinfer/jit/__init__.py": b"",
-        "flashinfer/jit/env.py": _ENV.encode(),
+        "flashinfer/jit/env.py": _ENV.replace("{version}", version).encode(),
         "flashinfer/jit/cubin_loader.py": _LOADER.format(bmm_list=bmm_list).encode(),
     }
     if version == FIXED:
