@@ -212,7 +212,11 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: f
     run_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PIP_INDEX_URL"))}
     if DEFAULT_INDEX:
         run_env["PIP_INDEX_URL"] = DEFAULT_INDEX[-1]
-    run_env.update(env or {})
+    for key, value in (env or {}).items():  # None removes a variable
+        if value is None:
+            run_env.pop(key, None)
+        else:
+            run_env[key] = value
     return subprocess.run([sys.executable, "-m", "repack", *args], capture_output=True, text=True,
                           env=run_env, cwd=cwd, timeout=timeout)
 

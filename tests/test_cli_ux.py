@@ -98,7 +98,7 @@ def test_verbose_before_or_after_the_command_logs_decisions(where, tmp_path, sma
     args = ["-v", *args] if where == "before" else [*args, "-v"]
     first, again = cli(*args), cli(*args)
     assert first.returncode == again.returncode == 0, first.stderr
-    assert "flashinfer-repack: plan: the one shipped for flashinfer 0.6.6" in first.stderr
+    assert "flashinfer 0.6.6: plan shipped with flashinfer-repack, NOT checked" in first.stderr
     assert "source: not in the cache" in first.stderr and "gave verified headers" in first.stderr
     assert f"source: the cache {tmp_path / 'c'}" in again.stderr and "urllib3" not in again.stderr
 
@@ -107,7 +107,7 @@ def test_build_verbose_says_where_the_index_came_from(tmp_path):
     conf = tmp_path / "pip.conf"
     conf.write_text("[global]\nindex-url = http://127.0.0.1:9/simple/\nextra-index-url = http://127.0.0.1:9/x/\n")
     result = cli("-v", "build", "0.6.6", "--from", "index", "--retries", "0", "--no-cache", "-o", str(tmp_path),
-                 env={"PIP_CONFIG_FILE": str(conf)})
+                 env={"PIP_CONFIG_FILE": str(conf), "PIP_INDEX_URL": None})
     assert result.returncode == 1
     assert f"index http://127.0.0.1:9/simple/, from {conf} [global]" in result.stderr
     assert "pip also searches http://127.0.0.1:9/x/" in result.stderr
@@ -318,6 +318,7 @@ def test_publish_takes_the_password_from_keyring(upload_server, tmp_path):
 
 # -- plan: cached, then answered offline with no request ------------------------------------------
 
+@pytest.mark.real
 def test_plan_is_cached_then_answered_with_no_request(file_server, python_wheel, tmp_path):
     file_server.serve_project("flashinfer-python", [python_wheel("0.6.6")])
     args = ("plan", "0.6.6", "--index-url", file_server.index_url, "--cache-dir", str(tmp_path), "--json")
@@ -367,6 +368,7 @@ def test_streamed_wheel_is_kept_only_up_to_the_limit(limit_delta, kept, monkeypa
     from repack.fetch import sources
     from repack.fetch.cache import Cache
     from repack.fetch.index import IndexFile
+    from repack.fetch.digest import file_sha256
     from repack.fetch.transport import Transport
 
     wheel = small_cubin_wheel("0.6.6")
@@ -376,7 +378,8 @@ def test_streamed_wheel_is_kept_only_up_to_the_limit(limit_delta, kept, monkeypa
     cache = Cache(tmp_path / "cache")
     transport = Transport(retries=0)
     try:
-        got = sources.read_remote_wheel(transport, cache, IndexFile(wheel.name, url), lambda n: n.endswith("checksums.txt"))
+        found = IndexFile(wheel.name, url, size=wheel.stat().st_size, sha256=file_sha256(wheel))
+        got = sources.read_remote_wheel(transport, cache, found, lambda n: n.endswith("checksums.txt"))
     finally:
         transport.close()
     assert got and cache.wheel_path(wheel.name).is_file() is kept
@@ -499,6 +502,7 @@ def test_a_resumed_download_says_so(file_server, small_cubin_wheel, tmp_path):
 
     from repack.fetch.download import RESUMED, fetch_verified
     from repack.fetch.index import IndexFile
+    from repack.fetch.digest import file_sha256
     from repack.fetch.transport import Transport
 
     wheel = small_cubin_wheel("0.6.6")
@@ -540,7 +544,8 @@ def test_percent_encoded_password_from_pip_conf_reaches_the_server_decoded(tmp_p
     conf.write_text(f"[global]\nindex-url = http://bob:p%40ss%25w0rd@127.0.0.1:{httpd.server_address[1]}/simple/\n")
     try:
         result = cli("plan", "0.6.9", "--no-cache", "--retries", "0", env={"PIP_CONFIG_FILE": str(conf),
-                                                                            "NETRC": "/nonexistent"})
+                                                                            "NETRC": "/nonexistent",
+                                                                            "PIP_INDEX_URL": None})
     finally:
         httpd.shutdown()
         httpd.server_close()

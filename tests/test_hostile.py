@@ -129,9 +129,9 @@ def test_install_refuses_a_payload_path_that_leaves_the_target(tmp_path, small_c
     from repack.fetch.payload import fetch_payload
     from repack.fetch.sources import WheelFile
     from repack.fetch.verify import Payload, PayloadFile
-    from repack.rules.plan import shipped_plan
+    from tests.support import synthetic
 
-    good = fetch_payload(shipped_plan(VERSION), [WheelFile(small_cubin_wheel(VERSION))], Cache(None))
+    good = fetch_payload(synthetic.plan(VERSION), [WheelFile(small_cubin_wheel(VERSION))], Cache(None))
     evil = Payload(good.plan, good.files + (PayloadFile("../../escape.h", b"x", sha256(b"x")),))
     target = tmp_path / "deep" / "cubins"
     with pytest.raises(UnsafePathError):
@@ -144,9 +144,9 @@ def test_a_plan_whose_paths_leave_the_cubin_dir_never_makes_a_payload(small_cubi
 
     from repack.fetch.payload import fetch_payload
     from repack.fetch.sources import WheelFile
-    from repack.rules.plan import shipped_plan
+    from tests.support import synthetic
 
-    plan = shipped_plan(VERSION)
+    plan = synthetic.plan(VERSION)
     evil = dataclasses.replace(plan, dest_dir="../../../etc")
     with pytest.raises(UnsafePathError, match="payload path"):
         fetch_payload(evil, [WheelFile(small_cubin_wheel(VERSION))], Cache(None))
@@ -181,22 +181,30 @@ def test_a_build_stopped_by_sigterm_removes_its_temporary(tmp_path, hostile, sma
     url = hostile.endless("files/w.whl")
     hostile.page("flashinfer-cubin", [entry(url, small, size=4 << 30)])  # the index vouches for 4 GiB
     cache = tmp_path / "cache"
+    from tests.conftest import DEFAULT_INDEX
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHINFER_")}
+    env["PIP_INDEX_URL"] = DEFAULT_INDEX[-1]  # where the synthetic flashinfer-python's code is
+    scratch = tmp_path / "tmp"  # a wheel too big to keep is streamed into TMPDIR, not the cache
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)
     child = subprocess.Popen([sys.executable, "-m", "repack", "build", VERSION, "-o", str(tmp_path / "out"),
                               "--cache-dir", str(cache), "--from", "index+" + hostile.url + "simple/", *FAST],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):  # until the stream is being written
-            if list(cache.rglob("*.part")) or child.poll() is not None:
+            if list(tmp_path.rglob("*.part")) or child.poll() is not None:
                 break
             time.sleep(0.05)
-        assert list(cache.rglob("*.part")), child.stderr.read() if child.poll() is not None else "no .part"
+        assert list(tmp_path.rglob("*.part")), child.stderr.read() if child.poll() is not None else "no .part"
         child.send_signal(signal.SIGTERM)
         assert child.wait(30) == 130
+        stderr = child.stderr.read()
     finally:
         child.kill()
-    assert "interrupted" in child.stderr.read()
-    assert list(cache.rglob("*.part")) == []
+        child.stderr.close()
+    assert "interrupted" in stderr
+    assert list(tmp_path.rglob("*.part")) == []
 
 
 def test_an_endless_stream_that_nobody_sized_stops_at_the_wheel_cap(monkeypatch, tmp_path, hostile):

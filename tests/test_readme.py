@@ -4,6 +4,8 @@ in one scratch directory, against local servers (the index pip uses, a pypiserve
 from __future__ import annotations
 
 import os
+
+import pytest
 import re
 import subprocess
 import sys
@@ -30,6 +32,7 @@ def test_the_readme_names_commands_to_run():
         "plan", "build", "publish", "doctor", "install"}
 
 
+@pytest.mark.real
 def test_readme_commands_run(tmp_path, file_server, python_wheel, small_cubin_wheel, pypiserver):  # noqa: F811
     for version in ("0.6.6", "0.6.8"):
         file_server.serve_project("flashinfer-python", [python_wheel(version)])

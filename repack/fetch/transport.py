@@ -220,7 +220,7 @@ class Transport:
             target = urllib.parse.urljoin(url, location)
             _check_redirect(url, target)
             url = target
-        raise FetchError(f"cannot fetch {redact(url)}: more than {MAX_REDIRECTS} redirects (a redirect loop?)",
+        raise FetchError(f"cannot fetch {redact(url)}: the server redirects in a loop (more than {MAX_REDIRECTS} redirects)",
                          "the server (or a proxy before it) is misconfigured: tell its administrator, "
                          "or use another source")
 

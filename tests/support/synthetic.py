@@ -236,16 +236,20 @@ def gen_moe_utils_module():
 '''
 
 # 0.6.8's shape: the headers are linked from flashinfer-cubin's artifact path, never downloaded
-_FIXED_MOE_UTILS = '''"""Synthetic flashinfer/jit/moe_utils.py in the shape of flashinfer 0.6.8 (fixed)."""
-from . import env as jit_env
-
+_ENSURE_SYMLINK = """
 
 def ensure_symlink(link, target):
     if not link.exists():
         link.symlink_to(target)
+"""
+
+_FIXED_MOE_UTILS = '''"""Synthetic flashinfer/jit/moe_utils.py in the shape of flashinfer 0.6.8 (fixed)."""
+from . import env as jit_env
 
 
 def gen_moe_utils_module():
+    from .cubin_loader import ensure_symlink
+
     from ..artifacts import ArtifactPath
 
     ensure_symlink(
@@ -302,10 +306,13 @@ def python_files(version: str) -> dict[str, bytes]:
                                                      pin=checksums_sha256()).encode(),
         "flashinfer/jit/__init__.py": b"",
         "flashinfer/jit/env.py": _ENV.replace("{version}", version).encode(),
-        "flashinfer/jit/cubin_loader.py": _LOADER.format(bmm_list=bmm_list).encode(),
+        "flashinfer/jit/cubin_loader.py": (_LOADER.format(bmm_list=bmm_list)
+                                           + (_ENSURE_SYMLINK if version == FIXED else "")).encode(),
     }
     if version == FIXED:
         files["flashinfer/jit/moe_utils.py"] = _FIXED_MOE_UTILS.encode()
+        headers = "\n".join(f'    "{h}",' for h in HEADERS)
+        files["flashinfer/jit/fused_moe.py"] = f"BMM_EXPORT_HEADERS = [\n{headers}\n]\n".encode()
     else:
         files["flashinfer/jit/fused_moe.py"] = _FUSED_MOE.encode()
         files["flashinfer/jit/moe_utils.py"] = _MOE_UTILS.encode()
