@@ -73,8 +73,13 @@ check=$?
 
 echo "== package route: flashinfer-python + trimmed flashinfer-cubin + flashinfer-cubin-headers, doctor --run"
 unset FLASHINFER_CUBIN_DIR  # the installed flashinfer_cubin package decides, as for any pip user
+export PYTHONPATH="$PWD"    # not the first route's site: pip must install flashinfer-python into the venv itself
 VENV="$WORK/venv"
 "$PY" -m venv --system-site-packages "$VENV" || fail "cannot make a venv"
+# why: $PY may itself be a venv (the GPU image's is), whose packages (torch, filelock, ...) a nested venv's
+# --system-site-packages does not see; a .pth file adds them, as a site's base image would provide them
+"$PY" -c "import site; print(*site.getsitepackages(), sep='\n')" \
+    > "$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_base_image.pth"
 "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-cache-dir "$CARRY"/wheels/*.whl "$CARRY"/package/*.whl \
     || fail "pip could not install the carried wheels into the venv"
 "$VENV/bin/python" -c "import importlib.metadata as m; print(*(f'{d} {m.version(d)}' for d in ('flashinfer-python', 'flashinfer-cubin', 'flashinfer-cubin-headers')), sep='; ')"
