@@ -423,3 +423,41 @@ def test_truth_table(flashinfer_env, cubin_wheel, headers_wheel, shared_tmp, tmp
                  r.probe.get("traceback", "")[-600:]) for r in t.rows if not r.agrees]
     assert not disagree, disagree
     assert any(r.doctor_ok for r in t.rows) and any(not r.doctor_ok for r in t.rows)
+
+
+# -- files doctor reads are bounded -------------------------------------------------------------
+
+def test_doctor_reads_no_fifo_and_no_endless_file(tmp_path):
+    """A header that is a FIFO (open would block) or a link to /dev/zero (read would never end) is judged
+    unreadable at once, never read without bound; the rest of the directory is still judged."""
+    import signal
+
+    from repack.environment.probe import cubin_dir_facts
+    from tests.support import synthetic
+
+    plan = synthetic.plan()
+    root = tmp_path / "cubins"
+    dest = root / plan.dest_dir
+    dest.mkdir(parents=True)
+    fifo, endless, good = (dest / h for h in plan.headers[:3])
+    os.mkfifo(fifo)
+    endless.symlink_to("/dev/zero")
+    good.write_bytes(synthetic.header_bytes(plan.headers[2]))
+    (root / plan.checksums_path).parent.mkdir(parents=True)
+    os.mkfifo(root / plan.checksums_path)
+
+    def hang(signum, frame):  # why: a regression must fail this test, not hang the suite
+        raise TimeoutError("doctor blocked on a FIFO or an endless file")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        facts = cubin_dir_facts(root, plan)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    states = {p.rsplit("/", 1)[-1]: s for p, s in facts.files.items()}
+    assert states[fifo.name].exists and not states[fifo.name].readable
+    assert states[endless.name].exists and not states[endless.name].readable
+    assert states[good.name].readable and states[good.name].sha256 == plan.header_sha256[good.name]
+    assert facts.listed == {}

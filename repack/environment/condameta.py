@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from repack.fs import NotRegularFileError, read_regular
+
 log = logging.getLogger(__name__)
+#: the most read of one conda-meta record (pytorch's, the largest usual one, lists ~20,000 files in a few MB)
+RECORD_LIMIT = 128 << 20
 
 @dataclass(frozen=True)
 class CondaRecord:
@@ -38,8 +42,8 @@ def read_records(prefix: Path) -> list[CondaRecord]:
     out = []
     for path in sorted((Path(prefix) / "conda-meta").glob("*.json")):
         try:
-            out.append(_record(json.loads(path.read_bytes())))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            out.append(_record(json.loads(read_regular(path, RECORD_LIMIT))))
+        except (OSError, ValueError, KeyError, TypeError, NotRegularFileError) as exc:
             log.warning("skipping unreadable conda-meta record %s: %s", path, exc)
     return out
 

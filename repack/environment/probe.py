@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Mapping
 
 from repack.errors import PlanError, SourceError, UsageError
+from repack.fs import NotRegularFileError, read_regular
 from repack.rules.plan import METAINFO, Plan
 
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
@@ -39,6 +40,8 @@ ENV_VARS = ("FLASHINFER_CUBIN_DIR", "FLASHINFER_WORKSPACE_BASE", "FLASHINFER_DIS
 PASSED = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE",
           "PYTHONSAFEPATH", "USER", "LOGNAME")
 SMALL_FILE = 4096
+#: the most doctor reads of one file under FLASHINFER_CUBIN_DIR (checksums.txt is 321 kB, a header < 100 kB)
+READ_LIMIT = 16 << 20
 
 _SCRIPT = r"""
 import importlib.metadata as m, importlib.util as u, json, pathlib, sys, sysconfig
@@ -362,8 +365,8 @@ def _listed(path: Path, rules: Plan) -> dict[str, str]:
     from repack.fetch.verify import parse_checksums, runtime_hash
 
     try:
-        entries = parse_checksums(path.read_bytes(), str(path))
-    except (OSError, IntegrityError):
+        entries = parse_checksums(read_regular(path, READ_LIMIT), str(path))
+    except (OSError, IntegrityError, NotRegularFileError):
         return {}
     names = list(rules.headers) + [METAINFO.rsplit("/", 1)[-1]]
     return {n: d for n in names if (d := runtime_hash(entries, n)) is not None}
@@ -376,10 +379,9 @@ def file_state(path: Path) -> FileState:
                          writable=_can_write_in(path.parent), link_to=link_to)
     if not path.exists():
         return FileState(exists=False, writable=_can_write_in(path.parent), link_to=link_to)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError:
+    try:  # why bounded: a header may be a FIFO (would hang) or a link to /dev/zero (would never end)
+        data = read_regular(path, READ_LIMIT)
+    except (NotRegularFileError, OSError):
         return FileState(exists=True, readable=False, writable=os.access(path, os.W_OK), link_to=link_to)
     return FileState(exists=True, readable=True, sha256=hashlib.sha256(data).hexdigest(),
                      data=data if len(data) <= SMALL_FILE else None, writable=os.access(path, os.W_OK),
