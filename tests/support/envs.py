@@ -160,8 +160,10 @@ class FlashinferEnv:
         return {d["name"].lower(): d["version"] for d in json.loads(out.stdout)}
 
     def use(self, version: str, *, cubin: bool = True, extra: tuple[Path, ...] = ()) -> None:
-        """Exactly flashinfer-python==version (+ flashinfer-cubin) (+ extra wheels), nothing else of ours."""
-        self.remove(*PROJECTS)
+        """Exactly flashinfer-python==version (+ flashinfer-cubin) (+ extra wheels), nothing else of ours,
+        and no GPU-only package, whatever an earlier test left (with them, flashinfer 0.6.8's import
+        asks CPU torch for a GPU)."""
+        self.remove(*PROJECTS, *sorted(GPU_ONLY - {"torch"}))
         fp = real_wheel("flashinfer-python", version)
         self.pip("install", "-q", *light_requirements(fp))
         wheels = [fp] + ([trimmed_cubin_wheel(version)] if cubin else []) + list(extra)
