@@ -126,3 +126,21 @@ def test_pip_check_is_clean_for_our_wheel_and_catches_a_missing_dependency(flash
         assert any("requires flashinfer-cubin" in line for line in our_problems())
     finally:
         flashinfer_env.remove("flashinfer-cubin-headers")
+
+
+def test_use_starts_clean_after_a_runtime_replaced_the_export_dir(flashinfer_env, headers_wheel, tmp_path):
+    """flashinfer 0.6.7.post1+ replaces the export directory with a symlink, which pip uninstall leaves
+    behind: the next test's install must not inherit it (the order dependence that hid behind file order)."""
+    flashinfer_env.use("0.6.6")
+    export = flashinfer_env.site_packages() / EXPORT
+    export.parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "elsewhere").mkdir()
+    export.symlink_to(tmp_path / "elsewhere")
+    flashinfer_env.remove("flashinfer-cubin")
+    assert export.is_symlink(), "pip uninstall removed the runtime's symlink: this test proves nothing"
+
+    flashinfer_env.use("0.6.6", extra=(headers_wheel("0.6.6"),))
+    try:
+        assert not export.is_symlink() and (export / "BatchedGemmEnums.h").is_file()
+    finally:
+        flashinfer_env.remove("flashinfer-cubin-headers")
