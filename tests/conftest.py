@@ -49,11 +49,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.real)
 
 
-@pytest.fixture(autouse=True)
-def _tier_guard(request):
-    """Only tests marked ``real`` may fetch a real wheel, so the fast tier can never need one."""
-    envs.REAL_ALLOWED = request.node.get_closest_marker("real") is not None
-    yield
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Only tests marked ``real`` may fetch a real wheel, so the fast tier can never need one.
+    (Set before any fixture of the test, module and session ones included, is made.)"""
+    envs.REAL_ALLOWED = item.get_closest_marker("real") is not None
+
+
+def pytest_runtest_teardown(item, nextitem):
     envs.REAL_ALLOWED = False
 
 
@@ -67,6 +70,7 @@ def pytest_configure(config):
     (a session fixture would be too late for modules that read them at import)."""
     if not hasattr(config, "workerinput"):
         _ISOLATION.append(Isolation(store=envs.STORE).start())
+    envs.REAL_ALLOWED = False  # collection must not download either
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from repack.rules.plan import shipped_plan
 from tests.conftest import AFFECTED
 
 pytestmark = pytest.mark.real
@@ -124,5 +126,26 @@ def test_pip_check_is_clean_for_our_wheel_and_catches_a_missing_dependency(flash
     flashinfer_env.remove("flashinfer-cubin")
     try:
         assert any("requires flashinfer-cubin" in line for line in our_problems())
+    finally:
+        flashinfer_env.remove("flashinfer-cubin-headers")
+
+
+def test_use_starts_clean_after_a_runtime_replaced_the_export_dir(flashinfer_env, headers_wheel):
+    """flashinfer 0.6.7.post1+ replaces the export directory with a symlink into flashinfer-cubin's artifact
+    path. Left behind with no package installed (as a random order left it after the truth table), it broke
+    every later install and start with FileExistsError; use() must start from a clean flashinfer_cubin/."""
+    flashinfer_env.use("0.6.6")
+    flashinfer_env.remove("flashinfer-python", "flashinfer-cubin")
+    site = flashinfer_env.site_packages()
+    export = site / EXPORT
+    export.parent.mkdir(parents=True, exist_ok=True)
+    export.symlink_to(site / "flashinfer_cubin" / "cubins" / shipped_plan("0.6.6").artifact_path
+                      / "include" / "trtllmGen_bmm_export")  # dangling: flashinfer-cubin is gone
+    with pytest.raises(subprocess.CalledProcessError):  # the control: the leftover breaks an install
+        flashinfer_env.pip("install", "-q", "--no-deps", str(headers_wheel("0.6.6")))
+
+    flashinfer_env.use("0.6.6", extra=(headers_wheel("0.6.6"),))
+    try:
+        assert not export.is_symlink() and (export / "BatchedGemmEnums.h").is_file()
     finally:
         flashinfer_env.remove("flashinfer-cubin-headers")

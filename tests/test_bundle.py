@@ -25,7 +25,7 @@ from tests.support.tinywheel import make_wheel
 pytestmark = pytest.mark.slow
 VERSION = "0.6.6"
 EXPORT = "flashinfer_cubin/cubins/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export"
-RESUMED_BYTES = 100_000_000   # what an interrupted run had already fetched of flashinfer-cubin
+RESUMED_BYTES = 4_000_000   # what an interrupted run had already fetched of flashinfer-cubin (trimmed: 10 MB)
 GPU_ONLY = {"nvidia-cutlass-dsl": "4.3.4", "nvidia-cudnn-frontend": "1.13.0"}
 
 

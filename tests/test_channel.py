@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from repack.rules.plan import shipped_plan
 from tests.conftest import cli
 from tests.support.conda_env import (EXPORT_DIR, conda_meta, files_under, python_standin, solve,
                                      solve_and_install, standin)
@@ -38,19 +39,19 @@ REAL = "0.6.6"  # the real tier's flashinfer
 PYTHONS = ("3.11", "3.12")
 
 
-def expected_files(site: str) -> dict[str, bytes | str]:
+def expected_files(site: str, plan=PLAN) -> dict[str, bytes | str]:
     """Prefix-relative path -> sha256 (headers, as flashinfer pins them) or the exact marker bytes."""
-    out: dict[str, bytes | str] = {f"{site}/{EXPORT_DIR}/{h}": PLAN.header_sha256[h] for h in PLAN.headers}
-    out[f"{site}/{EXPORT_DIR}/{PLAN.marker_name}"] = PLAN.marker_bytes
+    out: dict[str, bytes | str] = {f"{site}/{EXPORT_DIR}/{h}": plan.header_sha256[h] for h in plan.headers}
+    out[f"{site}/{EXPORT_DIR}/{plan.marker_name}"] = plan.marker_bytes
     return out
 
 
-def assert_headers_installed(prefix: Path, python: str, alone: bool = True) -> None:
+def assert_headers_installed(prefix: Path, python: str, alone: bool = True, plan=PLAN) -> None:
     """The 18 files at the runtime path; ``alone``: and nothing else under flashinfer_cubin/ (no __init__.py)."""
     site = f"lib/python{python}/site-packages"
     top = "flashinfer_cubin" if alone else "flashinfer_cubin/cubins/flashinfer"
     found = files_under(prefix / site / top)
-    want = expected_files(site)
+    want = expected_files(site, plan)
     assert {f"{site}/{top}/{p}" for p in found} == set(want)
     for path, expected in want.items():
         data = (prefix / path).read_bytes()
@@ -336,7 +337,7 @@ def test_real_flashinfer_starts_offline_with_the_conda_headers(channel, flashinf
     assert not without["ok"] and "BatchedGemmEnums.h not found" in without["error"], without
     shutil.rmtree(site / "flashinfer_cubin" / "cubins" / "flashinfer")  # the failed run's filelock leftovers
     solve_and_install(channel, ["python 3.11.*", "flashinfer-cubin-headers"], prefix, tmp_path / "pkgs")
-    assert_headers_installed(prefix, "3.11", alone=False)  # flashinfer-cubin's own files lie beside them
+    assert_headers_installed(prefix, "3.11", alone=False, plan=shipped_plan(REAL))  # flashinfer-cubin's files beside
     with_headers = flashinfer_env.run_snippet(env=env)
     assert with_headers["ok"], with_headers
     assert with_headers["connects"] == []

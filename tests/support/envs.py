@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -160,8 +161,13 @@ class FlashinferEnv:
         return {d["name"].lower(): d["version"] for d in json.loads(out.stdout)}
 
     def use(self, version: str, *, cubin: bool = True, extra: tuple[Path, ...] = ()) -> None:
-        """Exactly flashinfer-python==version (+ flashinfer-cubin) (+ extra wheels), nothing else of ours."""
-        self.remove(*PROJECTS)
+        """Exactly flashinfer-python==version (+ flashinfer-cubin) (+ extra wheels), nothing else of ours,
+        and no GPU-only package, whatever an earlier test left (with them, flashinfer 0.6.8's import
+        asks CPU torch for a GPU)."""
+        self.remove(*PROJECTS, *sorted(GPU_ONLY - {"torch"}))
+        # what a runtime wrote under flashinfer_cubin/ (headers, locks, 0.6.7.post1+'s symlink) outlives
+        # pip uninstall; left there, the next install or start fails with FileExistsError
+        shutil.rmtree(self.site_packages() / "flashinfer_cubin", ignore_errors=True)
         fp = real_wheel("flashinfer-python", version)
         self.pip("install", "-q", *light_requirements(fp))
         wheels = [fp] + ([trimmed_cubin_wheel(version)] if cubin else []) + list(extra)
