@@ -552,3 +552,18 @@ def test_percent_encoded_password_from_pip_conf_reaches_the_server_decoded(tmp_p
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert seen and base64.b64decode(seen[0].split()[-1]).decode() == "bob:p@ss%w0rd"
     assert "p%40ss" not in result.stderr and "p@ss" not in result.stderr
+
+
+def test_a_damaged_plan_cache_entry_is_dropped_and_read_again(tmp_path):
+    """A cached plan edited after it was written (here: the pin) is a miss with a warning, never a plan."""
+    from tests.support import synthetic
+
+    args = ("plan", synthetic.VERSION, "--cache-dir", str(tmp_path), "--json")
+    cold = cli(*args)
+    assert cold.returncode == 0, cold.stderr
+    entry = next((tmp_path / "plans").glob("*.json"))
+    entry.write_text(entry.read_text().replace(synthetic.checksums_sha256(), "0" * 64))
+    again = cli(*args)
+    assert again.returncode == 0 and "dropping the damaged cache entry" in again.stderr
+    assert json.loads(again.stdout)["plan"]["checksums_sha256"] == synthetic.checksums_sha256()
+    assert json.loads(again.stdout)["transfer"]["requests"] > 0

@@ -14,9 +14,15 @@ import logging
 import urllib.parse
 from pathlib import Path
 
+from repack.fs import NotRegularFileError, read_regular
 from repack.rules.plan import Plan, plan_from_json
 
 log = logging.getLogger(__name__)
+ENTRY_LIMIT = 1 << 20  # a plan is a few kB
+
+
+def _digest(record: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
 def entry_path(root: Path | None, index_url: str, version: str) -> Path | None:
@@ -36,6 +42,7 @@ def store(root: Path | None, index_url: str, wheel: str, plan: Plan) -> None:
     if entry is None:
         return
     record = {"wheel": wheel, "index": redact(index_url), "plan": plan.to_json()}
+    record["sha256"] = _digest(record)
     try:
         atomic_write(entry, json.dumps(record, sort_keys=True, indent=1).encode())
         log.info("plan: derived from %s and cached as %s", wheel, entry)
@@ -49,10 +56,13 @@ def load(root: Path | None, index_url: str, version: str) -> tuple[Plan, str] | 
     if entry is None or not entry.is_file():
         return None
     try:
-        record = json.loads(entry.read_text("utf-8"))
+        record = json.loads(read_regular(entry, ENTRY_LIMIT))
+        if record.pop("sha256", None) != _digest(record):  # damaged since it was written: a miss
+            raise ValueError("its content does not match the digest recorded when it was written")
         plan, index = plan_from_json(record["plan"]), str(record["index"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        log.info("plan: ignoring the unreadable cache entry %s (%s)", entry, exc)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, NotRegularFileError) as exc:
+        log.warning("plan: dropping the damaged cache entry %s (%s)", entry, exc)
+        entry.unlink(missing_ok=True)
         return None
     if plan.version != version:
         log.info("plan: ignoring the cache entry %s: it holds version %s", entry, plan.version)
