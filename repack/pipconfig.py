@@ -27,8 +27,8 @@ import locale
 import logging
 import os
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from repack.errors import UsageError
 

@@ -21,7 +21,7 @@ class Artifact:
     size: int
 
     @classmethod
-    def of(cls, kind: str, path: Path) -> "Artifact":
+    def of(cls, kind: str, path: Path) -> Artifact:
         data = path.read_bytes()
         return cls(kind, path, hashlib.sha256(data).hexdigest(), len(data))
 

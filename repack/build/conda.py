@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
@@ -123,7 +123,7 @@ class PathRecord:
     size: int
 
     @classmethod
-    def of(cls, member: Member) -> "PathRecord":
+    def of(cls, member: Member) -> PathRecord:
         return cls(member.path, hashlib.sha256(member.data).hexdigest(), len(member.data))
 
 

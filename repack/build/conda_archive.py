@@ -17,9 +17,10 @@ import io
 import tarfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from repack.build.artifact import DEFAULT_EPOCH
 from repack.errors import BuildError, SourceError
@@ -171,7 +172,8 @@ def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, str, byte
         names = zf.namelist()
         inner = sorted((n for n in names if n.endswith(".tar.zst") and (n.startswith("info-") or not info_only)),
                        key=lambda n: not n.startswith("info-"))  # metadata first
-        if not any(n.startswith("info-") for n in inner) or (not info_only and not any(n.startswith("pkg-") for n in inner)):
+        has_info, has_pkg = (any(n.startswith(p) for n in inner) for p in ("info-", "pkg-"))
+        if not has_info or (not info_only and not has_pkg):
             raise SourceError(f"{path.name} lacks its info-*.tar.zst or pkg-*.tar.zst member (has {names})",
                               "the file is not a .conda package or is damaged")
         for name in inner:
@@ -190,7 +192,8 @@ def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, str, byte
 def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[tuple[str, str, bytes]]:
     for m in tar:
         if not is_safe_relpath(m.name):
-            raise SourceError(f"{label}: unsafe member name {m.name!r}", "refusing a package that writes outside its prefix")
+            raise SourceError(f"{label}: unsafe member name {m.name!r}",
+                              "refusing a package that writes outside its prefix")
         if info_only and not m.name.startswith("info/"):
             continue
         if m.size > MAX_MEMBER:

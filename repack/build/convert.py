@@ -35,10 +35,10 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Mapping
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -86,7 +86,7 @@ def _read_map(path: Path) -> dict[str, str | None]:
 
 def conda_name(project: str, names: Mapping[str, str | None]) -> str | None:
     key = canonicalize_name(project)
-    return names[key] if key in names else key
+    return names.get(key, key)
 
 
 # -- requirements ------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ def conda_depends(meta, names: Mapping[str, str | None]) -> list[str]:
         name = conda_name(req.name, names)
         if name is not None:
             out.append(f"{name} {conda_spec(req)}".strip())
-    return [python_spec(meta.get("Requires-Python"))] + sorted(set(out))
+    return [python_spec(meta.get("Requires-Python")), *sorted(set(out))]
 
 
 def target_environments(requires_python: str | None) -> list[dict[str, str]]:
@@ -142,7 +142,8 @@ def applies(req: Requirement, line: str, targets: list[dict[str, str]]) -> bool:
                          f"platforms and Pythons ({', '.join(TARGET_MACHINES)}; Python "
                          f"{targets[0]['python_version']}-{targets[-1]['python_version']}) and not on others, "
                          "so one noarch package cannot carry it",
-                         "map the project in the conda name map (null drops it), or convert a wheel without that marker")
+                         "map the project in the conda name map (null drops it), "
+                         "or convert a wheel without that marker")
     return results.pop()
 
 
@@ -219,7 +220,8 @@ def _read_wheel_info(zf: zipfile.ZipFile, wheel: Path):
     dist_info = dist_infos.pop() + "/"
     wheel_meta = HeaderParser().parsestr(zf.read(dist_info + "WHEEL").decode("utf-8"))
     tags = wheel_meta.get_all("Tag") or []
-    if wheel_meta.get("Root-Is-Purelib", "").strip().lower() != "true" or not all(t.endswith("-none-any") for t in tags):
+    purelib = wheel_meta.get("Root-Is-Purelib", "").strip().lower() == "true"
+    if not purelib or not all(t.endswith("-none-any") for t in tags):
         raise BuildError(f"{wheel.name} is not a pure-Python wheel (tags {', '.join(tags)})",
                          "only py3-none-any wheels can become noarch: python conda packages")
     meta = HeaderParser().parsestr(zf.read(dist_info + "METADATA").decode("utf-8"))
@@ -339,7 +341,7 @@ def _dist_info_additions(zf, dist_info: str, metadata: bytes) -> list[tuple[str,
     record = zf.read(dist_info + "RECORD").decode("utf-8")
     rows = [r for r in csv.reader(io.StringIO(record)) if r and r[0] not in added and r[0] != dist_info + "RECORD"]
     rows += [[name, f"sha256={_b64(hashlib.sha256(data).digest())}", str(len(data))] for name, data in added.items()]
-    rows = sorted(rows) + [[dist_info + "RECORD", "", ""]]
+    rows = [*sorted(rows), [dist_info + "RECORD", "", ""]]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     added[dist_info + "RECORD"] = buf.getvalue().encode("utf-8")

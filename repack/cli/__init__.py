@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import signal
 import os
 import re
+import signal
 import sys
-from typing import Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from repack import __version__
 from repack.cli.common import (

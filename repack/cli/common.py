@@ -9,8 +9,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from repack.errors import UsageError
 
@@ -184,7 +184,7 @@ def emit_json(data) -> None:
 _progress_shown = False
 
 
-def progress_printer(args) -> Callable[[str, int, "int | None"], None] | None:
+def progress_printer(args) -> Callable[[str, int, int | None], None] | None:
     """A one-line progress display on a terminal's stderr, redrawn at most 10 times a second."""
     if getattr(args, "quiet", False) or getattr(args, "json", False) or not sys.stderr.isatty():
         return None

@@ -151,7 +151,8 @@ def print_live(diagnosis, live) -> None:
     for where in ("site-packages", "cubin dir", "elsewhere"):
         written = live.writes_in(where)
         if written:
-            shown = ", ".join(w.path for w in written[:5]) + (f" and {len(written) - 5} more" if len(written) > 5 else "")
+            more = f" and {len(written) - 5} more" if len(written) > 5 else ""
+            shown = ", ".join(w.path for w in written[:5]) + more
             print(f"  wrote {len(written)} path(s) in {where}: {shown}")
     agree = "agrees with" if live.ok == diagnosis.starts_offline else "DISAGREES with"
     print(f"live verdict: {'starts offline' if live.ok else 'does not start offline'} "

@@ -121,7 +121,8 @@ def print_plan(plan, origin: str, shipped, differences: list[str]) -> None:
         print(f"  BMM artifact path: {plan.artifact_path}")
         print(f"  pinned checksum:   sha256({plan.checksums_path}) = {plan.checksums_sha256}")
         print(f"  runtime path:      FLASHINFER_CUBIN_DIR/{plan.dest_dir}/")
-        print(f"  marker:            {plan.marker_name} = {plan.marker_bytes!r} ({len(plan.marker_bytes)} bytes, no newline)")
+        size = len(plan.marker_bytes)
+        print(f"  marker:            {plan.marker_name} = {plan.marker_bytes!r} ({size} bytes, no newline)")
         hashes = plan.header_sha256 or (shipped.header_sha256 if shipped else {})
         print(f"  headers ({len(plan.headers)}, from {plan.artifact_path}{plan.header_dir}/):")
         for h in plan.headers:

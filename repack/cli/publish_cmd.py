@@ -64,7 +64,8 @@ def register_publish(sub) -> None:
                    help="the index's simple API, read to skip files already there (default: URL/simple/, "
                         "then URL/+simple/)")
     common_options(p, network=False)
-    p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S", help="connect/read timeout (default 60)")
+    p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S",
+                   help="connect/read timeout (default 60)")
     p.add_argument("--retries", type=retry_count, default=3, metavar="N",
                    help="retries when a gateway answers 502/503/504 (default 3)")
     p.set_defaults(func=cmd_publish)

@@ -354,7 +354,8 @@ _OFFLINE_ERROR = {
 }
 
 
-_ADVICE: contextvars.ContextVar[Advice] = contextvars.ContextVar("doctor_advice", default=Advice())
+# Advice is a frozen dataclass, so the shared default cannot be mutated (B039 guards against mutable ones)
+_ADVICE: contextvars.ContextVar[Advice] = contextvars.ContextVar("doctor_advice", default=Advice())  # noqa: B039
 
 
 def _dest_fix(env: Environment, rules: Plan) -> str:
@@ -393,7 +394,8 @@ def _cubin_fix(env: Environment, version: str, force: bool = False) -> str:
     """flashinfer-cubin of ``version`` from where it is published: PyPI up to 0.6.13, flashinfer's index after."""
     force_flag = "--force-reinstall " if force else ""
     if _ADVICE.get().conda_prefix:
-        return f"conda install --prefix {shlex.quote(_ADVICE.get().conda_prefix)} {force_flag}flashinfer-cubin={version}"
+        prefix = shlex.quote(_ADVICE.get().conda_prefix)
+        return f"conda install --prefix {prefix} {force_flag}flashinfer-cubin={version}"
     index = f" --index-url {FLASHINFER_WHEEL_INDEX}" if _release(version) >= FIRST_CUBIN_OFF_PYPI else ""
     return f"{_pip(env)} install {force_flag}flashinfer-cubin=={version}{index}"
 

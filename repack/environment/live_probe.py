@@ -74,7 +74,7 @@ class Watch:
                 self._wrote(event, args[i] if len(args) > i else None)
 
     def _open(self, args) -> None:
-        path, mode, flags = (list(args) + [None, None, 0])[:3]
+        path, mode, flags = ([*list(args), None, None, 0])[:3]
         writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & WRITE_FLAGS)
         if writes:
             self._wrote("open", path)
@@ -92,7 +92,8 @@ class Watch:
     def watch_requests(self) -> None:
         """Record the URL of every request flashinfer makes through ``requests`` (its downloader)."""
         try:
-            import requests.sessions
+            # flashinfer's own HTTP client, watched inside its process, not a second transport of ours
+            import requests.sessions  # noqa: TID251
         except ImportError:
             return
         original, requests_seen = requests.sessions.Session.request, self.requests
@@ -137,7 +138,7 @@ def parse(argv):
 
 def run_steps(opts, watch, result) -> None:
     result["step"] = "import"
-    import flashinfer  # noqa: F401 - the import itself is the first step
+    import flashinfer
     from flashinfer.jit import env as jit_env
 
     result["version"] = str(getattr(flashinfer, "__version__", ""))
@@ -188,7 +189,7 @@ def main(argv) -> int:
     try:
         run_steps(opts, watch, result)
         result["ok"] = True
-    except BaseException as exc:  # noqa: BLE001 - the report carries every failure, SystemExit included
+    except BaseException as exc:
         result["error"] = f"{type(exc).__name__}: {exc}".strip()
         result["traceback"] = traceback.format_exc()[-3000:]
     finally:

@@ -24,9 +24,9 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from repack.errors import PlanError, SourceError, UsageError
 from repack.rules.plan import METAINFO, Plan
@@ -57,10 +57,10 @@ except Exception:
 print(json.dumps({
     "executable": sys.executable, "version": ".".join(map(str, sys.version_info[:3])),
     "purelib": sysconfig.get_paths()["purelib"], "sys_path": [p for p in sys.path if p],
-    "dists": {n: dist(n) for n in %r}, "home": home,
+    "dists": {n: dist(n) for n in @PROJECTS@}, "home": home,
     "flashinfer_cubin": None if spec is None else list(spec.submodule_search_locations or [spec.origin]),
 }))
-""" % (PROJECTS,)
+""".replace("@PROJECTS@", repr(PROJECTS))
 
 
 # -- the snapshot --------------------------------------------------------------------
@@ -300,7 +300,8 @@ def resolve_cubin_dir(interp: Interpreter, rules: Plan) -> CubinDir:
     """``flashinfer.jit.env._get_cubin_dir()`` of that version (rules read from its code), on the snapshot."""
     env = interp.env
     if rules.cubin_env_first and env.get("FLASHINFER_CUBIN_DIR"):
-        return CubinDir(env["FLASHINFER_CUBIN_DIR"], "FLASHINFER_CUBIN_DIR (wins over flashinfer-cubin in this version)")
+        return CubinDir(env["FLASHINFER_CUBIN_DIR"],
+                        "FLASHINFER_CUBIN_DIR (wins over flashinfer-cubin in this version)")
     if interp.cubin_module:
         found = _from_cubin_package(interp, rules)
         if found.import_error is None or rules.cubin_mismatch != "package-ignored" or namespace_dir(interp):
@@ -365,7 +366,7 @@ def _listed(path: Path, rules: Plan) -> dict[str, str]:
         entries = parse_checksums(path.read_bytes(), str(path))
     except (OSError, IntegrityError):
         return {}
-    names = list(rules.headers) + [METAINFO.rsplit("/", 1)[-1]]
+    names = [*list(rules.headers), METAINFO.rsplit("/", 1)[-1]]
     return {n: d for n in names if (d := runtime_hash(entries, n)) is not None}
 
 

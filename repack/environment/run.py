@@ -24,9 +24,9 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from repack.environment.probe import Environment
 from repack.errors import LiveCheckError

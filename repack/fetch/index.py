@@ -71,7 +71,7 @@ def find_wheel(files: list[IndexFile], project: str, version: str, index_url: st
     matches = []
     for f in files:
         try:
-            name, ver, _build, tags = parse_wheel_filename(wheel_filename(f.filename))
+            name, ver, _build, _tags = parse_wheel_filename(wheel_filename(f.filename))
         except (InvalidWheelFilename, InvalidVersion):
             continue
         if name == canonicalize_name(project) and ver == want:

@@ -10,8 +10,8 @@ build: tampering is reported, never routed around.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 from repack.errors import FetchError, IntegrityError, SourceError, UnknownVersionError
 from repack.fetch.cache import Cache
@@ -72,7 +72,7 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
         cache.put_provenance(plan.checksums_sha256, payload.provenance.to_bytes())
         return payload
     if len(report.tried) == 1:
-        label, message = report.tried[0]
+        _label, message = report.tried[0]
         # the failing layer's hint is the specific one (403: credentials; 404: the URL)
         raise FetchError(message, getattr(last, "hint", "") or OTHER_SOURCE_HINT) from last
     summary = "; ".join(f"{label}: {msg}" for label, msg in report.tried)

@@ -41,7 +41,7 @@ class Provenance:
         return json.dumps(self.to_json(), sort_keys=True).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Provenance | None":
+    def from_bytes(cls, data: bytes) -> Provenance | None:
         """A stored record, or None when it is not one (a damaged record only loses the provenance)."""
         try:
             fields = json.loads(data)

@@ -14,9 +14,10 @@ import logging
 import os
 import tempfile
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from repack.errors import FetchError, SourceError
 from repack.fetch.archive import LocalBytes, read_members
@@ -154,7 +155,8 @@ def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
         return read_members(HTTPBytes(transport, found.url, found.size, found.filename), members)
     except RangesIgnored:
         pass
-    dest = _cache_destination(cache, found.filename) if (found.size or KEEP_WHOLE_WHEEL_UP_TO + 1) <= KEEP_WHOLE_WHEEL_UP_TO else None
+    small = (found.size or KEEP_WHOLE_WHEEL_UP_TO + 1) <= KEEP_WHOLE_WHEEL_UP_TO
+    dest = _cache_destination(cache, found.filename) if small else None
     if dest is not None:
         try:
             cache.record_wheel(dest, _download(transport, found, dest))
@@ -220,7 +222,8 @@ class ArtifactoryDir:
                 raise SourceError(str(exc), exc.hint) from exc
             if not os.path.lexists(path):
                 raise SourceError(f"{self.root} lacks {p}",
-                                  "is this an artifactory-layout directory (e.g. site-packages/flashinfer_cubin/cubins)?")
+                                  "is this an artifactory-layout directory "
+                                  "(e.g. site-packages/flashinfer_cubin/cubins)?")
             try:
                 out[p] = read_regular(path, FILE_LIMIT)
             except NotRegularFileError as exc:

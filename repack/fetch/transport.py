@@ -32,9 +32,10 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from repack import __version__
 from repack.errors import FetchError, IntegrityError
@@ -220,7 +221,8 @@ class Transport:
             target = urllib.parse.urljoin(url, location)
             _check_redirect(url, target)
             url = target
-        raise FetchError(f"cannot fetch {redact(url)}: the server redirects in a loop (more than {MAX_REDIRECTS} redirects)",
+        raise FetchError(f"cannot fetch {redact(url)}: the server redirects in a loop "
+                         f"(more than {MAX_REDIRECTS} redirects)",
                          "the server (or a proxy before it) is misconfigured: tell its administrator, "
                          "or use another source")
 
@@ -460,7 +462,7 @@ class _Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> "_Watchdog":
+    def __enter__(self) -> _Watchdog:
         if self.sock is not None:
             self._thread.start()
         return self
@@ -644,7 +646,8 @@ def secret_forms(username: str, password: str) -> list[str]:
     """Every form in which a password could travel back inside a server's text."""
     token = f"{username}:{password}"
     forms = {password, urllib.parse.quote(password, safe=""), urllib.parse.quote(password),
-             urllib.parse.quote_plus(password), json.dumps(password)[1:-1], json.dumps(password, ensure_ascii=False)[1:-1]}
+             urllib.parse.quote_plus(password), json.dumps(password)[1:-1],
+             json.dumps(password, ensure_ascii=False)[1:-1]}
     for raw in (token, password):
         encoded = base64.b64encode(raw.encode()).decode()
         forms |= {encoded, encoded.rstrip("="), base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")}

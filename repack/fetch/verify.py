@@ -10,8 +10,8 @@ made by :func:`verified_payload`, so nothing unverified reaches a builder.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from repack.errors import IntegrityError
 from repack.fs import check_relpath, is_safe_relpath
@@ -67,7 +67,8 @@ def parse_checksums(text: bytes, label: str = "checksums.txt") -> list[tuple[str
             continue
         out.append((fields[0].lower(), fields[1]))
     if bad:
-        raise IntegrityError(f"{label} is malformed: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise IntegrityError(f"{label} is malformed: {bad[0]}{more}",
                              "refusing a checksum list with unsafe or malformed lines", problems=tuple(bad))
     return out
 

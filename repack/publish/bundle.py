@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from repack import __version__
 from repack.errors import BuildError
@@ -67,7 +68,7 @@ class BundleReport:
 
 def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *, epoch: int | None = None,
            names: Mapping[str, str | None] | None = None, step: Step | None = None,
-           target: "Target | None" = None) -> BundleReport:
+           target: Target | None = None) -> BundleReport:
     """Fill ``out_dir`` with the bundle of ``version`` (see the module docstring); with ``target``,
     flashinfer-python's whole dependency set for that target too."""
     from repack.build.convert import load_name_map
@@ -83,7 +84,7 @@ def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *,
 
 
 def _fill(version: str, out: Path, transport: Transport, index_url: str, epoch: int | None,
-          names: dict[str, str | None], say: Step, report: BundleReport, target: "Target | None") -> None:
+          names: dict[str, str | None], say: Step, report: BundleReport, target: Target | None) -> None:
     wheels = out / "wheels"
     remove_stale_temporaries(wheels)
     python = _fetch(transport, index_url, PYTHON_PROJECT, version, wheels, report, say)
@@ -96,8 +97,8 @@ def _fill(version: str, out: Path, transport: Transport, index_url: str, epoch: 
     resolution = _dependencies(version, target, transport, index_url, wheels, report, say)
     extra = [wheels / f.filename for f in resolution.files] if resolution else []
     say("writing the static simple index")
-    _drop_stale_simple_copies(out / "simple", [python, cubin, ours] + extra)
-    _write_simple(out / "simple", [python, cubin, ours] + extra)
+    _drop_stale_simple_copies(out / "simple", [python, cubin, ours, *extra])
+    _write_simple(out / "simple", [python, cubin, ours, *extra])
     _write_channel(out / "conda", payload, [python, cubin], names, epoch, say, transport.progress)
     atomic_write(out / "conda-map.json", (json.dumps({"names": names}, indent=1, sort_keys=True) + "\n").encode())
     atomic_write(out / "README.txt", readme(plan, [python.name, cubin.name, ours.name], resolution).encode())
@@ -221,7 +222,7 @@ def _write_channel(channel: Path, payload, wheels: list[Path], names: Mapping[st
     say("building the flashinfer-cubin-headers conda package")
     keep.append(build_conda(payload, noarch, epoch, "conda", dependency_names=renamed).path.name)
     _remove_other_builds(noarch, keep)
-    for subdir in ("noarch",) + PLATFORMS:  # conda asks for the platform's repodata too: an empty one answers
+    for subdir in ("noarch", *PLATFORMS):  # conda asks for the platform's repodata too: an empty one answers
         write_repodata(channel / subdir, subdir)
 
 
@@ -261,24 +262,35 @@ def write_manifest(root: Path, version: str, verified: Mapping[str, str] | None 
     return files
 
 
+#: The README's one-line check of a copied bundle: every file against manifest.json's sha256.
+_CHECK_COMMAND = ("""python -c "import json,hashlib; [print('BAD', f['path']) for f in """
+                  """json.load(open('manifest.json'))['files'] if hashlib.sha256(open(f['path'],'rb').read())"""
+                  """.hexdigest() != f['sha256']]\"""")
+
+
+def _three(v: str, pin: str) -> str:
+    """The three flashinfer packages of version ``v``, pinned with ``pin`` (pip ``==``, conda ``=``)."""
+    return " ".join(f"{name}{pin}{v}" for name in ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers"))
+
+
 def readme(plan: Plan, wheels: list[str], resolution=None) -> str:
     v = plan.version
     install = (f"  pip install --no-index --find-links wheels flashinfer-python=={v} flashinfer-cubin=={v} "
                f"flashinfer-cubin-headers=={v}")
     return f"""flashinfer {v}, bundled by flashinfer-repack {__version__} for sites without network access.
 
-Check the copy:   python -c "import json,hashlib; [print('BAD', f['path']) for f in json.load(open('manifest.json'))['files'] if hashlib.sha256(open(f['path'],'rb').read()).hexdigest() != f['sha256']]"
+Check the copy:   {_CHECK_COMMAND}
 
 Name all three packages, with both installers: a package that was only pulled in as a requirement
 is removed with the one that pulled it in (conda prunes it; pip-autoremove and uv sync do the same).
 
 {_pip_section(v, install, resolution)}
 or serve simple/ with any web server (or use file://) as an index:
-  pip install --index-url file://$PWD/simple/ --extra-index-url <your mirror> flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
+  pip install --index-url file://$PWD/simple/ --extra-index-url <your mirror> {_three(v, "==")}
 
 conda / mamba / pixi (pytorch and the other requirements from your conda-forge mirror; the conda
 channel holds only the three flashinfer packages):
-  conda install -c file://$PWD/conda -c <your conda-forge mirror> flashinfer-python={v} flashinfer-cubin={v} flashinfer-cubin-headers={v}
+  conda install -c file://$PWD/conda -c <your conda-forge mirror> {_three(v, "=")}
 Later, "conda remove flashinfer-cubin-headers" leaves flashinfer-python and flashinfer-cubin installed.
 
 The headers then lie where flashinfer-python {v} looks for them
@@ -293,7 +305,7 @@ def _pip_section(v: str, install: str, resolution) -> str:
         return f"""pip: this bundle holds flashinfer-python, flashinfer-cubin and flashinfer-cubin-headers ONLY.
 flashinfer's third-party dependencies (torch, numpy, apache-tvm-ffi, requests, ...) are not in it:
 they must come from your site's mirror, or `--no-index` fails on a clean machine:
-  pip install --find-links wheels --index-url <your mirror> flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
+  pip install --find-links wheels --index-url <your mirror> {_three(v, "==")}
 (A bundle made with its dependencies holds every wheel, and then the --no-index command works.)"""
     target = resolution.target
     dropped = resolution.dropped
@@ -301,7 +313,8 @@ they must come from your site's mirror, or `--no-index` fails on a clean machine
             f" ({len(resolution.kept)} projects, resolved by pip)")
     if not dropped:
         return f"{head}. On a clean machine of that platform, with no index at all:\n{install}"
-    return (f"{head}, except {', '.join(target.excludes)}: install {'it' if len(target.excludes) == 1 else 'them'} "
-            f"first from your site's mirror (with what only {'it needs' if len(target.excludes) == 1 else 'they need'}: "
-            f"{', '.join(n for n in dropped if n not in target.excludes) or 'nothing else'}), then, with no index at all:\n"
-            f"{install}")
+    one = len(target.excludes) == 1
+    only_theirs = ", ".join(n for n in dropped if n not in target.excludes) or "nothing else"
+    return (f"{head}, except {', '.join(target.excludes)}: install {'it' if one else 'them'} "
+            f"first from your site's mirror (with what only {'it needs' if one else 'they need'}: "
+            f"{only_theirs}), then, with no index at all:\n{install}")

@@ -36,10 +36,10 @@ import os
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from repack.build.conda_archive import (
     SUFFIXES,
@@ -49,7 +49,7 @@ from repack.build.conda_archive import (
 )
 from repack.errors import PublishError, SourceError
 from repack.fetch.digest import file_digests
-from repack.fs import atomic_write, is_safe_relpath
+from repack.fs import atomic_write, is_safe_relpath, locked
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,8 @@ def _index_json(path: Path, members: dict[str, bytes], expected: tuple[str, str,
         raise PublishError(f"{path.name}: info/index.json is not a JSON object", ARCHIVE_FIX)
     found = tuple(str(index.get(k, "")) for k in ("name", "version", "build"))
     if found != expected:
-        raise PublishError(f"{path.name}: info/index.json says {'-'.join(found)}, the file name says {'-'.join(expected)}",
+        raise PublishError(f"{path.name}: info/index.json says {'-'.join(found)}, "
+                           f"the file name says {'-'.join(expected)}",
                            "do not rename conda packages; conda identifies them by their file name")
     subdir = index.get("subdir") or ("noarch" if index.get("noarch") else None)
     if not isinstance(subdir, str) or not SUBDIR.match(subdir):
@@ -376,19 +377,14 @@ def _file_hashes(path: Path) -> tuple[str, str, int]:
 
 @contextmanager
 def _locked(channel: Path) -> Iterator[None]:
-    """Serialise publishers of one channel; the lock file also proves the channel is writable."""
-    try:
-        channel.mkdir(parents=True, exist_ok=True)
-        fh = open(channel / LOCK_NAME, "a")
-    except OSError as exc:
-        raise PublishError(f"cannot write to the channel {channel}: {exc.strerror}",
-                           "choose a directory you can write, or fix its permissions") from exc
-    with fh:
-        try:
-            import fcntl
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except ImportError:  # no flock on this platform: publishers must take turns themselves
-            pass
+    """Serialise publishers of one channel; taking the lock also proves the channel is writable."""
+    with ExitStack() as stack:
+        try:  # only taking the lock is this error; an OSError of the block below stays its own
+            channel.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(locked(channel / LOCK_NAME))
+        except OSError as exc:
+            raise PublishError(f"cannot write to the channel {channel}: {exc.strerror}",
+                               "choose a directory you can write, or fix its permissions") from exc
         yield
 
 

@@ -14,11 +14,11 @@ import hashlib
 import os
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Callable
 
 from packaging.utils import (
     InvalidWheelFilename,

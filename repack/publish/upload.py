@@ -20,9 +20,9 @@ import os
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 from packaging.utils import parse_wheel_filename
 

@@ -14,10 +14,10 @@ from (an installed distribution, a wheel on disk, a wheel on an index) is
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from email.parser import HeaderParser
 from importlib import resources
-from typing import Mapping
 
 from packaging.version import InvalidVersion, Version
 
@@ -121,7 +121,7 @@ class Plan:
         data["checksums_path"] = self.checksums_path if self.needed else ""
         return data
 
-    def differences(self, other: "Plan") -> list[str]:
+    def differences(self, other: Plan) -> list[str]:
         """Fields where two plans of one version disagree (header hashes only if both know them)."""
         names = ["needed", "mode", "artifact_path", "checksums_sha256", "header_dir", "headers",
                  "dest_dir", "marker_name", "marker_content", "requires_python",
@@ -177,9 +177,10 @@ def derive_plan(version: str, sources: Mapping[str, str], metadata: str | None =
         raise PlanError(f"flashinfer-python {version} has no {ARTIFACTS_MODULE}",
                         "only flashinfer-python 0.6.x with cubin artifacts is understood")
     runtime = reader.read_cubin_dir_rules(code)
-    common = dict(version=version, requires_python=_requires_python(metadata), build_version=reader.build_version(code),
-                  cubin_env_first=runtime.env_var_first, cubin_mismatch=runtime.mismatch,
-                  cubin_skips_unknown=runtime.skips_unknown_build)
+    common = {"version": version, "requires_python": _requires_python(metadata),
+              "build_version": reader.build_version(code),
+                  "cubin_env_first": runtime.env_var_first, "cubin_mismatch": runtime.mismatch,
+                  "cubin_skips_unknown": runtime.skips_unknown_build}
     downloads = reader.Reader(code).read()
     if not downloads:
         return _not_needed(code, common)
@@ -252,5 +253,13 @@ def _version(text: str) -> Version:
         return Version("0")
 
 
-__all__ = ["Plan", "derive_plan", "shipped_plan", "shipped_versions", "plan_from_json",
-           "require_needed", "UnknownVersionError", "ARTIFACT_EXTRAS"]
+__all__ = [
+    "ARTIFACT_EXTRAS",
+    "Plan",
+    "UnknownVersionError",
+    "derive_plan",
+    "plan_from_json",
+    "require_needed",
+    "shipped_plan",
+    "shipped_versions",
+]

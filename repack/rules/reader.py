@@ -26,8 +26,8 @@ from __future__ import annotations
 import ast
 import posixpath
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from repack.rules.scope import CannotTellError, Codebase, Scope, Target, module_name
 
@@ -78,7 +78,7 @@ class _NeedsParam(Exception):
 class _Bound:
     expr: ast.AST
     scope: Scope
-    env: "Mapping[str, _Bound] | None"
+    env: Mapping[str, _Bound] | None
 
 
 # -- values -----------------------------------------------------------------------------
@@ -129,7 +129,7 @@ class Evaluator:
         if isinstance(expr.op, ast.Add) and type(left) is type(right) and isinstance(left, (str, tuple)):
             return left + right
         if isinstance(expr.op, ast.Div) and isinstance(left, CubinPath) and isinstance(right, str):
-            return CubinPath(left.parts + (right,))
+            return CubinPath((*left.parts, right))
         raise self.cannot(scope, expr, f"{_show(expr)} combines values this reader does not")
 
     def _named(self, expr: ast.AST, scope: Scope, env, depth: int):
@@ -186,14 +186,15 @@ def bind(ev: Evaluator, target: Target, call: ast.Call, scope: Scope, env) -> _E
         raise ev.cannot(scope, call, f"{_show(call)} passes *args or **kwargs")
     if len(call.args) > len(positional):
         raise ev.cannot(scope, call, f"{_show(call)} passes more positional arguments than {target.name}() takes")
-    bound = {p.arg: _Bound(a, scope, env) for p, a in zip(positional, call.args)}
+    # fewer arguments than parameters is normal (defaults fill the rest); more was refused above
+    bound = {p.arg: _Bound(a, scope, env) for p, a in zip(positional, call.args, strict=False)}
     for k in call.keywords:
         if k.arg in bound or k.arg not in {p.arg for p in positional + args.kwonlyargs}:
             raise ev.cannot(scope, call, f"{_show(call)} passes {k.arg}= that {target.name}() does not take once")
         bound[k.arg] = _Bound(k.value, scope, env)
     home = ev.code.scope_at(target.module, func)
-    defaults = dict(zip([p.arg for p in positional][len(positional) - len(args.defaults):], args.defaults))
-    defaults.update({p.arg: d for p, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None})
+    defaults = dict(zip([p.arg for p in positional][len(positional) - len(args.defaults):], args.defaults, strict=True))
+    defaults.update({p.arg: d for p, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None})
     for name, default in defaults.items():
         bound.setdefault(name, _Bound(default, home, None))
     missing = [p.arg for p in positional + args.kwonlyargs if p.arg not in bound]
@@ -422,7 +423,7 @@ class Reader:
             for path in sorted(self.code.texts):
                 if "import *" in self.code.texts[path] and path not in todo:
                     self._aliases(path)  # a star import binds the downloader without spelling its name
-        for fid, (path, func) in self.wrappers.items():
+        for path, func in self.wrappers.values():
             if not any(t.node is func for _, _, t in self.sites):
                 raise CannotTellError(path, func.lineno, f"{getattr(func, 'name', 'a lambda')}() passes its parameters "
                                       "on to the header downloader, and no call of it could be read")
@@ -578,7 +579,8 @@ def read_cubin_dir_rules(code: Codebase) -> CubinDirRules:
         raise CannotTellError(path, 0, "no _get_cubin_dir(): where FLASHINFER_CUBIN_DIR lies is unknown")
     env_at = _first(func.body, lambda n: isinstance(n, ast.Call) and ast.unparse(n) in (
         "os.getenv('FLASHINFER_CUBIN_DIR')", "os.environ.get('FLASHINFER_CUBIN_DIR')"))
-    pkg = [i for i, s in enumerate(func.body) if isinstance(s, ast.If) and ast.unparse(s.test) == "has_flashinfer_cubin()"]
+    pkg = [i for i, s in enumerate(func.body)
+           if isinstance(s, ast.If) and ast.unparse(s.test) == "has_flashinfer_cubin()"]
     if env_at is None or len(pkg) != 1:
         raise CannotTellError(path, func.lineno, "_get_cubin_dir() is not `FLASHINFER_CUBIN_DIR` and "
                                                  "`if has_flashinfer_cubin():` in some order")

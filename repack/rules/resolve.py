@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from packaging.utils import parse_wheel_filename
 from packaging.version import InvalidVersion, Version

@@ -12,8 +12,8 @@ matters, and refuses when it does.
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from repack.errors import PlanError
 
@@ -43,7 +43,7 @@ class Target:
     module: str = ""          # the defining module's path (def, class, value, param) or dotted name (module, external)
     name: str = ""
     node: ast.AST | None = None   # the FunctionDef/ClassDef, the value expression, or the function of a param
-    scope: "Scope | None" = None  # where ``node`` (a value) is evaluated
+    scope: Scope | None = None  # where ``node`` (a value) is evaluated
 
 
 UNKNOWN = Target("unknown")
@@ -55,7 +55,7 @@ class Scope:
 
     path: str
     node: ast.AST
-    parent: "Scope | None"
+    parent: Scope | None
     bindings: dict[str, list[tuple[str, object]]] = field(default_factory=dict)
     stars: list[ast.ImportFrom] = field(default_factory=list)
 
@@ -103,7 +103,7 @@ class Codebase:
         chain = []
         up = self.parent(path, node)
         while up is not None:
-            if isinstance(up, _FUNCS + (ast.ClassDef,)):
+            if isinstance(up, (*_FUNCS, ast.ClassDef)):
                 chain.append(up)
             up = self.parent(path, up)
         scope = self.module_scope(path)
@@ -194,7 +194,7 @@ def _own_nodes(node: ast.AST):
     while stack:
         n = stack.pop()
         yield n
-        if not isinstance(n, _FUNCS + (ast.ClassDef,)):
+        if not isinstance(n, (*_FUNCS, ast.ClassDef)):
             stack.extend(ast.iter_child_nodes(n))
 
 
