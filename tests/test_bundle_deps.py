@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from repack.errors import FetchError, UsageError
+from repack.errors import FetchError, InputError
 from repack.publish.dependencies import Target, check_target, dependency_graph, reachable, resolve, wheel_file
 from tests.support.tinywheel import make_wheel
 
@@ -50,7 +50,7 @@ def test_pip_resolves_and_an_excluded_project_takes_only_its_own_subtree(file_se
 
 def test_excluding_a_project_that_is_not_a_dependency_is_refused(file_server, tmp_path):
     index = fake_index(file_server, tmp_path)
-    with pytest.raises(UsageError, match="fi-win-only is not among the dependencies pip resolved for flashinfer 9.9.9"):
+    with pytest.raises(InputError, match="fi-win-only is not among the dependencies pip resolved for flashinfer 9.9.9"):
         resolve(V, check_target(None, [], ["fi-win-only"]), index)
 
 
@@ -109,7 +109,7 @@ def test_credentials_in_a_refused_url_are_not_shown():
     (None, [], ["Flashinfer_Python"], "flashinfer-python cannot be excluded"),
 ])
 def test_malformed_targets_are_usage_errors(python, platforms, excludes, message):
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(InputError, match=message):
         check_target(python, platforms, excludes)
 
 

@@ -16,7 +16,7 @@ from repack.publish.channel import inspect_package
 from repack.build.conda_archive import read_members
 from repack.build.convert import conda_depends, convert_wheel, load_name_map, package_filename
 from repack.build.conda import python_spec
-from repack.errors import BuildError, IntegrityError, UsageError
+from repack.errors import BuildError, IntegrityError, InputError
 from tests.support.tinywheel import make_wheel, tamper
 
 
@@ -43,7 +43,7 @@ def test_name_map_override(tmp_path):
     assert names["flashinfer-python"] == "flashinfer" and names["torch"] is None
     assert names["flashinfer-cubin"] == "flashinfer-cubin"  # the shipped entries stay
     override.write_text("[1, 2]")
-    with pytest.raises(UsageError, match="conda name map"):
+    with pytest.raises(InputError, match="conda name map"):
         load_name_map(override)
 
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
@@ -26,7 +27,7 @@ from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
 from repack.build.conda_archive import Member, conda_bytes, tar_bz2_bytes
 from repack.build.sbom import SBOM_DIR, SBOM_NAME, sbom_bytes
 from repack.build.wheel import PACKAGE_ROOT
-from repack.errors import BuildError, UsageError
+from repack.errors import BuildError, InputError
 from repack.fetch.verify import Payload
 from repack.fs import atomic_write
 from repack.rules.plan import Plan
@@ -180,7 +181,8 @@ def build_conda(payload: Payload, out_dir: Path, epoch: int | None = None, archi
                 build_number: int = 0) -> Artifact:
     """Write the conda package (``archive`` "conda" or "tar.bz2") into ``out_dir`` and return it."""
     if archive not in ARCHIVES:
-        raise UsageError(f"unknown conda archive format {archive!r}", f"choose from {', '.join(ARCHIVES)}")
+        raise InputError(f"unknown conda archive format {archive!r}", f"choose from {', '.join(ARCHIVES)}",
+                         value=archive, expected=", ".join(ARCHIVES), setting="format")
     epoch = DEFAULT_EPOCH if epoch is None else epoch
     requirements = depends(payload.plan, dependency_names, with_flashinfer_deps)
     stem, info, files = package_members(payload, epoch, requirements, build_number)
@@ -190,20 +192,19 @@ def build_conda(payload: Payload, out_dir: Path, epoch: int | None = None, archi
     try:
         atomic_write(path, data)
     except OSError as exc:
-        raise BuildError(f"cannot write {path}: {exc.strerror}", "choose a writable -o directory") from exc
+        raise BuildError(f"cannot write {path}: {exc.strerror}", "choose a writable output directory",
+                         path=str(path), setting="output") from exc
     return Artifact(kind, path, hashlib.sha256(data).hexdigest(), len(data))
 
 
-# -- command-line options --------------------------------------------------------------
-
-def conda_options_from_args(args) -> dict:
-    """build_conda's keyword arguments from ``build``'s --conda-* options (UsageError when malformed)."""
-    number = getattr(args, "build_number", 0) or 0
-    if number < 0:
-        raise UsageError(f"--build-number {number} is negative", "give 0, 1, 2...")
-    return {"dependency_names": parse_dependency_names(getattr(args, "conda_dep_name", None) or []),
-            "with_flashinfer_deps": not getattr(args, "conda_no_flashinfer_deps", False),
-            "build_number": number}
+def conda_options(build_number: int = 0, dependency_names: list[str] | tuple[str, ...] = (),
+                  with_flashinfer_deps: bool = True) -> dict[str, Any]:
+    """build_conda's keyword arguments, checked (InputError when malformed) before anything is fetched."""
+    if build_number < 0:
+        raise InputError(f"build number {build_number} is negative", "give 0, 1, 2...",
+                         value=build_number, expected="0, 1, 2...", setting="build_number")
+    return {"dependency_names": parse_dependency_names(list(dependency_names)),
+            "with_flashinfer_deps": with_flashinfer_deps, "build_number": build_number}
 
 
 def parse_dependency_names(specs: list[str]) -> dict[str, str]:
@@ -211,11 +212,13 @@ def parse_dependency_names(specs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for spec in specs:
         key, sep, name = (part.strip() for part in spec.partition("="))
+        expected = " or ".join(d + "=NAME" for d in FLASHINFER_DEPENDENCIES)
         if not sep or key not in FLASHINFER_DEPENDENCIES:
-            raise UsageError(f"--conda-dep-name {spec!r} is not {' or '.join(d + '=NAME' for d in FLASHINFER_DEPENDENCIES)}",
-                             "e.g. --conda-dep-name flashinfer-python=flashinfer")
+            raise InputError(f"conda dependency name {spec!r} is not {expected}", "e.g. flashinfer-python=flashinfer",
+                             value=spec, expected=expected, setting="conda_dep_name")
         if not CONDA_NAME.match(name):
-            raise UsageError(f"--conda-dep-name {spec!r}: {name!r} is not a conda package name",
-                             "conda names are lowercase letters, digits, '_', '.' and '-'")
+            raise InputError(f"conda dependency name {spec!r}: {name!r} is not a conda package name",
+                             "conda names are lowercase letters, digits, '_', '.' and '-'",
+                             value=name, setting="conda_dep_name")
         out[key] = name
     return out

@@ -152,7 +152,8 @@ def iter_entries(path: Path, info_only: bool = False) -> Iterator[tuple[str, str
     path = Path(path)
     if not path.name.endswith(SUFFIXES):
         raise SourceError(f"{path.name} is not a conda package (expected {' or '.join(SUFFIXES)})",
-                          "give a file built by 'flashinfer-repack build --format conda' or conda-build/rattler-build")
+                          "give a conda package built by flashinfer-repack, conda-build or rattler-build",
+                          value=path.name, expected=" or ".join(SUFFIXES))
     try:
         if path.name.endswith(".conda"):
             yield from _conda_members(path, info_only)
@@ -214,5 +215,5 @@ def _zstd():
         import zstandard
     except ImportError as exc:  # a dependency, but say what to do if it was left out
         raise BuildError("the .conda format needs the 'zstandard' module, which is not installed",
-                         "pip install zstandard, or use --format conda-bz2") from exc
+                         "pip install zstandard, or build the .tar.bz2 format instead") from exc
     return zstandard

@@ -49,7 +49,7 @@ from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, Artifact
 from repack.build.conda import PathRecord, build_string, hash_input_json, info_members, link_json, python_spec
 from repack.build.conda_archive import info_tar_zst, open_tar, tar_info, write_conda_container, zstd_compressor
-from repack.errors import BuildError, IntegrityError, UsageError
+from repack.errors import BuildError, InputError, IntegrityError
 
 MAP_FILE = Path(__file__).with_name("condamap.json")
 #: zstd level of the payload tar: 3 turns flashinfer-cubin's 1.1 GB into a package in seconds,
@@ -80,7 +80,7 @@ def _read_map(path: Path) -> dict[str, str | None]:
         names = data["names"] if isinstance(data, dict) and "names" in data else data
         return {canonicalize_name(k): (None if v is None else str(v)) for k, v in dict(names).items()}
     except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise UsageError(f"cannot read the conda name map {path}: {exc}",
+        raise InputError(f"cannot read the conda name map {path}: {exc}",
                          'give a JSON file like {"names": {"torch": "pytorch", "some-project": null}}') from exc
 
 
@@ -153,7 +153,7 @@ def conda_spec(req: Requirement) -> str:
     for s in sorted(req.specifier, key=str):
         if s.operator not in CONDA_OPS:
             raise BuildError(f"{req}: the operator {s.operator!r} has no conda equivalent",
-                             "map the project to a conda package by hand (--conda-map), or drop it with null")
+                             "map the project to a conda package by hand in the conda name map, or drop it with null")
         if s.operator == "==" and s.version.endswith(".*"):
             parts.append(s.version)
         else:
@@ -207,8 +207,8 @@ def _describe(zf: zipfile.ZipFile, wheel: Path, names: Mapping[str, str | None],
     dist_info, meta = _read_wheel_info(zf, wheel)
     name = conda_name(meta["Name"], names)
     if name is None:
-        raise UsageError(f"the conda name map drops {meta['Name']}, so {wheel.name} cannot be converted",
-                         "map it to a name in --conda-map")
+        raise InputError(f"the conda name map drops {meta['Name']}, so {wheel.name} cannot be converted",
+                         "map it to a name in the conda name map", setting="conda_map")
     depends = conda_depends(meta, names)
     return dist_info, meta, name, depends, build_string(hash_input_json(depends), build_number)
 

@@ -18,16 +18,17 @@ from typing import NoReturn
 from repack import __version__
 from repack.cli.common import (
     EPILOG,
-    EXIT_FAIL,
     EXIT_INTERRUPTED,
     EXIT_PIPE,
     EXIT_TABLE,
     EXIT_USAGE,
     _clear_progress,
     emit_json,
+    exit_code_of,
+    hint_of,
     verbose_option,
 )
-from repack.errors import RepackError, UsageError
+from repack.errors import RepackError
 
 # -- entry point -------------------------------------------------------------------
 
@@ -94,16 +95,17 @@ def _closed_pipe() -> int:
 
 
 def report_error(args, exc: RepackError) -> int:
-    code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAIL
+    """The one place an error meets the user: its message, its hint (with our option), its exit code."""
+    code, hint = exit_code_of(exc), hint_of(exc)
     try:
         if getattr(args, "json", False):
-            emit_json({"ok": False, "error": str(exc), "hint": exc.hint, "kind": type(exc).__name__,
-                       "exit_code": code, "problems": list(getattr(exc, "problems", ()))})
+            emit_json({"ok": False, "error": str(exc), "hint": hint, "kind": type(exc).__name__,
+                       "exit_code": code, "problems": list(getattr(exc, "problems", ())), "fields": exc.fields()})
             sys.stdout.flush()
         _clear_progress()
         print(f"flashinfer-repack: error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
+        if hint:
+            print(f"  hint: {hint}", file=sys.stderr)
     except BrokenPipeError:
         return _closed_pipe()
     return code
@@ -119,7 +121,7 @@ class Parser(argparse.ArgumentParser):
         if self.json_errors:
             try:
                 emit_json({"ok": False, "error": message, "hint": hint, "kind": "UsageError",
-                           "exit_code": EXIT_USAGE, "problems": []})
+                           "exit_code": EXIT_USAGE, "problems": [], "fields": {}})
                 sys.stdout.flush()
             except BrokenPipeError:
                 sys.exit(_closed_pipe())

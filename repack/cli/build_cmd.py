@@ -10,6 +10,7 @@ from repack.cli.common import (
     EPILOG,
     EXIT_OK,
     EXIT_TABLE,
+    UsageError,
     _clear_progress,
     common_options,
     emit_json,
@@ -21,10 +22,10 @@ from repack.cli.common import (
 )
 from repack.cli.pipeline import (
     build_artifacts,
+    conda_options_of,
     fetch_verified,
     resolve_for_build,
 )
-from repack.errors import UsageError
 
 # -- build ---------------------------------------------------------------------------
 
@@ -84,8 +85,7 @@ def cmd_build(args) -> int:
     output_dir(args.output)  # before any download: a file at -o is a usage error, not "File exists" at the end
     formats = parse_formats(args.format)
     if any(f != "wheel" for f in formats):
-        from repack.build.conda import conda_options_from_args
-        conda_options_from_args(args)  # a malformed --conda-* option fails before any download
+        conda_options_of(args)  # a malformed --conda-* option fails before any download
     epoch = source_date_epoch()
     transport = make_transport(args)
     check = resolve_for_build(args, version, transport)

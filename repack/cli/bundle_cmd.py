@@ -10,6 +10,7 @@ from pathlib import Path
 from repack.cli.common import (
     EXIT_OK,
     EXIT_TABLE,
+    UsageError,
     _clear_progress,
     common_options,
     emit_json,
@@ -19,7 +20,6 @@ from repack.cli.common import (
     output_dir,
     source_date_epoch,
 )
-from repack.errors import UsageError
 
 # -- bundle --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from repack.errors import UsageError
+from repack.errors import InputError, RepackError
 
 log = logging.getLogger("repack.cli")
 
@@ -27,6 +27,48 @@ EXIT_CODES = (
     (EXIT_PIPE, "stdout was closed early, e.g. by `| head`; nothing else is printed"),
 )
 EXIT_TABLE = "exit codes:\n" + "".join(f"  {code:<4} {text}\n" for code, text in EXIT_CODES)
+
+
+class UsageError(InputError):
+    """The command line itself makes no sense: options that do not go together, a malformed option value."""
+
+
+#: The one map from an error's class to its exit code: the first row whose class matches wins.
+#: The library's InputError (a value the caller gave is malformed) is a usage error here, as ours is.
+ERROR_EXIT_CODES: tuple[tuple[type[RepackError], int], ...] = (
+    (InputError, EXIT_USAGE),
+    (RepackError, EXIT_FAIL),
+)
+
+#: The option that gives each setting a library error may name (RepackError.setting): the library says
+#: what to do in words, and the CLI names its own option beside the hint.
+OPTION_OF_SETTING = {
+    "build_number": "--build-number",
+    "conda_dep_name": "--conda-dep-name",
+    "conda_map": "--conda-map",
+    "format": "--format",
+    "index_url": "--index-url",
+    "output": "-o",
+    "prefix": "--prefix",
+    "python": "--python",
+    "simple_url": "--simple-url",
+    "source": "--from",
+    "target": "--target",
+    "upload_url": "--index",
+}
+
+
+def exit_code_of(exc: RepackError) -> int:
+    """The exit code of ``exc``, from :data:`ERROR_EXIT_CODES`."""
+    return next(code for cls, code in ERROR_EXIT_CODES if isinstance(exc, cls))
+
+
+def hint_of(exc: RepackError) -> str:
+    """The library's hint, with the option that gives the setting it concerns (when the error names one)."""
+    option = OPTION_OF_SETTING.get(exc.setting or "")
+    if option and exc.hint and option not in exc.hint:
+        return f"{exc.hint} ({option})"
+    return exc.hint
 PYPI = "https://pypi.org/simple/"  # as index.PYPI; kept here so that --help imports nothing heavy
 ZIP_TIME_LIMIT = 4354819200  # 2108-01-01: a zip stores years up to 2107
 

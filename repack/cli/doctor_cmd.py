@@ -11,12 +11,12 @@ from repack.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     EXIT_TABLE,
+    UsageError,
     common_options,
     emit_json,
     index_settings,
     resolve_python,
 )
-from repack.errors import UsageError
 
 # -- doctor --------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from repack.cli.common import (
     EPILOG,
     EXIT_OK,
     EXIT_TABLE,
+    UsageError,
     _clear_progress,
     common_options,
     emit_json,
@@ -22,7 +23,6 @@ from repack.cli.pipeline import (
     fetch_verified,
     resolve_for_build,
 )
-from repack.errors import UsageError
 
 # -- install -------------------------------------------------------------------------
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from repack.cli.common import (
     PYPI,
+    UsageError,
     cache_dir,
     cubins_repository,
     index_url,
 )
-from repack.errors import UsageError
 
 
 def fetch_verified(args, plan, transport, with_extras: bool = False):
@@ -34,10 +34,21 @@ def build_artifacts(payload, formats: list[str], args, epoch: int | None) -> lis
         if fmt == "wheel":
             out.append(build_wheel(payload, args.output, epoch))
         else:
-            from repack.build.conda import build_conda, conda_options_from_args
+            from repack.build.conda import build_conda
             out.append(build_conda(payload, args.output, epoch, archive="tar.bz2" if fmt == "conda-bz2" else "conda",
-                                   **conda_options_from_args(args)))
+                                   **conda_options_of(args)))
     return out
+
+
+def conda_options_of(args) -> dict:
+    """build_conda's keyword arguments from ``build``'s --conda-* options (install and bundle have none)."""
+    from repack.build.conda import conda_options
+
+    number = getattr(args, "build_number", 0) or 0
+    if number < 0:  # the library refuses it too, but in its words: this names the option
+        raise UsageError(f"--build-number {number} is negative", "give 0, 1, 2...")
+    return conda_options(number, getattr(args, "conda_dep_name", None) or [],
+                         not getattr(args, "conda_no_flashinfer_deps", False))
 
 
 def resolve_for_build(args, version: str, transport):

@@ -130,7 +130,7 @@ def upload_target(args):
             origin = f"{repo.source} [{repo.name}]" if from_file else "keyring"
             return url, Credentials(urllib.parse.unquote(username), password, origin)
     return url, find_credentials(url, username=args.username, password=args.password, env=os.environ,
-                                 netrc_file=netrc_path(os.environ))
+                                 netrc_file=netrc_path(os.environ), given_as="--username/--password")
 
 
 def _env(what: str) -> str | None:

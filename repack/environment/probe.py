@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repack.errors import PlanError, SourceError, UsageError
+from repack.errors import InputError, PlanError, SourceError
 from repack.rules.plan import METAINFO, Plan
 
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
@@ -171,13 +171,15 @@ def interpreter_facts(python: str, env: Mapping[str, str]) -> Interpreter:
         proc = subprocess.run([python, "-c", _SCRIPT], capture_output=True, text=True, env=dict(env),
                               cwd=os.path.abspath(os.sep), timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UsageError(f"cannot run the interpreter {python}: {exc}",
-                         "give --python the path of the environment's python (e.g. .venv/bin/python)") from None
+        raise InputError(f"cannot run the interpreter {python}: {exc}",
+                         "give the path of the environment's python (e.g. .venv/bin/python)",
+                         value=python, setting="python") from None
     try:
         data = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise UsageError(f"{python} did not answer as a Python >= 3.8 interpreter (exit {proc.returncode}): "
-                         f"{proc.stderr.strip()[-300:]}", "give --python the path of a Python interpreter") from None
+        raise InputError(f"{python} did not answer as a Python >= 3.8 interpreter (exit {proc.returncode}): "
+                         f"{proc.stderr.strip()[-300:]}", "give the path of a Python interpreter",
+                         value=python, setting="python") from None
     dists = {name: Dist(d["version"], d["location"]) for name, d in data["dists"].items() if d}
     return Interpreter(python=data["executable"], python_version=data["version"], site_packages=data["purelib"],
                        dists=dists, cubin_module=tuple(data["flashinfer_cubin"]) if data["flashinfer_cubin"] else None,
@@ -190,11 +192,12 @@ def prefix_facts(prefix: Path, env: Mapping[str, str]) -> Interpreter:
         if candidate.exists():
             return with_conda_meta(interpreter_facts(str(candidate), env), prefix)
     if not (prefix / "conda-meta").is_dir():
-        raise UsageError(f"{prefix} is not a conda prefix (no conda-meta/ and no bin/python)",
-                         "give --prefix the root of a conda environment, or --python its interpreter")
+        raise InputError(f"{prefix} is not a conda prefix (no conda-meta/ and no bin/python)",
+                         "give the root of a conda environment, or the path of its interpreter",
+                         value=str(prefix), setting="prefix")
     sites = sorted(glob.glob(str(prefix / "lib" / "python3*" / "site-packages")))
     if not sites:
-        raise UsageError(f"{prefix} has no lib/python3.*/site-packages", "is Python installed in that prefix?")
+        raise InputError(f"{prefix} has no lib/python3.*/site-packages", "is Python installed in that prefix?")
     site = sites[-1]
     return with_conda_meta(Interpreter(
         python=None, python_version=_conda_python(prefix) or Path(site).parent.name[6:], site_packages=site,

@@ -77,10 +77,11 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
         raise FetchError(message, getattr(last, "hint", "") or OTHER_SOURCE_HINT) from last
     summary = "; ".join(f"{label}: {msg}" for label, msg in report.tried)
     raise FetchError(f"no source could provide the headers of flashinfer {plan.version}: {summary}",
-                     "pass --from with a flashinfer-cubin wheel, an artifactory mirror, or a reachable index")
+                     "give a flashinfer-cubin wheel, an artifactory mirror, or a reachable index as the source",
+                     setting="source")
 
 
-OTHER_SOURCE_HINT = ("check the network or the source, or pass --from with another source "
+OTHER_SOURCE_HINT = ("check the network or the source, or give another source "
                      "(a flashinfer-cubin wheel, an artifactory-layout directory or URL, an index)")
 
 def _paths(plan: Plan, extras: Sequence[str]) -> list[str]:

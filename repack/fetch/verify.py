@@ -90,7 +90,8 @@ def check_checksums_file(plan: Plan, data: bytes) -> list[tuple[str, str]]:
         raise IntegrityError(
             f"{plan.checksums_path}: sha256 {actual} ({len(data)} bytes) does not match "
             f"the CheckSumHash pinned by flashinfer-python {plan.version}: {plan.checksums_sha256}",
-            "the source serves other or tampered bytes; use another --from source")
+            "the source serves other or tampered bytes; use another source",
+            value=actual, expected=plan.checksums_sha256, path=plan.checksums_path)
     return parse_checksums(data, plan.checksums_path)
 
 

@@ -315,7 +315,8 @@ def _classify(incoming: list[CondaPackage], present: dict[str, CondaPackage],
         if there is not None and there.sha256 != pkg.sha256:
             raise PublishError(f"{channel / key} already exists with other bytes (sha256 {there.sha256}, "
                                f"yours {pkg.sha256})",
-                               "conda caches packages by file name: raise the --build-number instead of replacing it")
+                               "conda caches packages by file name: raise the build number instead of replacing it",
+                               path=str(channel / key), setting="build_number")
         if there is None:
             new.setdefault(key, pkg)  # the same file given twice is copied once
         results.append(ChannelResult(pkg.filename, pkg.subdir, "skipped" if there else "added", pkg.sha256, pkg.size))

@@ -28,7 +28,7 @@ from packaging.markers import InvalidMarker, UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from repack.errors import FetchError, UsageError
+from repack.errors import FetchError, InputError
 from repack.fetch.index import IndexFile
 from repack.fetch.transport import redact
 
@@ -70,14 +70,14 @@ class Resolution:
 def check_target(python_version: str | None, platforms: Sequence[str], excludes: Sequence[str]) -> Target:
     """The target from the user's values, refused when malformed (they reach pip's command line)."""
     if python_version is not None and not PYTHON_VERSION.match(python_version):
-        raise UsageError(f"Python version {python_version!r} is not X.Y", "give e.g. 3.12")
+        raise InputError(f"Python version {python_version!r} is not X.Y", "give e.g. 3.12")
     bad = [p for p in platforms if not PLATFORM_TAG.match(p)]
     if bad:
-        raise UsageError(f"platform tag {bad[0]!r} is not a wheel platform tag", "give e.g. manylinux_2_28_x86_64")
+        raise InputError(f"platform tag {bad[0]!r} is not a wheel platform tag", "give e.g. manylinux_2_28_x86_64")
     names = tuple(dict.fromkeys(canonicalize_name(n) for n in excludes))
     roots = [n for n in names if n in ROOTS]
     if roots:
-        raise UsageError(f"{roots[0]} cannot be excluded: it is what the bundle is for",
+        raise InputError(f"{roots[0]} cannot be excluded: it is what the bundle is for",
                          "exclude only third-party dependencies, such as torch")
     return Target(python_version, tuple(platforms), names)
 
@@ -88,7 +88,7 @@ def resolve(version: str, target: Target, index_url: str, *, run: Callable = sub
     graph, items = dependency_graph(report)
     missing = [n for n in target.excludes if n not in items]
     if missing:
-        raise UsageError(f"{missing[0]} is not among the dependencies pip resolved for flashinfer {version}",
+        raise InputError(f"{missing[0]} is not among the dependencies pip resolved for flashinfer {version}",
                          f"the resolution holds: {', '.join(sorted(items))}")
     keep = reachable(graph, ROOTS, set(target.excludes))
     out = Resolution(target, dropped=sorted(set(items) - keep))

@@ -27,7 +27,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from repack.errors import IntegrityError, UsageError
+from repack.errors import InputError, IntegrityError
 from repack.fetch.digest import file_digests
 from repack.wheelfile import RecordRow, dist_info_dir, read_record, urlsafe_b64
 
@@ -80,13 +80,14 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
     """
     path = Path(path)
     if not path.name.endswith(".whl"):
-        raise UsageError(f"{path} is not a wheel (.whl)", "only wheels can be published to a Python index")
+        raise InputError(f"{path} is not a wheel (.whl)", "only wheels can be published to a Python index")
     try:
         name, version, _build, _tags = parse_wheel_filename(path.name)
     except (InvalidWheelFilename, InvalidVersion) as exc:
-        raise UsageError(f"{path.name} is not a valid wheel file name: {exc}", "keep the name the builder gave") from exc
+        raise InputError(f"{path.name} is not a valid wheel file name: {exc}", "keep the name the builder gave",
+                         value=path.name, path=str(path)) from exc
     if not path.is_file():
-        raise UsageError(f"{path}: no such file", "give the path of a built wheel")
+        raise InputError(f"{path}: no such file", "give the path of a built wheel")
     found = file_digests(path, digests)
     metadata = _check_wheel(path, str(name), check_record, progress)
     headers = HeaderParser().parsestr(metadata.decode("utf-8", "replace"))
