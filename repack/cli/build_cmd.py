@@ -10,27 +10,17 @@ from repack.cli.common import (
     EPILOG,
     EXIT_OK,
     EXIT_TABLE,
-    UsageError,
     _clear_progress,
     common_options,
     emit_json,
     human_size,
     make_transport,
     output_dir,
-    source_date_epoch,
     source_option,
 )
-from repack.cli.pipeline import (
-    build_artifacts,
-    conda_options_of,
-    fetch_verified,
-    resolve_for_build,
-)
+from repack.cli.settings import settings_from
 
 # -- build ---------------------------------------------------------------------------
-
-FORMATS = ("wheel", "conda", "conda-bz2")
-
 
 BUILD_EXAMPLES = """\
 examples:
@@ -68,30 +58,18 @@ def register_build(sub) -> None:
     p.set_defaults(func=cmd_build)
 
 
-def parse_formats(text: str) -> list[str]:
-    formats = [f.strip() for f in text.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise UsageError(f"unknown format {unknown[0] if unknown else text!r}",
-                         f"choose from {', '.join(FORMATS)}, comma-separated")
-    return list(dict.fromkeys(formats))
-
-
 def cmd_build(args) -> int:
+    from repack import pipeline
     from repack.rules.resolve import check_version
 
     started = time.monotonic()
     version = check_version(args.version)
     output_dir(args.output)  # before any download: a file at -o is a usage error, not "File exists" at the end
-    formats = parse_formats(args.format)
-    if any(f != "wheel" for f in formats):
-        conda_options_of(args)  # a malformed --conda-* option fails before any download
-    epoch = source_date_epoch()
+    settings = settings_from(args)  # a malformed --format, --conda-* or --from fails before any download
     transport = make_transport(args)
-    check = resolve_for_build(args, version, transport)
-    plan = check.plan
-    payload, report = fetch_verified(args, plan, transport)
-    artifacts = build_artifacts(payload, formats, args, epoch)
+    built = pipeline.build(version, settings.sources, transport, out_dir=args.output, formats=settings.formats,
+                           epoch=settings.epoch, conda=dict(settings.conda))
+    check, report, artifacts, plan = built.check, built.report, built.artifacts, built.check.plan
     elapsed = time.monotonic() - started
     _clear_progress()
     transfer = {"requests": transport.stats.requests if transport else 0,

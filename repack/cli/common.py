@@ -48,6 +48,7 @@ OPTION_OF_SETTING = {
     "conda_map": "--conda-map",
     "format": "--format",
     "index_url": "--index-url",
+    "offline": "--offline",
     "output": "-o",
     "prefix": "--prefix",
     "python": "--python",
@@ -196,17 +197,6 @@ def source_date_epoch() -> int | None:
         raise UsageError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds before 2108",
                          "unset it or give seconds since 1970 (zip and tar timestamps end in 2107)")
     return int(value)
-
-
-def cubins_repository() -> str:
-    """$FLASHINFER_CUBINS_REPOSITORY: a URL, or a directory that must exist (a typo is not a URL to try)."""
-    from repack.fetch.sources import NVIDIA_ARTIFACTORY
-
-    value = os.environ.get("FLASHINFER_CUBINS_REPOSITORY", NVIDIA_ARTIFACTORY)
-    if "://" not in value and not os.path.isdir(value):
-        raise UsageError(f"FLASHINFER_CUBINS_REPOSITORY={value!r} is neither a URL nor an existing directory",
-                         "set it to an http(s) URL in artifactory layout or to a directory that exists, or unset it")
-    return value
 
 
 def output_dir(path: Path, option: str = "-o") -> Path:

@@ -19,10 +19,7 @@ from repack.cli.common import (
     resolve_python,
     source_option,
 )
-from repack.cli.pipeline import (
-    fetch_verified,
-    resolve_for_build,
-)
+from repack.cli.settings import source_settings
 
 # -- install -------------------------------------------------------------------------
 
@@ -54,16 +51,18 @@ def register_install(sub) -> None:
 
 
 def cmd_install(args) -> int:
+    from repack import pipeline
     from repack.environment.install import install
     from repack.rules.plan import require_needed
     from repack.rules.resolve import check_version
 
     version = check_version(args.version)
     transport = make_transport(args)
-    check = resolve_for_build(args, version, transport)
+    settings = source_settings(args)
+    check = pipeline.checked_plan_for(version, settings, transport)
     plan = require_needed(check.plan)
     cubin_dir, with_extras, owned = (args.target, True, False) if args.target else install_destination(args, version)
-    payload, report = fetch_verified(args, plan, transport, with_extras)
+    payload, report = pipeline.verified_payload(plan, settings, transport, with_extras)
     written = install(payload, cubin_dir)
     _clear_progress()
     if args.json:
