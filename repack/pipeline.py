@@ -25,7 +25,7 @@ from repack.fetch.index import PYPI
 from repack.fetch.payload import FetchReport, Payload, fetch_payload
 from repack.fetch.sources import NVIDIA_ARTIFACTORY, Source
 from repack.fetch.sourcespec import SourceSpec
-from repack.fetch.transport import Transport, redact
+from repack.fetch.transport import Transport, check_url, redact
 from repack.rules.plan import Plan
 from repack.rules.resolve import CodeReader, PlanCheck
 
@@ -56,7 +56,7 @@ class SourceSettings:
 
     def default_index(self) -> str:
         """The index given, else the one pip would use."""
-        return self.index_url or self.pip_index_url()
+        return check_url(self.index_url or self.pip_index_url(), "index_url")
 
     def artifactory(self) -> str:
         """The artifactory root: a URL, or a directory that must exist (a typo is not a URL to try)."""
@@ -161,6 +161,8 @@ def _open(spec: SourceSpec, settings: SourceSettings, version: str, transport: T
           cache: Cache) -> list[Source]:
     from repack.fetch import sources as s
 
+    if spec.is_url:
+        check_url(spec.location or "", "source")
     if spec.kind == "auto":
         return _auto(settings, version, transport, cache)
     if spec.kind == "cache":

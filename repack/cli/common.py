@@ -148,9 +148,11 @@ def retry_count(text: str) -> int:
 
 def index_url(args) -> str:
     """--index-url, else what ``pip install`` would use (logged once, with where it came from)."""
+    from repack.fetch.transport import check_url
+
     if getattr(args, "index_url", None):
-        return args.index_url
-    return index_settings(args).index_url
+        return check_url(args.index_url, "index_url")
+    return check_url(index_settings(args).index_url, "index_url")
 
 
 def index_settings(args, site_prefix: str | None = None):

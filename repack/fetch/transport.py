@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from repack import __version__
-from repack.errors import FetchError, IntegrityError
+from repack.errors import FetchError, InputError, IntegrityError
 from repack.fs import NotRegularFileError, open_regular
 
 log = logging.getLogger(__name__)
@@ -425,6 +425,27 @@ def _check_credentials_allowed(url: str) -> None:
     if not _may_carry_credentials(url):
         raise FetchError(f"refusing to send credentials to {redact(url)} over plain http",
                          "use an https URL for a server that needs a password (plain http only on this machine)")
+
+
+def check_url(url: str, setting: str | None = None) -> str:
+    """``url``, if the caller may give it: http(s) with a host and a valid port, or file:.
+
+    A malformed URL the caller gave is the caller's mistake (InputError), whichever command it was
+    given to; the same URL met later (a link on an index page, a redirect) is the server's (FetchError).
+    """
+    parts = urllib.parse.urlsplit(url)
+    shown = redact(url)
+    if parts.scheme == "file":
+        return url
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"{shown} is not an http(s) URL", "give an http(s):// URL, or a path on this machine",
+                         value=shown, expected="an http(s) URL", setting=setting)
+    try:
+        parts.port  # noqa: B018  # urllib checks the port only when it is asked for
+    except ValueError as exc:
+        raise InputError(f"{shown} is not a valid URL: {exc}", "check the host and port",
+                         value=shown, expected="a port from 0 to 65535", setting=setting) from None
+    return url
 
 
 def _check_scheme(url: str) -> None:

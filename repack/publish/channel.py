@@ -47,7 +47,7 @@ from repack.build.conda_archive import (
     read_members,
     split_filename,
 )
-from repack.errors import PublishError, SourceError
+from repack.errors import InputError, PublishError, SourceError
 from repack.fetch.digest import file_digests
 from repack.fs import atomic_write, is_safe_relpath, locked
 
@@ -126,7 +126,9 @@ def inspect_package(path: Path) -> CondaPackage:
     try:
         name, version, build, _ = split_filename(path.name)
     except ValueError as exc:
-        raise PublishError(f"{path}: {exc}", "give conda packages named NAME-VERSION-BUILD.conda or .tar.bz2") from None
+        # a file that is no conda package is the caller's mistake, as a non-wheel given for an index is
+        raise InputError(f"{path}: {exc}", "give conda packages named NAME-VERSION-BUILD.conda or .tar.bz2",
+                         value=path.name, expected="NAME-VERSION-BUILD.conda or .tar.bz2", path=str(path)) from None
     try:
         hashes = _file_hashes(path)
     except OSError as exc:
