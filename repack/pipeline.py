@@ -115,7 +115,7 @@ def code_indexes(settings: SourceSettings, transport: Transport | None) -> list[
     """
     if transport is None:
         return []
-    urls = [settings.index_url] if settings.index_url else []
+    urls = [settings.default_index()] if settings.index_url else []
     for spec in settings.sources:
         if spec.kind in ("auto", "index") and spec.location is None:
             urls.append(settings.default_index())

@@ -129,6 +129,8 @@ def inspect_package(path: Path) -> CondaPackage:
         # a file that is no conda package is the caller's mistake, as a non-wheel given for an index is
         raise InputError(f"{path}: {exc}", "give conda packages named NAME-VERSION-BUILD.conda or .tar.bz2",
                          value=path.name, expected="NAME-VERSION-BUILD.conda or .tar.bz2", path=str(path)) from None
+    if not path.is_file():  # as read_distfile says of a wheel that is not there
+        raise InputError(f"{path}: no such file", "give the path of a built conda package", path=str(path))
     try:
         hashes = _file_hashes(path)
     except OSError as exc:
