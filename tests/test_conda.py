@@ -20,8 +20,8 @@ from conda_package_streaming.package_streaming import stream_conda_info
 from repack.build.conda import parse_dependency_names, python_spec
 from repack.errors import BuildError, InputError
 from tests.conftest import cli
-from tests.support.conda_env import EXPORT_DIR
 from tests.support import synthetic
+from tests.support.conda_env import EXPORT_DIR
 
 VERSION = synthetic.VERSION
 EPOCH = "1700000000"

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from repack.fetch.archive import SpanCache
 from repack.errors import SourceError
+from repack.fetch.archive import SpanCache
 from tests.support import synthetic
 from tests.test_build_sources import FAST, VERSION, build, failed, succeeded
 

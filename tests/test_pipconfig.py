@@ -13,9 +13,9 @@ import subprocess
 import venv
 from pathlib import Path
 
+import pip
 import pytest
 
-import pip
 from repack.pipconfig import PYPI, config_files, resolve_index
 
 ORACLE = ("import json; from pip._internal.commands import create_command; c = create_command('install'); "

@@ -24,9 +24,9 @@ import pytest
 
 from repack.errors import InputError
 from repack.publish.upload import find_credentials
+from tests.support import synthetic
 from tests.support.installs import fresh_venv, pip_into, site_packages, uv_into
 from tests.support.tinywheel import make_wheel, tamper
-from tests.support import synthetic
 
 PROJECT = "flashinfer-cubin-headers"
 EXPORT = "flashinfer_cubin/cubins/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export"
