@@ -22,10 +22,11 @@ from repack.build.artifact import Artifact
 from repack.errors import InputError
 from repack.fetch.cache import Cache
 from repack.fetch.index import PYPI
-from repack.fetch.payload import FetchReport, Payload, fetch_payload
+from repack.fetch.payload import FetchReport, fetch_payload
 from repack.fetch.sources import NVIDIA_ARTIFACTORY, Source
 from repack.fetch.sourcespec import SourceSpec
 from repack.fetch.transport import Transport, check_url, redact
+from repack.fetch.verify import Payload
 from repack.rules.plan import Plan
 from repack.rules.resolve import CodeReader, PlanCheck
 

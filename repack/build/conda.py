@@ -68,18 +68,18 @@ def depends(plan: Plan, dependency_names: Mapping[str, str] | None = None,
     return out
 
 
-def hash_input_json(requirements: list[str]) -> dict:
+def hash_input_json(requirements: list[str]) -> dict[str, Any]:
     """What distinguishes variants of one version: the build string hashes it."""
     return {"depends": list(requirements), "noarch": "python"}
 
 
-def build_string(hash_input: dict, build_number: int) -> str:
+def build_string(hash_input: dict[str, Any], build_number: int) -> str:
     """``pyh<7 hex>_<n>``: the noarch-python convention, from the variant's hash input."""
     digest = hashlib.sha256(json_bytes(hash_input)).hexdigest()[:7]
     return f"pyh{digest}_{build_number}"
 
 
-def index_json(plan: Plan, build: str, build_number: int, requirements: list[str], timestamp_ms: int) -> dict:
+def index_json(plan: Plan, build: str, build_number: int, requirements: list[str], timestamp_ms: int) -> dict[str, Any]:
     return {
         "build": build,
         "build_number": build_number,
@@ -94,7 +94,7 @@ def index_json(plan: Plan, build: str, build_number: int, requirements: list[str
     }
 
 
-def about_json(plan: Plan) -> dict:
+def about_json(plan: Plan) -> dict[str, Any]:
     return {
         "summary": SUMMARY.format(version=plan.version),
         "description": (f"The {len(plan.headers)} TRT-LLM BMM export headers of flashinfer-cubin {plan.version} and "
@@ -107,9 +107,9 @@ def about_json(plan: Plan) -> dict:
     }
 
 
-def link_json(entry_points: list[str] | None = None) -> dict:
+def link_json(entry_points: list[str] | None = None) -> dict[str, Any]:
     """noarch: python, with the console scripts conda creates at link time (``name = module:function``)."""
-    noarch: dict = {"type": "python"}
+    noarch: dict[str, Any] = {"type": "python"}
     if entry_points:
         noarch["entry_points"] = list(entry_points)
     return {"noarch": noarch, "package_metadata_version": 1}
@@ -128,7 +128,7 @@ class PathRecord:
         return cls(member.path, hashlib.sha256(member.data).hexdigest(), len(member.data))
 
 
-def paths_json(records: list[PathRecord]) -> dict:
+def paths_json(records: list[PathRecord]) -> dict[str, Any]:
     entries = [{"_path": r.path, "path_type": "hardlink", "sha256": r.sha256, "size_in_bytes": r.size}
                for r in sorted(records, key=lambda r: r.path)]
     return {"paths": entries, "paths_version": 1}
@@ -138,7 +138,8 @@ def files_text(records: list[PathRecord]) -> str:
     return "".join(f"{r.path}\n" for r in sorted(records, key=lambda r: r.path))
 
 
-def info_members(index: dict, about: dict, link: dict, records: list[PathRecord]) -> list[Member]:
+def info_members(index: dict[str, Any], about: dict[str, Any], link: dict[str, Any],
+                 records: list[PathRecord]) -> list[Member]:
     """The ``info/`` files of a noarch: python package: the one place both writers get them from."""
     return [
         Member("info/index.json", json_bytes(index)),
@@ -150,7 +151,7 @@ def info_members(index: dict, about: dict, link: dict, records: list[PathRecord]
     ]
 
 
-def json_bytes(data: dict) -> bytes:
+def json_bytes(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 

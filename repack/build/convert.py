@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -248,7 +249,7 @@ def _layout(zf: zipfile.ZipFile, dist_info: str) -> list[Placed]:
     return sorted(placed, key=lambda p: p.path)
 
 
-def _info(zf, dist_info, meta, name, build, build_number, depends, epoch, wheel) -> dict:
+def _info(zf, dist_info, meta, name, build, build_number, depends, epoch, wheel) -> dict[str, Any]:
     return {"name": name, "version": str(Version(meta["Version"])), "build": build, "build_number": build_number,
             "depends": depends, "license": _license(meta), "noarch": "python", "subdir": "noarch",
             "timestamp": epoch * 1000, "entry_points": _entry_points(zf, dist_info), "summary": meta.get("Summary", ""),
@@ -285,7 +286,7 @@ def _entry_points(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
 
 # -- writing -----------------------------------------------------------------------------------------
 
-def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Placed], info: dict,
+def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Placed], info: dict[str, Any],
                    epoch: int, progress=None) -> Artifact:
     """The payload is compressed to a file as it streams from the wheel, then copied into the container."""
     target = out_dir / f"{stem}.conda"
@@ -378,7 +379,7 @@ def _record(zf, dist_info: str) -> dict[str, str]:
     return {r[0]: r[1] for r in rows if len(r) >= 2 and r[1]}
 
 
-def _info_members(info: dict, written: list[PathRecord]) -> list:
+def _info_members(info: dict[str, Any], written: list[PathRecord]) -> list[Any]:
     index = {k: info[k] for k in ("name", "version", "build", "build_number", "depends", "license", "noarch",
                                   "subdir", "timestamp")}
     about = {"summary": info["summary"], "home": info["home"], "license": info["license"],

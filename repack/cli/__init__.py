@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # why: a SIGTERM (docker stop, CI cancel) must unwind like ^C, so that temporaries are removed
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        code = args.func(args)
+        code: int = args.func(args)
         sys.stdout.flush()  # inside the try: a reader gone before the last block is a closed pipe too
         return code
     except KeyboardInterrupt:
@@ -94,7 +94,7 @@ def _closed_pipe() -> int:
     return EXIT_PIPE
 
 
-def report_error(args, exc: RepackError) -> int:
+def report_error(args: argparse.Namespace, exc: RepackError) -> int:
     """The one place an error meets the user: its message, its hint (with our option), its exit code."""
     code, hint = exit_code_of(exc), hint_of(exc)
     try:
@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=TOP_EPILOG + "\n" + EPILOG + "\n" + EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbose_option(parser)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser]
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     for register in _commands():
         register(sub)
@@ -180,7 +181,7 @@ examples:
 """
 
 
-def _commands() -> list[Callable]:
+def _commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     from repack.cli import (
         build_cmd,
         bundle_cmd,

@@ -30,7 +30,7 @@ examples:
 """
 
 
-def register_build(sub) -> None:
+def register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("build", help="fetch, verify and package the headers of a version",
                        description="Fetch the BMM export headers of VERSION from a real source, verify every byte "
                                    "against the checksums flashinfer-python pins, and build the "
@@ -58,7 +58,7 @@ def register_build(sub) -> None:
     p.set_defaults(func=cmd_build)
 
 
-def cmd_build(args) -> int:
+def cmd_build(args: argparse.Namespace) -> int:
     from repack import pipeline
     from repack.rules.resolve import check_version
 

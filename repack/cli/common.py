@@ -11,8 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repack.errors import InputError, RepackError
+
+if TYPE_CHECKING:
+    from repack.fetch.transport import Transport
+    from repack.pipconfig import IndexSettings
 
 log = logging.getLogger("repack.cli")
 
@@ -146,7 +151,7 @@ def retry_count(text: str) -> int:
 
 # -- environment ---------------------------------------------------------------------
 
-def index_url(args) -> str:
+def index_url(args: argparse.Namespace) -> str:
     """--index-url, else what ``pip install`` would use (logged once, with where it came from)."""
     from repack.fetch.transport import check_url
 
@@ -155,11 +160,11 @@ def index_url(args) -> str:
     return check_url(index_settings(args).index_url, "index_url")
 
 
-def index_settings(args, site_prefix: str | None = None):
+def index_settings(args: argparse.Namespace, site_prefix: str | None = None) -> IndexSettings:
     """pip's index settings for the environment ``pip`` would run in (see :mod:`repack.pipconfig`)."""
     from repack.pipconfig import resolve_index
 
-    cached = getattr(args, "_pip_index", None)
+    cached: IndexSettings | None = getattr(args, "_pip_index", None)
     if cached is not None and site_prefix is None:
         return cached
     prefix = site_prefix or os.environ.get("VIRTUAL_ENV") or os.environ.get("CONDA_PREFIX") or sys.prefix
@@ -171,7 +176,7 @@ def index_settings(args, site_prefix: str | None = None):
     return settings
 
 
-def _log_index(settings) -> None:
+def _log_index(settings: IndexSettings) -> None:
     from repack.fetch.transport import redact
 
     log.info("index %s, from %s", redact(settings.index_url), settings.index_origin)
@@ -180,11 +185,11 @@ def _log_index(settings) -> None:
                  ", ".join(redact(u) for u in settings.extra_index_urls), settings.extra_origin)
 
 
-def cache_dir(args) -> Path | None:
+def cache_dir(args: argparse.Namespace) -> Path | None:
     if getattr(args, "no_cache", False):
         return None
     if getattr(args, "cache_dir", None):
-        return args.cache_dir
+        return Path(args.cache_dir)
     if os.environ.get("FLASHINFER_REPACK_CACHE_DIR"):
         return Path(os.environ["FLASHINFER_REPACK_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
@@ -211,14 +216,14 @@ def output_dir(path: Path, option: str = "-o") -> Path:
 
 # -- output --------------------------------------------------------------------------
 
-def emit_json(data) -> None:
+def emit_json(data: object) -> None:
     print(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
 _progress_shown = False
 
 
-def progress_printer(args) -> Callable[[str, int, int | None], None] | None:
+def progress_printer(args: argparse.Namespace) -> Callable[[str, int, int | None], None] | None:
     """A one-line progress display on a terminal's stderr, redrawn at most 10 times a second."""
     if getattr(args, "quiet", False) or getattr(args, "json", False) or not sys.stderr.isatty():
         return None
@@ -282,7 +287,7 @@ def _clear_progress() -> None:
         _progress_shown = False
 
 
-def make_transport(args):
+def make_transport(args: argparse.Namespace) -> Transport | None:
     from repack.fetch.transport import Transport
 
     if getattr(args, "offline", False):
@@ -290,7 +295,8 @@ def make_transport(args):
     return Transport(timeout=args.timeout, retries=args.retries, progress=progress_printer(args))
 
 
-def human_size(n: int) -> str:
+def human_size(size: int) -> str:
+    n = float(size)
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

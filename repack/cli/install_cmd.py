@@ -31,7 +31,7 @@ prefer the package where flashinfer-cubin is installed: pip owns its files (see 
 """
 
 
-def register_install(sub) -> None:
+def register_install(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("install", help="place the verified headers straight into an environment's cubin dir",
                        description="Fetch and verify the BMM export headers of VERSION (as build does) and place "
                                    "them, with the exact marker, directly where that environment's flashinfer "
@@ -50,7 +50,7 @@ def register_install(sub) -> None:
     p.set_defaults(func=cmd_install)
 
 
-def cmd_install(args) -> int:
+def cmd_install(args: argparse.Namespace) -> int:
     from repack import pipeline
     from repack.environment.install import install
     from repack.rules.plan import require_needed
@@ -85,7 +85,7 @@ def cmd_install(args) -> int:
     return EXIT_OK
 
 
-def install_destination(args, version: str) -> tuple[Path, bool, bool]:
+def install_destination(args: argparse.Namespace, version: str) -> tuple[Path, bool, bool]:
     """The cubin dir of the environment of --python (default: this one), whether it lacks flashinfer-cubin,
     and whether our package of this version is installed there (so pip owns the files)."""
     from packaging.version import Version
@@ -98,15 +98,17 @@ def install_destination(args, version: str) -> tuple[Path, bool, bool]:
     if fp is None or Version(fp.version) != Version(version):
         raise UsageError(f"{env.target} has flashinfer-python {fp.version if fp else '(none)'}, not {version}",
                          f"install flashinfer-python=={version} there, or use --target DIR")
-    if env.unknown is not None or env.cubin_dir is None:  # its code was not understood: no path is guessed
+    rules, cubin_dir = env.rules, env.cubin_dir
+    if env.unknown is not None or rules is None or cubin_dir is None or cubin_dir.path is None:
+        # its code was not understood: no path is guessed
         from repack.errors import PlanError
         raise PlanError(env.unknown or f"where {env.target}'s flashinfer looks is unknown",
                         "the headers are not placed where that flashinfer may not look")
     from repack.rules.resolve import checked_plan
-    checked_plan(version, [(f"flashinfer-python in {env.target}", lambda: env.rules)])  # refuses a disagreement
-    if env.cubin_dir.import_error:
-        raise BuildError(f"`import flashinfer` fails in {env.target}: {env.cubin_dir.import_error}",
+    checked_plan(version, [(f"flashinfer-python in {env.target}", lambda: rules)])  # refuses a disagreement
+    if cubin_dir.import_error:
+        raise BuildError(f"`import flashinfer` fails in {env.target}: {cubin_dir.import_error}",
                          f"run 'flashinfer-repack doctor --python {env.interpreter.python}' for the fix")
     ours = env.dist("flashinfer-cubin-headers")
     owned = ours is not None and Version(ours.version) == Version(version)
-    return Path(env.cubin_dir.path), env.dist("flashinfer-cubin") is None, owned
+    return Path(cubin_dir.path), env.dist("flashinfer-cubin") is None, owned

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def read_records(prefix: Path) -> list[CondaRecord]:
     return out
 
 
-def _record(data: dict) -> CondaRecord:
+def _record(data: dict[str, Any]) -> CondaRecord:
     files = data.get("files", [])
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise ValueError("'files' is not a list of paths")

@@ -23,6 +23,7 @@ import contextvars
 import os
 import shlex
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from repack.environment.probe import MISSING, Environment, FileState
 from repack.rules.plan import Plan
@@ -88,7 +89,7 @@ class Diagnosis:
             return "unknown"
         return "offline" if self.starts_offline else "not-offline"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"starts_offline": self.starts_offline, "verdict": self.verdict,
                 "checks": [dict(asdict(c), ok=c.ok) for c in self.checks],
                 "problems": [asdict(p) for p in self.problems]}

@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from repack.environment.probe import Environment
 from repack.errors import LiveCheckError
@@ -100,7 +101,7 @@ class LiveResult:
             return f"cannot import flashinfer: {self.error}"
         return (f"{tried}; then " if tried else "") + f"failed at the header step: {self.error}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "writes"}
         data.update(writes=[w.__dict__ for w in self.writes], summary=self.summary(), imported=self.imported,
                     downloaded_files=self.downloaded_files)
@@ -160,7 +161,7 @@ def live_check(python: str, env_vars: Mapping[str, str], *, calls: Sequence[str]
         return _result(data, proc, timed_out, scratch, site_packages)
 
 
-def _run(cmd: list[str], env: dict, cwd: Path, timeout: float):
+def _run(cmd: list[str], env: dict[str, Any], cwd: Path, timeout: float):
     try:
         return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout), False
     except subprocess.TimeoutExpired as exc:  # the child ignored its own deadline (stuck in C code)
@@ -171,7 +172,7 @@ def _run(cmd: list[str], env: dict, cwd: Path, timeout: float):
                              "give the environment's own Python interpreter") from exc
 
 
-def _read_report(report: Path, proc, timed_out: bool) -> dict:
+def _read_report(report: Path, proc, timed_out: bool) -> dict[str, Any]:
     try:
         return json.loads(report.read_text())
     except (OSError, ValueError):
@@ -180,7 +181,7 @@ def _read_report(report: Path, proc, timed_out: bool) -> dict:
         return {"ok": False, "step": "start", "error": f"the live check's child {why}: {last[0][:300]}".rstrip(": ")}
 
 
-def _result(data: dict, proc, timed_out: bool, scratch: Path, site_packages: str | None) -> LiveResult:
+def _result(data: dict[str, Any], proc, timed_out: bool, scratch: Path, site_packages: str | None) -> LiveResult:
     timed_out = timed_out or str(data.get("error") or "").startswith("Deadline")
     return LiveResult(
         ok=bool(data.get("ok")) and not timed_out, step=str(data.get("step", "start")), error=data.get("error"),

@@ -69,7 +69,8 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
         report.source = source.label
         for blob in [checksums] + [f.data for f in payload.files + payload.extras]:
             cache.put(blob)
-        cache.put_provenance(plan.checksums_sha256, payload.provenance.to_bytes())
+        if payload.provenance is not None:  # always, from a source (_from_source sets it)
+            cache.put_provenance(plan.checksums_sha256, payload.provenance.to_bytes())
         return payload
     if len(report.tried) == 1:
         _label, message = report.tried[0]

@@ -12,6 +12,7 @@ import json
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from repack.fetch.digest import file_sha256
 
@@ -34,7 +35,7 @@ class Provenance:
         digest = f" (sha256 {self.wheel_sha256}, {self.wheel_sha256_from})" if self.wheel_sha256 else ""
         return f"{self.kind} {self.location}{wheel}{digest}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_bytes(self) -> bytes:

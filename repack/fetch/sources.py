@@ -41,7 +41,11 @@ NVIDIA_ARTIFACTORY = "https://edge.urm.nvidia.com/artifactory/sw-kernelinference
 
 
 class Source(Protocol):
-    label: str
+    """Where header bytes come from: the contract every source below satisfies (and a test fake may)."""
+
+    @property
+    def label(self) -> str:
+        """What the source is, for messages and the report ("wheel PATH", "index URL")."""
 
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
         """Raw bytes for each path; FetchError or SourceError when it cannot."""
@@ -115,9 +119,8 @@ class IndexWheel:
         return find_wheel(files, CUBIN_PROJECT, self.version, redact(self.index_url))
 
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
-        self.found = self.locate()
-        return _by_artifact_path(paths, lambda members: read_remote_wheel(
-            self.transport, self.cache, self.found, members))
+        found = self.found = self.locate()
+        return _by_artifact_path(paths, lambda members: read_remote_wheel(self.transport, self.cache, found, members))
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from repack.errors import IntegrityError
+from repack.fetch.provenance import Provenance
 from repack.fs import check_relpath, is_safe_relpath
 from repack.rules.plan import Plan
 
@@ -40,8 +41,8 @@ class Payload:
     files: tuple[PayloadFile, ...]
     extras: tuple[PayloadFile, ...] = ()
     source: str = ""
-    #: where the bytes came from (repack.fetch.provenance.Provenance), for the artifacts' SBOM
-    provenance: object | None = None
+    #: where the bytes came from, for the artifacts' SBOM (None: a cache entry from before provenance was kept)
+    provenance: Provenance | None = None
 
 
 def sha256(data: bytes) -> str:

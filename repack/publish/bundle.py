@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from repack import __version__
 from repack.errors import BuildError
@@ -57,11 +57,11 @@ class BundleReport:
     version: str
     fetched: dict[str, str] = field(default_factory=dict)   # wheel -> present / downloaded / resumed
     transferred: int = 0                                      # bytes of wheels that crossed the wire
-    files: list[dict] = field(default_factory=list)         # the manifest's entries
+    files: list[dict[str, Any]] = field(default_factory=list)         # the manifest's entries
     verified: dict[str, str] = field(default_factory=dict)  # bundle path -> the sha256 it was verified with
-    dependencies: dict | None = None                          # the resolution, when dependencies were bundled
+    dependencies: dict[str, Any] | None = None                          # the resolution, when dependencies were bundled
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"root": str(self.root), "version": self.version, "fetched": self.fetched,
                 "transferred_bytes": self.transferred, "files": self.files, "dependencies": self.dependencies}
 
@@ -237,7 +237,7 @@ def _remove_other_builds(noarch: Path, keep: list[str]) -> None:
 
 # -- manifest and readme ---------------------------------------------------------------------
 
-def write_manifest(root: Path, version: str, verified: Mapping[str, str] | None = None) -> list[dict]:
+def write_manifest(root: Path, version: str, verified: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """``manifest.json``: every file of the bundle (hidden ones aside) with its sha256 and size.
 
     The digests are taken now, after every file's final write, and each file in ``verified`` must

@@ -40,6 +40,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from repack.build.conda_archive import (
     SUFFIXES,
@@ -72,12 +73,12 @@ class CondaPackage:
     """A conda package file that was read in full and found consistent."""
 
     path: Path
-    index: Mapping = field(repr=False)
+    index: Mapping[str, Any] = field(repr=False)
     paths: tuple[str, ...] = field(repr=False)
     sha256: str = ""
     md5: str = ""
     size: int = 0
-    run_exports: Mapping = field(default_factory=dict, repr=False)
+    run_exports: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def filename(self) -> str:
@@ -91,7 +92,7 @@ class CondaPackage:
     def subdir(self) -> str:
         return self.index["subdir"]
 
-    def repodata_entry(self) -> dict:
+    def repodata_entry(self) -> dict[str, Any]:
         return {**self.index, "md5": self.md5, "sha256": self.sha256, "size": self.size}
 
     def owned_paths(self) -> set[str]:
@@ -113,7 +114,7 @@ class ChannelResult:
     sha256: str
     size: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"filename": self.filename, "subdir": self.subdir, "action": self.action,
                 "sha256": self.sha256, "size": self.size}
 
@@ -164,7 +165,7 @@ def _scan(path: Path) -> tuple[dict[str, bytes], dict[str, Found]]:
     return info, payload
 
 
-def _run_exports(path: Path, info: Mapping[str, bytes]) -> dict:
+def _run_exports(path: Path, info: Mapping[str, bytes]) -> dict[str, Any]:
     """``info/run_exports.json`` (what conda-index lists in run_exports.json), or {}."""
     if "info/run_exports.json" not in info:
         return {}
@@ -177,7 +178,7 @@ def _run_exports(path: Path, info: Mapping[str, bytes]) -> dict:
     return found
 
 
-def _index_json(path: Path, members: dict[str, bytes], expected: tuple[str, str, str]) -> dict:
+def _index_json(path: Path, members: dict[str, bytes], expected: tuple[str, str, str]) -> dict[str, Any]:
     try:
         index = json.loads(members["info/index.json"])
     except KeyError:
@@ -277,7 +278,7 @@ def _path_problems(p: str, entry: PathEntry, found: Found | None) -> list[str]:
     return []
 
 
-def _noarch_type(index: Mapping) -> str | None:
+def _noarch_type(index: Mapping[str, Any]) -> str | None:
     noarch = index.get("noarch")
     return noarch.get("type") if isinstance(noarch, dict) else noarch
 
@@ -417,7 +418,7 @@ def _atomic_copy(pkg: CondaPackage, dest: Path) -> None:
 
 # -- repodata ------------------------------------------------------------------------------
 
-def write_repodata(subdir_path: Path, subdir: str) -> dict:
+def write_repodata(subdir_path: Path, subdir: str) -> dict[str, Any]:
     """Rewrite one subdir's index files from the packages in it, atomically; return the repodata."""
     entries = subdir_entries(subdir_path)
     repodata = _repodata(entries, subdir)
@@ -439,18 +440,18 @@ def write_repodata(subdir_path: Path, subdir: str) -> dict:
     return repodata
 
 
-def repodata_for(subdir_path: Path, subdir: str) -> dict:
+def repodata_for(subdir_path: Path, subdir: str) -> dict[str, Any]:
     """The repodata of one subdir as write_repodata would write it (entries re-hashed unless unchanged)."""
     return _repodata(subdir_entries(subdir_path), subdir)
 
 
-def _repodata(entries: dict[str, dict], subdir: str) -> dict:
+def _repodata(entries: dict[str, dict[str, Any]], subdir: str) -> dict[str, Any]:
     """What conda, mamba and rattler read: each package's index.json plus size, sha256 and md5."""
     return {"info": {"subdir": subdir}, "removed": [], "repodata_version": 1,
             **_by_format(entries, lambda e: e["entry"])}
 
 
-def subdir_entries(subdir_path: Path) -> dict[str, dict]:
+def subdir_entries(subdir_path: Path) -> dict[str, dict[str, Any]]:
     """filename -> {size, mtime_ns, ino, entry, run_exports} for every readable package of the subdir.
 
     A recorded entry is reused only while size, mtime and inode all match:
@@ -481,14 +482,14 @@ def subdir_entries(subdir_path: Path) -> dict[str, dict]:
     return out
 
 
-def _by_format(entries: dict[str, dict], value) -> dict[str, dict]:
-    groups: dict[str, dict] = {"packages": {}, "packages.conda": {}}
+def _by_format(entries: dict[str, dict[str, Any]], value) -> dict[str, dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {"packages": {}, "packages.conda": {}}
     for name, recorded in entries.items():
         groups["packages.conda" if name.endswith(".conda") else "packages"][name] = value(recorded)
     return groups
 
 
-def _read_stat_index(path: Path) -> dict:
+def _read_stat_index(path: Path) -> dict[str, Any]:
     try:
         found = json.loads(path.read_bytes()).get("files", {})
         return found if isinstance(found, dict) else {}
@@ -496,7 +497,7 @@ def _read_stat_index(path: Path) -> dict:
         return {}
 
 
-def _json_bytes(data: dict) -> bytes:
+def _json_bytes(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from email.parser import HeaderParser
 from importlib import resources
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -112,7 +113,7 @@ class Plan:
         """Where ``name`` must lie relative to ``FLASHINFER_CUBIN_DIR``."""
         return f"{self.dest_dir}/{name}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["headers"] = list(self.headers)
         data["header_sha256"] = dict(sorted(self.header_sha256.items()))
@@ -132,7 +133,7 @@ class Plan:
                 for n in names if getattr(self, n) != getattr(other, n)]
 
 
-def plan_from_json(data: Mapping) -> Plan:
+def plan_from_json(data: Mapping[str, Any]) -> Plan:
     return Plan(
         version=data["version"], needed=data["needed"], reason=data["reason"],
         requires_python=data.get("requires_python"), artifact_path=data["artifact_path"],
@@ -155,7 +156,7 @@ def shipped_plan(version: str) -> Plan | None:
     return plan_from_json(data) if data else None
 
 
-def _shipped() -> dict:
+def _shipped() -> dict[str, Any]:
     text = resources.files("repack.rules").joinpath("plans.json").read_text("utf-8")
     return json.loads(text)["plans"]
 
@@ -191,7 +192,7 @@ def derive_plan(version: str, sources: Mapping[str, str], metadata: str | None =
     return _needed(downloads[0], common)
 
 
-def _needed(d, common: dict) -> Plan:
+def _needed(d, common: dict[str, Any]) -> Plan:
     """The plan of one resolved download: the artifact is where its checksums.txt lies."""
     checksums = d.checksums.path
     if not checksums.endswith("/checksums.txt"):
@@ -213,7 +214,7 @@ def _needed(d, common: dict) -> Plan:
                 marker_name=d.marker_name, marker_content=d.marker_content)
 
 
-def _not_needed(code, common: dict) -> Plan:
+def _not_needed(code, common: dict[str, Any]) -> Plan:
     """No header downloader, or none called: symlinked headers (0.6.7.post1+) or none read (older)."""
     from repack.rules import reader
 

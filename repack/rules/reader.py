@@ -28,6 +28,7 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from repack.rules.scope import CannotTellError, Codebase, Scope, Target, module_name
 
@@ -98,7 +99,7 @@ class Evaluator:
         if isinstance(expr, ast.JoinedStr):
             return "".join(self._formatted(v, scope, ev) for v in expr.values)
         if isinstance(expr, (ast.List, ast.Tuple)):
-            out: list = []
+            out: list[Any] = []
             for elt in expr.elts:
                 out.extend(self._sequence(ev(elt.value), scope, elt) if isinstance(elt, ast.Starred) else [ev(elt)])
             return tuple(out)
@@ -120,7 +121,7 @@ class Evaluator:
             raise self.cannot(scope, part, f"{_show(part)} in an f-string is not a string")
         return got
 
-    def _sequence(self, got, scope: Scope, at: ast.AST) -> tuple:
+    def _sequence(self, got, scope: Scope, at: ast.AST) -> tuple[Any, ...]:
         if not isinstance(got, tuple):
             raise self.cannot(scope, at, f"*{_show(at)} is not a list of strings")
         return got
@@ -169,7 +170,7 @@ def _owns(env: Mapping[str, _Bound], target: Target) -> bool:
     return getattr(env, "func", None) is target.node
 
 
-class _Env(dict):
+class _Env(dict[str, Any]):
     """Parameter name -> bound argument, for one call of one function (``func``)."""
 
     def __init__(self, func: ast.AST, items: Mapping[str, _Bound]) -> None:

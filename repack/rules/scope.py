@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from repack.errors import PlanError
 
@@ -144,7 +145,7 @@ class Codebase:
             scope = scope.parent
         return Target("external", "builtins." + name, name)
 
-    def _binding(self, name: str, found: list, scope: Scope) -> Target:
+    def _binding(self, name: str, found: list[Any], scope: Scope) -> Target:
         kind, what = found[0]
         if kind in ("def", "class"):
             return Target(kind, scope.path, name, what)
