@@ -27,7 +27,7 @@ from repack.fetch.sources import NVIDIA_ARTIFACTORY, Source
 from repack.fetch.sourcespec import SourceSpec
 from repack.fetch.transport import Transport, check_url, redact
 from repack.fetch.verify import Payload
-from repack.rules.plan import Plan
+from repack.rules.plan import Plan, shipped_plan
 from repack.rules.resolve import CodeReader, PlanCheck
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def checked_plan_for(version: str, settings: SourceSettings, transport: Transpor
     readers: list[CodeReader] = [(f"flashinfer-python installed in {sys.executable}",
                                   lambda: resolve.plan_from_installed(version))]
     urls = code_indexes(settings, transport)
-    if not urls and transport is not None and resolve.shipped_plan(version) is None:
+    if not urls and transport is not None and shipped_plan(version) is None:
         urls = [settings.default_index()]  # no plan ships for it: its code is needed, and the index has it
     for url in urls:
         readers.append(_index_reader(transport, url, version))

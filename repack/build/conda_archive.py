@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from repack.build.artifact import DEFAULT_EPOCH
 from repack.errors import BuildError, SourceError
@@ -81,12 +81,12 @@ def tar_bytes(members: list[Member], mtime: int) -> bytes:
     return buf.getvalue()
 
 
-def zstd_compressor(level: int = ZSTD_LEVEL):
+def zstd_compressor(level: int = ZSTD_LEVEL) -> Any:  # zstandard ships no types
     return _zstd().ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
 
 
 def info_tar_zst(info: list[Member], epoch: int) -> bytes:
-    return zstd_compressor().compress(tar_bytes(_sorted(info), epoch))
+    return bytes(zstd_compressor().compress(tar_bytes(_sorted(info), epoch)))
 
 
 def conda_bytes(stem: str, info: list[Member], pkg: list[Member], epoch: int) -> bytes:
@@ -210,7 +210,7 @@ def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[
                               "refusing a package with devices or fifos")
 
 
-def _zstd():
+def _zstd() -> Any:  # the zstandard module, untyped
     try:
         import zstandard
     except ImportError as exc:  # a dependency, but say what to do if it was left out

@@ -61,14 +61,15 @@ def _source_component(payload: Payload) -> dict[str, Any]:
     version = payload.plan.version
     prov = payload.provenance
     ref = purl("flashinfer-cubin", version)
-    out = {"type": "library", "bom-ref": ref, "name": "flashinfer-cubin", "version": version, "purl": ref,
-           "properties": [_prop("source-kind", getattr(prov, "kind", "unknown")),
-                          _prop("source", getattr(prov, "location", payload.source or "unknown"))]}
+    properties = [_prop("source-kind", prov.kind if prov else "unknown"),
+                  _prop("source", prov.location if prov else payload.source or "unknown")]
+    out: dict[str, Any] = {"type": "library", "bom-ref": ref, "name": "flashinfer-cubin", "version": version,
+                           "purl": ref, "properties": properties}
     if prov is not None and prov.wheel_filename:
-        out["properties"].append(_prop("wheel", prov.wheel_filename))
+        properties.append(_prop("wheel", prov.wheel_filename))
     if prov is not None and prov.wheel_sha256:
         out["hashes"] = [{"alg": "SHA-256", "content": prov.wheel_sha256}]
-        out["properties"].append(_prop("wheel-sha256-from", prov.wheel_sha256_from))
+        properties.append(_prop("wheel-sha256-from", prov.wheel_sha256_from))
     if prov is not None and prov.kind in ("index", "remote-wheel", "artifactory"):
         out["externalReferences"] = [{"type": "distribution", "url": prov.location}]
     return out
@@ -97,7 +98,7 @@ def sbom_bytes(payload: Payload, install_root: str) -> bytes:
 
 def summarize(document: dict[str, Any]) -> dict[str, Any]:
     """What doctor shows of an installed package's SBOM: its source and the pins checked."""
-    props = {}
+    props: dict[str, Any] = {}
     for component in document.get("components", []):
         for p in component.get("properties", []) if isinstance(component, dict) else []:
             if isinstance(p, dict) and str(p.get("name", "")).startswith(PROPERTY):

@@ -160,7 +160,7 @@ def snapshot(env: Mapping[str, str], python: str | None = None, prefix: str | No
     except (PlanError, SourceError) as exc:  # cannot tell: never judged "not needed" for want of its code
         rules, unknown = None, str(exc)
     where = resolve_cubin_dir(interp, rules) if rules else None
-    files = cubin_dir_facts(Path(where.path), rules) if where and where.path else None
+    files = cubin_dir_facts(Path(where.path), rules) if rules and where and where.path else None
     return Environment(target=target, interpreter=interp, rules=rules, cubin_dir=where, files=files,
                        namespace_dir=namespace_dir(interp), unknown=unknown)
 
@@ -230,7 +230,7 @@ def _judged(env: Mapping[str, str]) -> dict[str, str]:
 def _conda_python(prefix: Path) -> str | None:
     for meta in sorted((prefix / "conda-meta").glob("python-3*.json")):
         try:
-            return json.loads(meta.read_text())["version"]
+            return str(json.loads(meta.read_text())["version"])
         except (OSError, ValueError, KeyError):
             continue
     return None
@@ -306,7 +306,7 @@ def resolve_cubin_dir(interp: Interpreter, rules: Plan) -> CubinDir:
         return CubinDir(env["FLASHINFER_CUBIN_DIR"],
                         "FLASHINFER_CUBIN_DIR (wins over flashinfer-cubin in this version)")
     if interp.cubin_module:
-        found = _from_cubin_package(interp, rules)
+        found = _from_cubin_package(interp, interp.cubin_module, rules)
         if found.import_error is None or rules.cubin_mismatch != "package-ignored" or namespace_dir(interp):
             return found
         return _default_cubin_dir(interp, f"flashinfer-cubin {found.cubin_version} is ignored (its version differs)")
@@ -325,8 +325,8 @@ def _default_cubin_dir(interp: Interpreter, why: str) -> CubinDir:
                     f"default ({how}/.cache/flashinfer/cubins)" + (f"; {why}" if why else ""))
 
 
-def _from_cubin_package(interp: Interpreter, rules: Plan) -> CubinDir:
-    folder = interp.cubin_module[0]
+def _from_cubin_package(interp: Interpreter, module: tuple[str, ...], rules: Plan) -> CubinDir:
+    folder = module[0]
     ignored = " (FLASHINFER_CUBIN_DIR is ignored)" if interp.env.get("FLASHINFER_CUBIN_DIR") else ""
     if namespace_dir(interp):
         return CubinDir(None, f"flashinfer_cubin found by find_spec at {folder}{ignored}",
@@ -400,7 +400,7 @@ def _can_write_in(directory: Path) -> bool:
 
 def _stray_locks(root: Path, rules: Plan) -> tuple[str, ...]:
     """``*.lock`` files that filelock leaves beside downloads (the symlink's own lock is expected)."""
-    found = set()
+    found: set[str] = set()
     for base in {rules.dest_dir, rules.artifact_path.rstrip("/")} - {""}:
         directory = root / base
         if directory.is_dir() and not directory.is_symlink():

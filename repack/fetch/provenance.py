@@ -12,9 +12,13 @@ import json
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repack.fetch.digest import file_sha256
+
+if TYPE_CHECKING:
+    from repack.fetch.index import IndexFile
+    from repack.fetch.sources import Source
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def public_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
-def of_source(source, located=None) -> Provenance:
+def of_source(source: Source, located: IndexFile | None = None) -> Provenance:
     """The provenance of one of :mod:`repack.fetch.sources`' sources (``located``: the IndexFile an
     index source read, when it read one)."""
     from repack.fetch import sources as s

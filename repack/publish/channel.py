@@ -86,11 +86,11 @@ class CondaPackage:
 
     @property
     def name(self) -> str:
-        return self.index["name"]
+        return str(self.index["name"])
 
     @property
     def subdir(self) -> str:
-        return self.index["subdir"]
+        return str(self.index["subdir"])
 
     def repodata_entry(self) -> dict[str, Any]:
         return {**self.index, "md5": self.md5, "sha256": self.sha256, "size": self.size}
@@ -313,7 +313,8 @@ def _refuse_duplicates(incoming: list[CondaPackage]) -> None:
 
 def _classify(incoming: list[CondaPackage], present: dict[str, CondaPackage],
               channel: Path) -> tuple[list[ChannelResult], list[CondaPackage]]:
-    results, new = [], {}
+    results: list[ChannelResult] = []
+    new: dict[str, CondaPackage] = {}
     for pkg in incoming:
         key = f"{pkg.subdir}/{pkg.filename}"
         there = present.get(key)
@@ -482,7 +483,7 @@ def subdir_entries(subdir_path: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _by_format(entries: dict[str, dict[str, Any]], value) -> dict[str, dict[str, Any]]:
+def _by_format(entries: dict[str, dict[str, Any]], value: Any) -> dict[str, dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {"packages": {}, "packages.conda": {}}
     for name, recorded in entries.items():
         groups["packages.conda" if name.endswith(".conda") else "packages"][name] = value(recorded)

@@ -187,7 +187,7 @@ def reachable(graph: dict[Node, set[Node]], roots: Sequence[str], excluded: set[
 
 def wheel_file(name: str, item: dict[str, Any]) -> IndexFile:
     """The entry's wheel as an IndexFile; refused unless it is a wheel of ``name`` with a sha256 and a URL."""
-    info = item.get("download_info") if isinstance(item.get("download_info"), dict) else {}
+    info: dict[str, Any] = item["download_info"] if isinstance(item.get("download_info"), dict) else {}
     url = str(info.get("url") or "")
     hashes = (info.get("archive_info") or {}).get("hashes") or {} if isinstance(info.get("archive_info"), dict) else {}
     digest = str(hashes.get("sha256", "")).lower()

@@ -123,7 +123,8 @@ def with_upload_digests(dist: DistFile) -> DistFile:
     if found.get("sha256", dist.sha256) != dist.sha256:
         raise IntegrityError(f"{dist.filename} changed while it was being published (sha256 {found['sha256']}, "
                              f"was {dist.sha256})", "publish it again once nothing writes to it")
-    return replace(dist, **found)
+    return replace(dist, sha256=found.get("sha256", dist.sha256), md5=found.get("md5", dist.md5),
+                   blake2_256=found.get("blake2_256", dist.blake2_256))
 
 
 def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None) -> bytes:

@@ -97,8 +97,8 @@ def already_there(root: Path, dist: DistFile) -> bool:
         return False
     known = _read_state(target.parent / STATE).get(dist.filename)
     fresh = isinstance(known, dict) and known.get("stamp") == _stamp(target) and isinstance(known.get("sha256"), str)
-    have = known["sha256"] if fresh else file_sha256(target)
-    return bool(have.lower() == dist.sha256.lower())
+    have = str(known["sha256"]) if fresh and isinstance(known, dict) else file_sha256(target)
+    return have.lower() == dist.sha256.lower()
 
 
 def _check_free(root: Path, dist: DistFile) -> None:

@@ -18,11 +18,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from email.parser import HeaderParser
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.version import InvalidVersion, Version
 
 from repack.errors import PlanError, UnknownVersionError
+
+if TYPE_CHECKING:
+    from repack.rules.reader import Download
+    from repack.rules.scope import Codebase
 
 #: The files of flashinfer-python that the derivation reads: all of its Python.
 ARTIFACTS_MODULE = "flashinfer/artifacts.py"
@@ -158,7 +162,8 @@ def shipped_plan(version: str) -> Plan | None:
 
 def _shipped() -> dict[str, Any]:
     text = resources.files("repack.rules").joinpath("plans.json").read_text("utf-8")
-    return json.loads(text)["plans"]
+    plans: dict[str, Any] = json.loads(text)["plans"]
+    return plans
 
 
 # -- derivation ----------------------------------------------------------------
@@ -172,8 +177,9 @@ def derive_plan(version: str, sources: Mapping[str, str], metadata: str | None =
     :class:`~repack.rules.scope.CannotTellError` where the code is not understood.
     """
     from repack.rules import reader
+    from repack.rules.scope import Codebase
 
-    code = reader.Codebase(sources)
+    code = Codebase(sources)
     if ARTIFACTS_MODULE not in code.texts:
         raise PlanError(f"flashinfer-python {version} has no {ARTIFACTS_MODULE}",
                         "only flashinfer-python 0.6.x with cubin artifacts is understood")
@@ -192,7 +198,7 @@ def derive_plan(version: str, sources: Mapping[str, str], metadata: str | None =
     return _needed(downloads[0], common)
 
 
-def _needed(d, common: dict[str, Any]) -> Plan:
+def _needed(d: Download, common: dict[str, Any]) -> Plan:
     """The plan of one resolved download: the artifact is where its checksums.txt lies."""
     checksums = d.checksums.path
     if not checksums.endswith("/checksums.txt"):
@@ -214,7 +220,7 @@ def _needed(d, common: dict[str, Any]) -> Plan:
                 marker_name=d.marker_name, marker_content=d.marker_content)
 
 
-def _not_needed(code, common: dict[str, Any]) -> Plan:
+def _not_needed(code: Codebase, common: dict[str, Any]) -> Plan:
     """No header downloader, or none called: symlinked headers (0.6.7.post1+) or none read (older)."""
     from repack.rules import reader
 

@@ -104,7 +104,7 @@ def plan_from_installed(version: str | None = None, paths: list[str] | None = No
         raise UnknownVersionError(f"the installed flashinfer-python is {dist.version}, not {version}",
                                   "use the index or a wheel to read another version")
     # read the package directory itself, not RECORD: conda installs and copied trees may have none
-    package = Path(dist.locate_file("flashinfer"))
+    package = Path(str(dist.locate_file("flashinfer")))
     files: dict[str, bytes] = {}
     for path in sorted(package.rglob("*.py")):
         name = "flashinfer/" + path.relative_to(package).as_posix()

@@ -12,7 +12,7 @@ matters, and refuses when it does.
 from __future__ import annotations
 
 import ast
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,10 +177,10 @@ class Codebase:
             if attr in scope.bindings or scope.stars:
                 return self.lookup(attr, Scope(scope.path, scope.node, None, scope.bindings, scope.stars))
             return self.module_target(f"{base.module}.{attr}")
-        if base.kind == "class":
+        if base.kind == "class" and base.node is not None:  # a class target always carries its ClassDef
             body = self.scope_of_body(base.module, base.node, None)
             found = body.bindings.get(attr)
-            if found and len(found) == 1 and found[0][0] == "value":
+            if found and len(found) == 1 and found[0][0] == "value" and isinstance(found[0][1], ast.AST):
                 return Target("value", base.module, attr, found[0][1], self.scope_at(base.module, base.node))
             return UNKNOWN
         if base.kind == "external":
@@ -188,9 +188,9 @@ class Codebase:
         return UNKNOWN
 
 
-def _own_nodes(node: ast.AST):
+def _own_nodes(node: ast.AST) -> Iterator[ast.AST]:
     """The nodes of a body, not descending into nested functions or classes (their names are bound here)."""
-    body = node.body if not isinstance(node, ast.Lambda) else [node.body]
+    body: list[ast.AST] = [node.body] if isinstance(node, ast.Lambda) else list(getattr(node, "body", []))
     stack = list(body)
     while stack:
         n = stack.pop()
