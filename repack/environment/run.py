@@ -161,7 +161,8 @@ def live_check(python: str, env_vars: Mapping[str, str], *, calls: Sequence[str]
         return _result(data, proc, timed_out, scratch, site_packages)
 
 
-def _run(cmd: list[str], env: dict[str, Any], cwd: Path, timeout: float):
+def _run(cmd: list[str], env: dict[str, Any], cwd: Path,
+         timeout: float) -> tuple[subprocess.CompletedProcess[str], bool]:
     try:
         return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout), False
     except subprocess.TimeoutExpired as exc:  # the child ignored its own deadline (stuck in C code)
@@ -172,16 +173,20 @@ def _run(cmd: list[str], env: dict[str, Any], cwd: Path, timeout: float):
                              "give the environment's own Python interpreter") from exc
 
 
-def _read_report(report: Path, proc, timed_out: bool) -> dict[str, Any]:
+def _read_report(report: Path, proc: subprocess.CompletedProcess[str], timed_out: bool) -> dict[str, Any]:
     try:
-        return json.loads(report.read_text())
+        data = json.loads(report.read_text())
     except (OSError, ValueError):
-        why = "was killed after its deadline" if timed_out else f"exited {proc.returncode} without a report"
-        last = (proc.stderr or "").strip().splitlines()[-1:] or [""]
-        return {"ok": False, "step": "start", "error": f"the live check's child {why}: {last[0][:300]}".rstrip(": ")}
+        data = None
+    if isinstance(data, dict):  # the child writes an object; anything else is no report
+        return data
+    why = "was killed after its deadline" if timed_out else f"exited {proc.returncode} without a report"
+    last = (proc.stderr or "").strip().splitlines()[-1:] or [""]
+    return {"ok": False, "step": "start", "error": f"the live check's child {why}: {last[0][:300]}".rstrip(": ")}
 
 
-def _result(data: dict[str, Any], proc, timed_out: bool, scratch: Path, site_packages: str | None) -> LiveResult:
+def _result(data: dict[str, Any], proc: subprocess.CompletedProcess[str], timed_out: bool, scratch: Path,
+            site_packages: str | None) -> LiveResult:
     timed_out = timed_out or str(data.get("error") or "").startswith("Deadline")
     return LiveResult(
         ok=bool(data.get("ok")) and not timed_out, step=str(data.get("step", "start")), error=data.get("error"),
@@ -196,7 +201,8 @@ def _result(data: dict[str, Any], proc, timed_out: bool, scratch: Path, site_pac
         timed_out=timed_out)
 
 
-def classify_writes(writes, scratch: Path, site_packages: str | None, cubin_dir: str) -> tuple[Write, ...]:
+def classify_writes(writes: list[dict[str, Any]], scratch: Path, site_packages: str | None,
+                    cubin_dir: str) -> tuple[Write, ...]:
     """Each write once (first event), sorted by where it landed; scratch paths are made relative."""
     roots = [("scratch", os.path.realpath(scratch)), ("cubin dir", cubin_dir and os.path.realpath(cubin_dir)),
              ("site-packages", site_packages and os.path.realpath(site_packages))]

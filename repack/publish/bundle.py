@@ -34,13 +34,14 @@ from repack.fetch.cache import Cache
 from repack.fetch.digest import file_sha256
 from repack.fetch.download import PRESENT, fetch_verified
 from repack.fetch.index import find_wheel, project_files
-from repack.fetch.transport import Transport
+from repack.fetch.transport import Progress, Transport
 from repack.fs import atomic_write, check_filename, locked, remove_stale_temporaries, safe_join
 from repack.publish.channel import PLATFORMS
 from repack.rules.plan import Plan, require_needed
 
 if TYPE_CHECKING:
-    from repack.publish.dependencies import Target
+    from repack.fetch.verify import Payload
+    from repack.publish.dependencies import Resolution, Target
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,8 @@ def _fetch(transport: Transport, index_url: str, project: str, version: str, whe
     return dest
 
 
-def _dependencies(version: str, target, transport: Transport, index_url: str, wheels: Path,
-                  report: BundleReport, say: Step):
+def _dependencies(version: str, target: Target | None, transport: Transport, index_url: str, wheels: Path,
+                  report: BundleReport, say: Step) -> Resolution | None:
     """pip's resolution for ``target`` (None: no dependencies bundled), each wheel fetched and verified."""
     from repack.publish.dependencies import resolve
 
@@ -154,14 +155,14 @@ def _plan(version: str, python_wheel: Path) -> Plan:
     return plan
 
 
-def _payload(plan: Plan, cubin: Path):
+def _payload(plan: Plan, cubin: Path) -> Payload:
     from repack.fetch.payload import fetch_payload
     from repack.fetch.sources import WheelFile
 
     return fetch_payload(plan, [WheelFile(cubin)], Cache(None))
 
 
-def _drop_stale_own_wheel(out: Path, payload, epoch: int | None) -> None:
+def _drop_stale_own_wheel(out: Path, payload: Payload, epoch: int | None) -> None:
     """Our wheel built earlier from other inputs (another SOURCE_DATE_EPOCH, another flashinfer-repack):
     the bundle owns it, so both copies go before the new one is written, and wheels/ and simple/ agree."""
     from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME
@@ -189,7 +190,7 @@ def _drop_stale_simple_copies(simple: Path, wheels: list[Path]) -> None:
             old.with_name(old.name + ".metadata").unlink(missing_ok=True)
 
 
-def _build_wheel(payload, wheels: Path, epoch: int | None) -> Path:
+def _build_wheel(payload: Payload, wheels: Path, epoch: int | None) -> Path:
     from repack.build.wheel import build_wheel
 
     return build_wheel(payload, wheels, epoch).path
@@ -203,8 +204,8 @@ def _write_simple(root: Path, wheels: list[Path]) -> None:
     publish_simple(root, [read_distfile(w, check_record=False) for w in wheels], link=True)
 
 
-def _write_channel(channel: Path, payload, wheels: list[Path], names: Mapping[str, str | None],
-                   epoch: int | None, say: Step, progress=None) -> None:
+def _write_channel(channel: Path, payload: Payload, wheels: list[Path], names: Mapping[str, str | None],
+                   epoch: int | None, say: Step, progress: Progress | None = None) -> None:
     """The conda channel; ``progress`` (the transport's display) also follows each conversion."""
     from repack.build.conda import build_conda
     from repack.build.convert import conda_name, convert_wheel, package_filename
@@ -273,7 +274,7 @@ def _three(v: str, pin: str) -> str:
     return " ".join(f"{name}{pin}{v}" for name in ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers"))
 
 
-def readme(plan: Plan, wheels: list[str], resolution=None) -> str:
+def readme(plan: Plan, wheels: list[str], resolution: Resolution | None = None) -> str:
     v = plan.version
     install = (f"  pip install --no-index --find-links wheels flashinfer-python=={v} flashinfer-cubin=={v} "
                f"flashinfer-cubin-headers=={v}")
@@ -300,7 +301,7 @@ Files: {", ".join(wheels)}
 """
 
 
-def _pip_section(v: str, install: str, resolution) -> str:
+def _pip_section(v: str, install: str, resolution: Resolution | None) -> str:
     if resolution is None:
         return f"""pip: this bundle holds flashinfer-python, flashinfer-cubin and flashinfer-cubin-headers ONLY.
 flashinfer's third-party dependencies (torch, numpy, apache-tvm-ffi, requests, ...) are not in it:
