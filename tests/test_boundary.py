@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -205,3 +206,14 @@ def test_the_same_mistake_gives_the_same_exit_code_everywhere(mistake, tmp_path)
     codes = {what: r.returncode for what, r in results.items()}
     assert set(codes.values()) == {EXIT_USAGE}, {w: (c, results[w].stderr) for w, c in codes.items()}
     assert all("Traceback" not in r.stderr and "hint:" in r.stderr for r in results.values())
+    for result in results.values():  # --json says the same, with the error's structured fields
+        data = json.loads(result.stdout)
+        assert (data["ok"], data["exit_code"]) == (False, EXIT_USAGE) and isinstance(data["fields"], dict)
+
+
+def test_json_errors_carry_the_fields_and_name_the_option(tmp_path):
+    result = cli("build", "0.6.6", "--index-url", "ftp://127.0.0.1/", "-o", str(tmp_path / "out"), "--json")
+    data = json.loads(result.stdout)
+    assert data["kind"] == "InputError" and data["fields"] == {"value": "ftp://127.0.0.1/",
+                                                               "expected": "an http(s) URL", "setting": "index_url"}
+    assert data["hint"].endswith("(--index-url)")
