@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from repack.fetch.index import PYPI, find_wheel, project_files  # noqa: E402
-from repack.rules.plan import shipped_plan  # noqa: E402
 from repack.fetch.transport import Transport  # noqa: E402
+from repack.rules.plan import shipped_plan  # noqa: E402
 from tests.support.envs import FlashinferEnv, real_wheel  # noqa: E402
 from tests.support.servers import FileServer  # noqa: E402
 

@@ -88,7 +88,7 @@ def main() -> int:
         run(args, report)
         # offline, and the compilation really used the installed headers and produced code
         report["ok"] = not connects and bool(report["bmm_headers_included"]) and report["object_bytes"] > 0
-    except Exception as exc:  # noqa: BLE001 - the report carries it
+    except Exception as exc:
         report["error"] = f"{type(exc).__name__}: {exc}"
         print(f"FAILED: {report['error']}", file=sys.stderr)
     report["connects"] = connects

@@ -17,8 +17,9 @@ import posixpath
 import stat
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from repack.errors import RepackError
 

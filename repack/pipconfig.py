@@ -27,10 +27,10 @@ import locale
 import logging
 import os
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
-from repack.errors import UsageError
+from repack.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,10 @@ def _read_into(f: ConfigFile, values: dict[str, dict[str, tuple[str, str]]]) -> 
     try:
         parser.read(f.path, encoding=encoding)
     except (configparser.Error, UnicodeDecodeError) as exc:
-        raise UsageError(f"pip's config file {f.path} cannot be read: {' '.join(str(exc).split())}",
+        raise InputError(f"pip's config file {f.path} cannot be read: {' '.join(str(exc).split())}",
                          "fix or remove that file; pip itself refuses to run with it") from exc
     except OSError as exc:
-        raise UsageError(f"pip's config file {f.path} cannot be read: {exc.strerror}",
+        raise InputError(f"pip's config file {f.path} cannot be read: {exc.strerror}",
                          "make it readable by this user, as pip needs it too") from exc
     for section in parser.sections():
         if section in values:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import base64
 import csv
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from repack.errors import IntegrityError
 
@@ -49,7 +49,7 @@ def read_record(data: bytes, label: str) -> list[RecordRow]:
     for row in rows:
         if not row or not row[0]:
             continue
-        name, digest, size = (row + ["", "", ""])[:3]
+        name, digest, size = ([*row, "", "", ""])[:3]
         algorithm, _, value = digest.partition("=")
         out.append(RecordRow(name, algorithm, value, int(size) if size.isdigit() else None))
     return out

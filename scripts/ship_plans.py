@@ -16,10 +16,10 @@ from pathlib import Path
 
 from repack.fetch.cache import Cache
 from repack.fetch.index import PYPI
-from repack.rules.resolve import plan_from_index
 from repack.fetch.sources import IndexWheel
 from repack.fetch.transport import Transport
 from repack.fetch.verify import check_checksums_file, expected_hashes
+from repack.rules.resolve import plan_from_index
 
 
 def main(versions: list[str]) -> None:

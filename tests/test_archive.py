@@ -8,14 +8,15 @@ test time with :mod:`zipfile`, which also serves as the independent reader.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import struct
 import zipfile
 
 import pytest
 
-from repack.fetch.archive import COALESCE_GAP, LOCAL_HEADER_SLACK, SpanCache, is_safe_relpath, read_members
 from repack.errors import SourceError
+from repack.fetch.archive import COALESCE_GAP, LOCAL_HEADER_SLACK, SpanCache, is_safe_relpath, read_members
 
 
 class Recorder:
@@ -30,7 +31,7 @@ class Recorder:
 
     def overlaps(self) -> list:
         spans = sorted(self.reads)
-        return [(a, b) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
+        return [(a, b) for a, b in itertools.pairwise(spans) if b[0] < a[1]]
 
 
 def make_zip(members: list[tuple[str, bytes]], *, extra: dict[str, bytes] | None = None,
@@ -135,9 +136,9 @@ def damaged(data: bytes) -> bytes:
     (lambda: truncated(make_zip(LAYOUT, stored=True)), ["a.h"], "no end-of-central-directory record"),
     (lambda: make_zip(LAYOUT), ["missing.h"], "lacks 1 expected member(s), e.g. missing.h"),
     (lambda: damaged(make_zip(LAYOUT, stored=True)), ["b.h"], "member b.h is damaged"),
-    (lambda: make_zip(LAYOUT + [("../evil.h", b"x")]), ["a.h"], "escapes the archive: '../evil.h'"),
-    (lambda: make_zip(LAYOUT + [("/abs.h", b"x")]), ["a.h"], "escapes the archive: '/abs.h'"),
-    (lambda: make_zip(LAYOUT + [("a/./b.h", b"x")]), ["a.h"], "escapes the archive"),
+    (lambda: make_zip([*LAYOUT, ("../evil.h", b"x")]), ["a.h"], "escapes the archive: '../evil.h'"),
+    (lambda: make_zip([*LAYOUT, ("/abs.h", b"x")]), ["a.h"], "escapes the archive: '/abs.h'"),
+    (lambda: make_zip([*LAYOUT, ("a/./b.h", b"x")]), ["a.h"], "escapes the archive"),
 ], ids=["empty", "html", "truncated", "missing", "crc", "dotdot", "absolute", "dot"])
 def test_bad_archives_are_refused(make, wanted, words):
     with pytest.raises(SourceError) as caught:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from repack.publish.channel import write_repodata
 from repack.build.conda_archive import Member, conda_bytes
+from repack.publish.channel import write_repodata
 from tests.support.envs import PROJECTS, closed_port, light_requirements
 from tests.support.servers import FileServer
 from tests.support.tinywheel import make_wheel
@@ -131,7 +131,7 @@ def test_pip_installs_from_the_bundle_with_no_index_and_flashinfer_starts_offlin
                               capture_output=True, text=True, env=offline_env())
         assert done.returncode == 0, done.stdout + done.stderr
         installed = flashinfer_env.installed()
-        assert {p: installed.get(p) for p in PROJECTS} == {p: VERSION for p in PROJECTS}
+        assert {p: installed.get(p) for p in PROJECTS} == dict.fromkeys(PROJECTS, VERSION)
 
         result = flashinfer_env.run_snippet()
         assert result["ok"], result

@@ -28,9 +28,16 @@ import pytest
 
 from repack.rules.plan import shipped_plan
 from tests.conftest import cli
-from tests.support.conda_env import (EXPORT_DIR, conda_meta, files_under, python_standin, solve,
-                                     solve_and_install, standin)
 from tests.support import synthetic
+from tests.support.conda_env import (
+    EXPORT_DIR,
+    conda_meta,
+    files_under,
+    python_standin,
+    solve,
+    solve_and_install,
+    standin,
+)
 from tests.support.envs import real_wheel, trimmed_cubin_wheel
 
 VERSION = synthetic.VERSION
@@ -208,7 +215,8 @@ def test_refuses_damaged_packages_and_leaves_the_channel_alone(channel, packages
     cases["tampered"] = (tampered_bz2(packages["bz2"], tmp_path / "tampered"), "Enums.h: size or sha256 differs")
     for label, (path, message) in cases.items():
         result = publish(channel, path)
-        assert result.returncode == 1, (label, result.stderr)
+        # a file that is no conda package at all is a usage error, as a non-wheel is for --simple and --index
+        assert result.returncode == (2 if label == "not-conda" else 1), (label, result.stderr)
         assert message in result.stderr, (label, result.stderr)
         assert "hint:" in result.stderr, label
         assert snapshot(channel) == before, label
@@ -303,7 +311,7 @@ def test_rattler_installs_from_the_channel(kind, channel, packages, tmp_path):
         chosen = {str(r.name.normalized): str(r.version) for r in records}
         assert chosen == {"flashinfer-cubin-headers": VERSION, "flashinfer-python": VERSION,
                           "flashinfer-cubin": VERSION, "python": f"{python}.9"}
-        assert [r.url for r in records if str(r.name.normalized) == "flashinfer-cubin-headers"][0].endswith(
+        assert next(r.url for r in records if str(r.name.normalized) == "flashinfer-cubin-headers").endswith(
             packages[kind].name)
         assert_headers_installed(prefix, python)
 
@@ -394,16 +402,16 @@ def test_paths_json_must_vouch_for_every_payload_file(channel, packages, tmp_pat
     before = snapshot(channel)
     link_sha = hashlib.sha256(b"../../../../../../../../etc/hostname").hexdigest()
     cases = {
-        "softlink": (dict(edit_paths=edit_entry("/Enums.h", lambda e: e.update(path_type="softlink")), tamper="/Enums.h"),
+        "softlink": ({"edit_paths": edit_entry("/Enums.h", lambda e: e.update(path_type="softlink")), "tamper": "/Enums.h"},
                      "Enums.h: paths.json lists it as 'softlink', not as a regular file"),
-        "no-sha256": (dict(edit_paths=edit_entry("/Enums.h", lambda e: e.pop("sha256")), tamper="/Enums.h"),
+        "no-sha256": ({"edit_paths": edit_entry("/Enums.h", lambda e: e.pop("sha256")), "tamper": "/Enums.h"},
                       "Enums.h: paths.json gives no sha256"),
-        "no-size": (dict(edit_paths=edit_entry("/Enums.h", lambda e: e.pop("size_in_bytes")), tamper="/Enums.h"),
+        "no-size": ({"edit_paths": edit_entry("/Enums.h", lambda e: e.pop("size_in_bytes")), "tamper": "/Enums.h"},
                     "Enums.h: paths.json gives no size_in_bytes"),
-        "no-paths-json": (dict(edit_paths=lambda entries: None, tamper="/Enums.h"), "has no info/paths.json"),
-        "link-member": (dict(edit_paths=edit_entry("/Enums.h", lambda e: e.update(sha256=link_sha, size_in_bytes=0)),
-                             symlink="/Enums.h"), "Enums.h: a symlink in the archive, not a regular file"),
-        "unsafe-path": (dict(edit_paths=lambda entries: entries + [dict(entries[0], _path="../outside.h")]),
+        "no-paths-json": ({"edit_paths": lambda entries: None, "tamper": "/Enums.h"}, "has no info/paths.json"),
+        "link-member": ({"edit_paths": edit_entry("/Enums.h", lambda e: e.update(sha256=link_sha, size_in_bytes=0)),
+                             "symlink": "/Enums.h"}, "Enums.h: a symlink in the archive, not a regular file"),
+        "unsafe-path": ({"edit_paths": lambda entries: [*entries, dict(entries[0], _path="../outside.h")]},
                         "'../outside.h' is not a safe relative path"),
     }
     for label, (how, message) in cases.items():

@@ -367,8 +367,8 @@ def test_streamed_wheel_is_kept_only_up_to_the_limit(limit_delta, kept, monkeypa
                                                      small_cubin_wheel, tmp_path):
     from repack.fetch import sources
     from repack.fetch.cache import Cache
-    from repack.fetch.index import IndexFile
     from repack.fetch.digest import file_sha256
+    from repack.fetch.index import IndexFile
     from repack.fetch.transport import Transport
 
     wheel = small_cubin_wheel("0.6.6")
@@ -502,7 +502,6 @@ def test_a_resumed_download_says_so(file_server, small_cubin_wheel, tmp_path):
 
     from repack.fetch.download import RESUMED, fetch_verified
     from repack.fetch.index import IndexFile
-    from repack.fetch.digest import file_sha256
     from repack.fetch.transport import Transport
 
     wheel = small_cubin_wheel("0.6.6")

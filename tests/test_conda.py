@@ -18,10 +18,10 @@ from conda_package_streaming.extract import extract
 from conda_package_streaming.package_streaming import stream_conda_info
 
 from repack.build.conda import parse_dependency_names, python_spec
-from repack.errors import BuildError, UsageError
+from repack.errors import BuildError, InputError
 from tests.conftest import cli
-from tests.support.conda_env import EXPORT_DIR
 from tests.support import synthetic
+from tests.support.conda_env import EXPORT_DIR
 
 VERSION = synthetic.VERSION
 EPOCH = "1700000000"
@@ -184,5 +184,5 @@ def test_parse_dependency_names(specs, names):
 
 @pytest.mark.parametrize("spec", ["flashinfer-python", "numpy=np", "flashinfer-cubin=", "flashinfer-cubin=UPPER"])
 def test_parse_dependency_names_refuses(spec):
-    with pytest.raises(UsageError):
+    with pytest.raises(InputError):
         parse_dependency_names([spec])

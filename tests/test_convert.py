@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from repack.publish.channel import inspect_package
+from repack.build.conda import python_spec
 from repack.build.conda_archive import read_members
 from repack.build.convert import conda_depends, convert_wheel, load_name_map, package_filename
-from repack.build.conda import python_spec
-from repack.errors import BuildError, IntegrityError, UsageError
+from repack.errors import BuildError, InputError, IntegrityError
+from repack.publish.channel import inspect_package
 from tests.support.tinywheel import make_wheel, tamper
 
 
@@ -33,7 +33,7 @@ from tests.support.tinywheel import make_wheel, tamper
 def test_requirements_become_conda_specs(requires, expected):
     meta = HeaderParser().parsestr("".join(f"Requires-Dist: {r}\n" for r in requires) + "Requires-Python: >=3.10\n")
     names = {**load_name_map(), "dropped-one": None}
-    assert conda_depends(meta, names) == ["python >=3.10"] + expected
+    assert conda_depends(meta, names) == ["python >=3.10", *expected]
 
 
 def test_name_map_override(tmp_path):
@@ -43,7 +43,7 @@ def test_name_map_override(tmp_path):
     assert names["flashinfer-python"] == "flashinfer" and names["torch"] is None
     assert names["flashinfer-cubin"] == "flashinfer-cubin"  # the shipped entries stay
     override.write_text("[1, 2]")
-    with pytest.raises(UsageError, match="conda name map"):
+    with pytest.raises(InputError, match="conda name map"):
         load_name_map(override)
 
 
@@ -101,7 +101,7 @@ def test_bundle_refuses_a_bad_conda_map_before_any_download(run_cli, tmp_path):
 ])
 def test_markers_are_evaluated_for_every_target(requires_python, requirement, expected):
     meta = HeaderParser().parsestr(f"Requires-Dist: {requirement}\nRequires-Python: {requires_python}\n")
-    assert conda_depends(meta, {}) == [python_spec(requires_python)] + expected
+    assert conda_depends(meta, {}) == [python_spec(requires_python), *expected]
 
 
 @pytest.mark.parametrize("requirement, marker", [

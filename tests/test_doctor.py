@@ -24,13 +24,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
-
 from packaging.version import Version
 
 from repack.environment.doctor import diagnose
+from repack.environment.probe import (
+    MISSING,
+    CubinDir,
+    CubinDirFacts,
+    Dist,
+    Environment,
+    FileState,
+    Interpreter,
+    resolve_cubin_dir,
+)
 from repack.rules.plan import Plan, shipped_plan
-from repack.environment.probe import (MISSING, CubinDir, CubinDirFacts, Dist, Environment, FileState, Interpreter,
-                          resolve_cubin_dir)
 from tests.conftest import AFFECTED
 from tests.support.envs import PROJECTS
 
@@ -313,7 +320,7 @@ class Table:
 
 
 def as_user(user: str | None, cmd: list[str]) -> list[str]:
-    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + cmd if user else cmd
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--", *cmd] if user else cmd
 
 
 def python_for(user: str | None, python: Path) -> Path:

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from repack.fetch.archive import SpanCache
 from repack.errors import SourceError
+from repack.fetch.archive import SpanCache
 from tests.support import synthetic
 from tests.test_build_sources import FAST, VERSION, build, failed, succeeded
 
@@ -40,16 +40,21 @@ def test_an_index_without_the_wheel_passes_the_turn_to_the_next_source(run_cli, 
     assert "has no project flashinfer-cubin" in report["tried"][0][1]
 
 
-@pytest.mark.parametrize("source", ["ftp://127.0.0.1/artifactory/", "http://u:p@127.0.0.1:99999/x/"])
-def test_a_url_that_cannot_be_requested_is_one_clean_error(source, run_cli, tmp_path):
+# a URL the caller gave that cannot be requested is a usage error (exit 2), as it is for publish --index
+@pytest.mark.parametrize("source, message", [("ftp://127.0.0.1/artifactory/", "is not an http(s) URL"),
+                                             ("http://u:p@127.0.0.1:99999/x/", "is not a valid URL")])
+def test_a_url_that_cannot_be_requested_is_one_clean_error(source, message, run_cli, tmp_path):
     out = tmp_path / "out"
-    error = failed(build(run_cli, out, source), out)
-    assert "cannot request" in error and ":p@" not in error
+    result = build(run_cli, out, source)
+    assert result.returncode == 2 and message in result.stderr and "(--from)" in result.stderr
+    assert ":p@" not in result.stderr and "Traceback" not in result.stderr and not out.exists()
 
 
 def test_an_index_url_without_a_scheme_is_one_clean_error(run_cli, tmp_path):
     out = tmp_path / "out"
-    assert "cannot request" in failed(build(run_cli, out, "index", extra=("--index-url", "notaurl")), out)
+    result = build(run_cli, out, "index", extra=("--index-url", "notaurl"))
+    assert result.returncode == 2 and "notaurl is not an http(s) URL" in result.stderr
+    assert "(--index-url)" in result.stderr and not out.exists()
 
 
 @pytest.mark.parametrize("timeout", ["0", "-1", "nan", "soon"])

@@ -84,7 +84,7 @@ def test_an_index_file_name_that_leaves_the_cache_never_becomes_a_path(name, run
     assert [f for f in files_under(tmp_path) if f.endswith(".whl")] == []
 
 
-@pytest.mark.parametrize("name", ESCAPING + ["flashinfer_cubin-0.6.6-py3-none-any.whl/../x-1-py3-none-any.whl"])
+@pytest.mark.parametrize("name", [*ESCAPING, "flashinfer_cubin-0.6.6-py3-none-any.whl/../x-1-py3-none-any.whl"])
 def test_wheel_names_are_checked_by_our_own_rule_not_the_installed_packaging(name, tmp_path):
     from packaging.utils import InvalidWheelFilename
 
@@ -132,7 +132,7 @@ def test_install_refuses_a_payload_path_that_leaves_the_target(tmp_path, small_c
     from tests.support import synthetic
 
     good = fetch_payload(synthetic.plan(VERSION), [WheelFile(small_cubin_wheel(VERSION))], Cache(None))
-    evil = Payload(good.plan, good.files + (PayloadFile("../../escape.h", b"x", sha256(b"x")),))
+    evil = Payload(good.plan, (*good.files, PayloadFile("../../escape.h", b"x", sha256(b"x"))))
     target = tmp_path / "deep" / "cubins"
     with pytest.raises(UnsafePathError):
         install(evil, target)
@@ -306,7 +306,7 @@ def test_a_central_directory_past_the_cap_is_refused():
 
     source = Sparse(b"")
     source.size = size
-    with pytest.raises(SourceError, match="central directory of .* more than the"):
+    with pytest.raises(SourceError, match=r"central directory of .* more than the"):
         read_members(source, ["x"])
 
 
@@ -343,7 +343,7 @@ def test_an_https_redirect_to_plain_http_fails_and_netrc_never_travels_in_clear(
         secure.file("ok", b"fine")
         transport = Transport(retries=0, timeout=5)
         assert transport.get(secure.url + "ok").body == b"fine"  # netrc does go over https
-        with pytest.raises(FetchError, match="refusing the redirect from https://.* to http://"):
+        with pytest.raises(FetchError, match=r"refusing the redirect from https://.* to http://"):
             transport.get(secure.url + "simple/flashinfer-cubin/")
         assert secure.authorizations("/ok") != [None]
         assert plain.seen == []
@@ -360,7 +360,7 @@ def test_credentials_go_only_to_the_host_they_were_given_for(hostile):
 
 
 def test_credentials_are_never_sent_over_plain_http_to_another_machine():
-    with pytest.raises(FetchError, match="refusing to send credentials to http://192.0.2.1/simple/ over plain http"):
+    with pytest.raises(FetchError, match=r"refusing to send credentials to http://192\.0\.2\.1/simple/ over plain http"):
         Transport(retries=0, timeout=1).get("http://bob:pw@192.0.2.1/simple/")
 
 

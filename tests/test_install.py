@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from repack.fetch.cache import Cache
-from repack.errors import BuildError
-from repack.fetch.payload import fetch_payload
 from repack.environment.install import install
+from repack.errors import BuildError
+from repack.fetch.cache import Cache
+from repack.fetch.payload import fetch_payload
 from repack.fetch.sources import WheelFile
 from tests.support import synthetic
 

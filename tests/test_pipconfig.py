@@ -13,9 +13,9 @@ import subprocess
 import venv
 from pathlib import Path
 
+import pip
 import pytest
 
-import pip
 from repack.pipconfig import PYPI, config_files, resolve_index
 
 ORACLE = ("import json; from pip._internal.commands import create_command; c = create_command('install'); "
@@ -133,9 +133,9 @@ def test_file_list_matches_pip_order(world):
 
 
 def test_a_broken_file_is_a_usage_error_naming_it(world):
-    from repack.errors import UsageError
+    from repack.errors import InputError
 
     tmp, prefix, environ = world
     conf = write(tmp / "venv/pip.conf", "index-url = no section\n")
-    with pytest.raises(UsageError, match=f"pip's config file {conf} cannot be read"):
+    with pytest.raises(InputError, match=f"pip's config file {conf} cannot be read"):
         resolve_index(environ, str(prefix))

@@ -56,8 +56,7 @@ names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_siz
 @st.composite
 def damaged_zips(draw) -> bytes:
     """A real zip with bytes flipped, cut or spliced anywhere (end records and directory included)."""
-    data = bytearray(draw(st.sampled_from([BASE, small_zip({n: b"x" for n in draw(st.lists(names.filter(lambda n: "\x00" not in n), max_size=4,
-                                                                                              unique=True))})])))
+    data = bytearray(draw(st.sampled_from([BASE, small_zip(dict.fromkeys(draw(st.lists(names.filter(lambda n: "\x00" not in n), max_size=4, unique=True)), b"x"))])))
     for _ in range(draw(st.integers(1, 8))):
         at = draw(st.integers(0, max(0, len(data) - 1)))
         data[at: at + 1] = draw(st.binary(min_size=0, max_size=8))

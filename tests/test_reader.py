@@ -367,7 +367,9 @@ def test_the_real_wheel_with_a_header_list_built_with_star(python_wheel, tmp_pat
     from repack.rules.resolve import plan_from_wheel
 
     undefined = reshape(python_wheel("0.6.6"), tmp_path / "a", {LOADER_PY: STAR})
-    err = pytest.raises(CannotTellError, plan_from_wheel, undefined).value  # _FIRST is defined nowhere
+    with pytest.raises(CannotTellError) as caught:  # _FIRST is defined nowhere
+        plan_from_wheel(undefined)
+    err = caught.value
     assert err.file == LOADER_PY and "_FIRST" in err.what
 
     defined = reshape(python_wheel("0.6.6"), tmp_path / "b", {LOADER_PY: STAR + FIRST})

@@ -4,13 +4,13 @@ in one scratch directory, against local servers (the index pip uses, a pypiserve
 from __future__ import annotations
 
 import os
-
-import pytest
 import re
 import subprocess
 import sys
 import venv
 from pathlib import Path
+
+import pytest
 
 from tests.test_upload import PASSWORD, USER, pypiserver  # noqa: F401  (a fixture, used by name)
 

@@ -15,9 +15,9 @@ import pytest
 
 from repack.fetch.index import parse_html_page, parse_json_page, project_files
 from repack.fetch.transport import Transport
+from tests.support import synthetic
 from tests.support.installs import fresh_venv, pip_into, site_packages, uv_into
 from tests.support.tinywheel import make_wheel, tamper
-from tests.support import synthetic
 
 PROJECT = "flashinfer-cubin-headers"
 EXPORT = "flashinfer_cubin/cubins/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export"
@@ -45,7 +45,7 @@ class StaticServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
 
-    def __enter__(self) -> "StaticServer":
+    def __enter__(self) -> StaticServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 

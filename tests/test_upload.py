@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from repack.errors import UsageError
+from repack.errors import InputError
 from repack.publish.upload import find_credentials
+from tests.support import synthetic
 from tests.support.installs import fresh_venv, pip_into, site_packages, uv_into
 from tests.support.tinywheel import make_wheel, tamper
-from tests.support import synthetic
 
 PROJECT = "flashinfer-cubin-headers"
 EXPORT = "flashinfer_cubin/cubins/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export"
@@ -147,7 +147,7 @@ def test_credentials_order(tmp_path):
     assert pick(env={}) == ("nina", "from-netrc")
     assert pick(env={}, username="nina") == ("nina", "from-netrc")  # a username finds its password in netrc
     assert pick(url="https://other.example/", env={}) is None
-    with pytest.raises(UsageError, match="no password"):
+    with pytest.raises(InputError, match="no password"):
         pick(url="https://other.example/", env={}, username="someone")
     c = find_credentials(url, username="flag", password="flag-pw", env={}, netrc_file=None)
     assert "flag-pw" not in repr(c) and "flag-pw" not in str(c)

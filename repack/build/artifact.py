@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: The distribution this project builds, and its one-line description.
 DIST_NAME = "flashinfer-cubin-headers"
@@ -21,10 +22,10 @@ class Artifact:
     size: int
 
     @classmethod
-    def of(cls, kind: str, path: Path) -> "Artifact":
+    def of(cls, kind: str, path: Path) -> Artifact:
         data = path.read_bytes()
         return cls(kind, path, hashlib.sha256(data).hexdigest(), len(data))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path), "filename": self.path.name,
                 "sha256": self.sha256, "size": self.size}

@@ -15,9 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
@@ -26,7 +27,7 @@ from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
 from repack.build.conda_archive import Member, conda_bytes, tar_bz2_bytes
 from repack.build.sbom import SBOM_DIR, SBOM_NAME, sbom_bytes
 from repack.build.wheel import PACKAGE_ROOT
-from repack.errors import BuildError, UsageError
+from repack.errors import BuildError, InputError
 from repack.fetch.verify import Payload
 from repack.fs import atomic_write
 from repack.rules.plan import Plan
@@ -67,18 +68,18 @@ def depends(plan: Plan, dependency_names: Mapping[str, str] | None = None,
     return out
 
 
-def hash_input_json(requirements: list[str]) -> dict:
+def hash_input_json(requirements: list[str]) -> dict[str, Any]:
     """What distinguishes variants of one version: the build string hashes it."""
     return {"depends": list(requirements), "noarch": "python"}
 
 
-def build_string(hash_input: dict, build_number: int) -> str:
+def build_string(hash_input: dict[str, Any], build_number: int) -> str:
     """``pyh<7 hex>_<n>``: the noarch-python convention, from the variant's hash input."""
     digest = hashlib.sha256(json_bytes(hash_input)).hexdigest()[:7]
     return f"pyh{digest}_{build_number}"
 
 
-def index_json(plan: Plan, build: str, build_number: int, requirements: list[str], timestamp_ms: int) -> dict:
+def index_json(plan: Plan, build: str, build_number: int, requirements: list[str], timestamp_ms: int) -> dict[str, Any]:
     return {
         "build": build,
         "build_number": build_number,
@@ -93,7 +94,7 @@ def index_json(plan: Plan, build: str, build_number: int, requirements: list[str
     }
 
 
-def about_json(plan: Plan) -> dict:
+def about_json(plan: Plan) -> dict[str, Any]:
     return {
         "summary": SUMMARY.format(version=plan.version),
         "description": (f"The {len(plan.headers)} TRT-LLM BMM export headers of flashinfer-cubin {plan.version} and "
@@ -106,9 +107,9 @@ def about_json(plan: Plan) -> dict:
     }
 
 
-def link_json(entry_points: list[str] | None = None) -> dict:
+def link_json(entry_points: list[str] | None = None) -> dict[str, Any]:
     """noarch: python, with the console scripts conda creates at link time (``name = module:function``)."""
-    noarch: dict = {"type": "python"}
+    noarch: dict[str, Any] = {"type": "python"}
     if entry_points:
         noarch["entry_points"] = list(entry_points)
     return {"noarch": noarch, "package_metadata_version": 1}
@@ -123,11 +124,11 @@ class PathRecord:
     size: int
 
     @classmethod
-    def of(cls, member: Member) -> "PathRecord":
+    def of(cls, member: Member) -> PathRecord:
         return cls(member.path, hashlib.sha256(member.data).hexdigest(), len(member.data))
 
 
-def paths_json(records: list[PathRecord]) -> dict:
+def paths_json(records: list[PathRecord]) -> dict[str, Any]:
     entries = [{"_path": r.path, "path_type": "hardlink", "sha256": r.sha256, "size_in_bytes": r.size}
                for r in sorted(records, key=lambda r: r.path)]
     return {"paths": entries, "paths_version": 1}
@@ -137,7 +138,8 @@ def files_text(records: list[PathRecord]) -> str:
     return "".join(f"{r.path}\n" for r in sorted(records, key=lambda r: r.path))
 
 
-def info_members(index: dict, about: dict, link: dict, records: list[PathRecord]) -> list[Member]:
+def info_members(index: dict[str, Any], about: dict[str, Any], link: dict[str, Any],
+                 records: list[PathRecord]) -> list[Member]:
     """The ``info/`` files of a noarch: python package: the one place both writers get them from."""
     return [
         Member("info/index.json", json_bytes(index)),
@@ -149,7 +151,7 @@ def info_members(index: dict, about: dict, link: dict, records: list[PathRecord]
     ]
 
 
-def json_bytes(data: dict) -> bytes:
+def json_bytes(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
@@ -180,7 +182,8 @@ def build_conda(payload: Payload, out_dir: Path, epoch: int | None = None, archi
                 build_number: int = 0) -> Artifact:
     """Write the conda package (``archive`` "conda" or "tar.bz2") into ``out_dir`` and return it."""
     if archive not in ARCHIVES:
-        raise UsageError(f"unknown conda archive format {archive!r}", f"choose from {', '.join(ARCHIVES)}")
+        raise InputError(f"unknown conda archive format {archive!r}", f"choose from {', '.join(ARCHIVES)}",
+                         value=archive, expected=", ".join(ARCHIVES), setting="format")
     epoch = DEFAULT_EPOCH if epoch is None else epoch
     requirements = depends(payload.plan, dependency_names, with_flashinfer_deps)
     stem, info, files = package_members(payload, epoch, requirements, build_number)
@@ -190,20 +193,19 @@ def build_conda(payload: Payload, out_dir: Path, epoch: int | None = None, archi
     try:
         atomic_write(path, data)
     except OSError as exc:
-        raise BuildError(f"cannot write {path}: {exc.strerror}", "choose a writable -o directory") from exc
+        raise BuildError(f"cannot write {path}: {exc.strerror}", "choose a writable output directory",
+                         path=str(path), setting="output") from exc
     return Artifact(kind, path, hashlib.sha256(data).hexdigest(), len(data))
 
 
-# -- command-line options --------------------------------------------------------------
-
-def conda_options_from_args(args) -> dict:
-    """build_conda's keyword arguments from ``build``'s --conda-* options (UsageError when malformed)."""
-    number = getattr(args, "build_number", 0) or 0
-    if number < 0:
-        raise UsageError(f"--build-number {number} is negative", "give 0, 1, 2...")
-    return {"dependency_names": parse_dependency_names(getattr(args, "conda_dep_name", None) or []),
-            "with_flashinfer_deps": not getattr(args, "conda_no_flashinfer_deps", False),
-            "build_number": number}
+def conda_options(build_number: int = 0, dependency_names: list[str] | tuple[str, ...] = (),
+                  with_flashinfer_deps: bool = True) -> dict[str, Any]:
+    """build_conda's keyword arguments, checked (InputError when malformed) before anything is fetched."""
+    if build_number < 0:
+        raise InputError(f"build number {build_number} is negative", "give 0, 1, 2...",
+                         value=build_number, expected="0, 1, 2...", setting="build_number")
+    return {"dependency_names": parse_dependency_names(list(dependency_names)),
+            "with_flashinfer_deps": with_flashinfer_deps, "build_number": build_number}
 
 
 def parse_dependency_names(specs: list[str]) -> dict[str, str]:
@@ -211,11 +213,13 @@ def parse_dependency_names(specs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for spec in specs:
         key, sep, name = (part.strip() for part in spec.partition("="))
+        expected = " or ".join(d + "=NAME" for d in FLASHINFER_DEPENDENCIES)
         if not sep or key not in FLASHINFER_DEPENDENCIES:
-            raise UsageError(f"--conda-dep-name {spec!r} is not {' or '.join(d + '=NAME' for d in FLASHINFER_DEPENDENCIES)}",
-                             "e.g. --conda-dep-name flashinfer-python=flashinfer")
+            raise InputError(f"conda dependency name {spec!r} is not {expected}", "e.g. flashinfer-python=flashinfer",
+                             value=spec, expected=expected, setting="conda_dep_name")
         if not CONDA_NAME.match(name):
-            raise UsageError(f"--conda-dep-name {spec!r}: {name!r} is not a conda package name",
-                             "conda names are lowercase letters, digits, '_', '.' and '-'")
+            raise InputError(f"conda dependency name {spec!r}: {name!r} is not a conda package name",
+                             "conda names are lowercase letters, digits, '_', '.' and '-'",
+                             value=name, setting="conda_dep_name")
         out[key] = name
     return out

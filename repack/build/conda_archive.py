@@ -17,9 +17,10 @@ import io
 import tarfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 from repack.build.artifact import DEFAULT_EPOCH
 from repack.errors import BuildError, SourceError
@@ -80,12 +81,12 @@ def tar_bytes(members: list[Member], mtime: int) -> bytes:
     return buf.getvalue()
 
 
-def zstd_compressor(level: int = ZSTD_LEVEL):
+def zstd_compressor(level: int = ZSTD_LEVEL) -> Any:  # zstandard ships no types
     return _zstd().ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
 
 
 def info_tar_zst(info: list[Member], epoch: int) -> bytes:
-    return zstd_compressor().compress(tar_bytes(_sorted(info), epoch))
+    return bytes(zstd_compressor().compress(tar_bytes(_sorted(info), epoch)))
 
 
 def conda_bytes(stem: str, info: list[Member], pkg: list[Member], epoch: int) -> bytes:
@@ -151,7 +152,8 @@ def iter_entries(path: Path, info_only: bool = False) -> Iterator[tuple[str, str
     path = Path(path)
     if not path.name.endswith(SUFFIXES):
         raise SourceError(f"{path.name} is not a conda package (expected {' or '.join(SUFFIXES)})",
-                          "give a file built by 'flashinfer-repack build --format conda' or conda-build/rattler-build")
+                          "give a conda package built by flashinfer-repack, conda-build or rattler-build",
+                          value=path.name, expected=" or ".join(SUFFIXES))
     try:
         if path.name.endswith(".conda"):
             yield from _conda_members(path, info_only)
@@ -171,7 +173,8 @@ def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, str, byte
         names = zf.namelist()
         inner = sorted((n for n in names if n.endswith(".tar.zst") and (n.startswith("info-") or not info_only)),
                        key=lambda n: not n.startswith("info-"))  # metadata first
-        if not any(n.startswith("info-") for n in inner) or (not info_only and not any(n.startswith("pkg-") for n in inner)):
+        has_info, has_pkg = (any(n.startswith(p) for n in inner) for p in ("info-", "pkg-"))
+        if not has_info or (not info_only and not has_pkg):
             raise SourceError(f"{path.name} lacks its info-*.tar.zst or pkg-*.tar.zst member (has {names})",
                               "the file is not a .conda package or is damaged")
         for name in inner:
@@ -190,7 +193,8 @@ def _conda_members(path: Path, info_only: bool) -> Iterator[tuple[str, str, byte
 def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[tuple[str, str, bytes]]:
     for m in tar:
         if not is_safe_relpath(m.name):
-            raise SourceError(f"{label}: unsafe member name {m.name!r}", "refusing a package that writes outside its prefix")
+            raise SourceError(f"{label}: unsafe member name {m.name!r}",
+                              "refusing a package that writes outside its prefix")
         if info_only and not m.name.startswith("info/"):
             continue
         if m.size > MAX_MEMBER:
@@ -206,10 +210,10 @@ def _tar_members(tar: tarfile.TarFile, label: str, info_only: bool) -> Iterator[
                               "refusing a package with devices or fifos")
 
 
-def _zstd():
+def _zstd() -> Any:  # the zstandard module, untyped
     try:
         import zstandard
     except ImportError as exc:  # a dependency, but say what to do if it was left out
         raise BuildError("the .conda format needs the 'zstandard' module, which is not installed",
-                         "pip install zstandard, or use --format conda-bz2") from exc
+                         "pip install zstandard, or build the .tar.bz2 format instead") from exc
     return zstandard

@@ -35,10 +35,12 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
+from email.message import Message
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Mapping
+from typing import IO, Any, BinaryIO
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -49,7 +51,8 @@ from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, Artifact
 from repack.build.conda import PathRecord, build_string, hash_input_json, info_members, link_json, python_spec
 from repack.build.conda_archive import info_tar_zst, open_tar, tar_info, write_conda_container, zstd_compressor
-from repack.errors import BuildError, IntegrityError, UsageError
+from repack.errors import BuildError, InputError, IntegrityError
+from repack.fetch.transport import Progress
 
 MAP_FILE = Path(__file__).with_name("condamap.json")
 #: zstd level of the payload tar: 3 turns flashinfer-cubin's 1.1 GB into a package in seconds,
@@ -80,18 +83,18 @@ def _read_map(path: Path) -> dict[str, str | None]:
         names = data["names"] if isinstance(data, dict) and "names" in data else data
         return {canonicalize_name(k): (None if v is None else str(v)) for k, v in dict(names).items()}
     except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise UsageError(f"cannot read the conda name map {path}: {exc}",
+        raise InputError(f"cannot read the conda name map {path}: {exc}",
                          'give a JSON file like {"names": {"torch": "pytorch", "some-project": null}}') from exc
 
 
 def conda_name(project: str, names: Mapping[str, str | None]) -> str | None:
     key = canonicalize_name(project)
-    return names[key] if key in names else key
+    return names.get(key, key)
 
 
 # -- requirements ------------------------------------------------------------------------------
 
-def conda_depends(meta, names: Mapping[str, str | None]) -> list[str]:
+def conda_depends(meta: Message, names: Mapping[str, str | None]) -> list[str]:
     """python first, then every Requires-Dist that applies on the channel's targets, as conda match specs."""
     targets = target_environments(meta.get("Requires-Python"))
     out = []
@@ -106,7 +109,7 @@ def conda_depends(meta, names: Mapping[str, str | None]) -> list[str]:
         name = conda_name(req.name, names)
         if name is not None:
             out.append(f"{name} {conda_spec(req)}".strip())
-    return [python_spec(meta.get("Requires-Python"))] + sorted(set(out))
+    return [python_spec(meta.get("Requires-Python")), *sorted(set(out))]
 
 
 def target_environments(requires_python: str | None) -> list[dict[str, str]]:
@@ -142,7 +145,8 @@ def applies(req: Requirement, line: str, targets: list[dict[str, str]]) -> bool:
                          f"platforms and Pythons ({', '.join(TARGET_MACHINES)}; Python "
                          f"{targets[0]['python_version']}-{targets[-1]['python_version']}) and not on others, "
                          "so one noarch package cannot carry it",
-                         "map the project in the conda name map (null drops it), or convert a wheel without that marker")
+                         "map the project in the conda name map (null drops it), "
+                         "or convert a wheel without that marker")
     return results.pop()
 
 
@@ -152,7 +156,7 @@ def conda_spec(req: Requirement) -> str:
     for s in sorted(req.specifier, key=str):
         if s.operator not in CONDA_OPS:
             raise BuildError(f"{req}: the operator {s.operator!r} has no conda equivalent",
-                             "map the project to a conda package by hand (--conda-map), or drop it with null")
+                             "map the project to a conda package by hand in the conda name map, or drop it with null")
         if s.operator == "==" and s.version.endswith(".*"):
             parts.append(s.version)
         else:
@@ -172,7 +176,7 @@ class Placed:
 
 
 def convert_wheel(wheel: Path, out_dir: Path, *, names: Mapping[str, str | None] | None = None,
-                  epoch: int | None = None, build_number: int = 0, progress=None) -> Artifact:
+                  epoch: int | None = None, build_number: int = 0, progress: Progress | None = None) -> Artifact:
     """Write ``<name>-<version>-<build>.conda`` for the pure wheel ``wheel`` into ``out_dir``.
 
     ``progress(label, done_bytes, total_bytes)``, if given, follows the payload (uncompressed bytes).
@@ -201,25 +205,27 @@ def package_filename(wheel: Path, names: Mapping[str, str | None], build_number:
     return f"{name}-{Version(meta['Version'])}-{build}.conda"
 
 
-def _describe(zf: zipfile.ZipFile, wheel: Path, names: Mapping[str, str | None], build_number: int):
+def _describe(zf: zipfile.ZipFile, wheel: Path, names: Mapping[str, str | None],
+              build_number: int) -> tuple[str, Message, str, list[str], str]:
     """(dist-info dir, METADATA, conda name, depends, build string) of a pure wheel."""
     dist_info, meta = _read_wheel_info(zf, wheel)
     name = conda_name(meta["Name"], names)
     if name is None:
-        raise UsageError(f"the conda name map drops {meta['Name']}, so {wheel.name} cannot be converted",
-                         "map it to a name in --conda-map")
+        raise InputError(f"the conda name map drops {meta['Name']}, so {wheel.name} cannot be converted",
+                         "map it to a name in the conda name map", setting="conda_map")
     depends = conda_depends(meta, names)
     return dist_info, meta, name, depends, build_string(hash_input_json(depends), build_number)
 
 
-def _read_wheel_info(zf: zipfile.ZipFile, wheel: Path):
+def _read_wheel_info(zf: zipfile.ZipFile, wheel: Path) -> tuple[str, Message]:
     dist_infos = {n.split("/", 1)[0] for n in zf.namelist() if n.split("/", 1)[0].endswith(".dist-info")}
     if len(dist_infos) != 1:
         raise BuildError(f"{wheel.name} has {len(dist_infos)} .dist-info directories", "is this a wheel?")
     dist_info = dist_infos.pop() + "/"
     wheel_meta = HeaderParser().parsestr(zf.read(dist_info + "WHEEL").decode("utf-8"))
     tags = wheel_meta.get_all("Tag") or []
-    if wheel_meta.get("Root-Is-Purelib", "").strip().lower() != "true" or not all(t.endswith("-none-any") for t in tags):
+    purelib = wheel_meta.get("Root-Is-Purelib", "").strip().lower() == "true"
+    if not purelib or not all(t.endswith("-none-any") for t in tags):
         raise BuildError(f"{wheel.name} is not a pure-Python wheel (tags {', '.join(tags)})",
                          "only py3-none-any wheels can become noarch: python conda packages")
     meta = HeaderParser().parsestr(zf.read(dist_info + "METADATA").decode("utf-8"))
@@ -246,24 +252,25 @@ def _layout(zf: zipfile.ZipFile, dist_info: str) -> list[Placed]:
     return sorted(placed, key=lambda p: p.path)
 
 
-def _info(zf, dist_info, meta, name, build, build_number, depends, epoch, wheel) -> dict:
+def _info(zf: zipfile.ZipFile, dist_info: str, meta: Message, name: str, build: str, build_number: int,
+          depends: list[str], epoch: int, wheel: Path) -> dict[str, Any]:
     return {"name": name, "version": str(Version(meta["Version"])), "build": build, "build_number": build_number,
             "depends": depends, "license": _license(meta), "noarch": "python", "subdir": "noarch",
             "timestamp": epoch * 1000, "entry_points": _entry_points(zf, dist_info), "summary": meta.get("Summary", ""),
             "home": _homepage(meta), "source": wheel.name, "dist_info": dist_info}
 
 
-def _license(meta) -> str:
+def _license(meta: Message) -> str:
     text = meta.get("License-Expression") or meta.get("License") or ""
     return text.strip().splitlines()[0][:100] if text.strip() else ""
 
 
-def _homepage(meta) -> str:
+def _homepage(meta: Message) -> str:
     for url in meta.get_all("Project-URL") or []:
         label, _, value = url.partition(",")
         if label.strip().lower() in ("homepage", "home"):
-            return value.strip()
-    return meta.get("Home-page", "")
+            return str(value).strip()
+    return str(meta.get("Home-page", ""))
 
 
 def _entry_points(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
@@ -275,7 +282,7 @@ def _entry_points(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
     except KeyError:
         return []
     parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
-    parser.optionxform = str
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep the entry points' case, as configparser documents
     parser.read_string(text)
     return [f"{k} = {v.strip()}" for section in ("console_scripts", "gui_scripts") if parser.has_section(section)
             for k, v in sorted(parser.items(section))]
@@ -283,8 +290,8 @@ def _entry_points(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
 
 # -- writing -----------------------------------------------------------------------------------------
 
-def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Placed], info: dict,
-                   epoch: int, progress=None) -> Artifact:
+def _write_package(zf: zipfile.ZipFile, wheel: Path, out_dir: Path, stem: str, layout: list[Placed],
+                   info: dict[str, Any], epoch: int, progress: Progress | None = None) -> Artifact:
     """The payload is compressed to a file as it streams from the wheel, then copied into the container."""
     target = out_dir / f"{stem}.conda"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,8 +309,8 @@ def _write_package(zf, wheel: Path, out_dir: Path, stem: str, layout: list[Place
     return Artifact.of("conda", target)
 
 
-def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer, epoch: int,
-                   progress=None) -> list[PathRecord]:
+def _write_payload(zf: zipfile.ZipFile, wheel: Path, layout: list[Placed], dist_info: str, writer: BinaryIO,
+                   epoch: int, progress: Progress | None = None) -> list[PathRecord]:
     record = _record(zf, dist_info)
     written, problems = [], []
     total, done = sum(zf.getinfo(p.member).file_size for p in layout), 0
@@ -333,13 +340,13 @@ def _write_payload(zf, wheel: Path, layout: list[Placed], dist_info: str, writer
     return sorted(written, key=lambda w: w.path)
 
 
-def _dist_info_additions(zf, dist_info: str, metadata: bytes) -> list[tuple[str, bytes]]:
+def _dist_info_additions(zf: zipfile.ZipFile, dist_info: str, metadata: bytes) -> list[tuple[str, bytes]]:
     """METADATA (requirements under the ``original`` extra) and INSTALLER ("conda"), and RECORD saying so."""
     added = {dist_info + "INSTALLER": b"conda\n", dist_info + "METADATA": metadata}
     record = zf.read(dist_info + "RECORD").decode("utf-8")
     rows = [r for r in csv.reader(io.StringIO(record)) if r and r[0] not in added and r[0] != dist_info + "RECORD"]
     rows += [[name, f"sha256={_b64(hashlib.sha256(data).digest())}", str(len(data))] for name, data in added.items()]
-    rows = sorted(rows) + [[dist_info + "RECORD", "", ""]]
+    rows = [*sorted(rows), [dist_info + "RECORD", "", ""]]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     added[dist_info + "RECORD"] = buf.getvalue().encode("utf-8")
@@ -371,12 +378,12 @@ def pip_metadata(metadata: bytes) -> bytes:
     return ("\n".join(lines) + sep + body).encode("utf-8")
 
 
-def _record(zf, dist_info: str) -> dict[str, str]:
+def _record(zf: zipfile.ZipFile, dist_info: str) -> dict[str, str]:
     rows = csv.reader(io.StringIO(zf.read(dist_info + "RECORD").decode("utf-8")))
     return {r[0]: r[1] for r in rows if len(r) >= 2 and r[1]}
 
 
-def _info_members(info: dict, written: list[PathRecord]) -> list:
+def _info_members(info: dict[str, Any], written: list[PathRecord]) -> list[Any]:
     index = {k: info[k] for k in ("name", "version", "build", "build_number", "depends", "license", "noarch",
                                   "subdir", "timestamp")}
     about = {"summary": info["summary"], "home": info["home"], "license": info["license"],
@@ -387,11 +394,11 @@ def _info_members(info: dict, written: list[PathRecord]) -> list:
 class _Hashing:
     """A reader that hashes what passes through it."""
 
-    def __init__(self, fh) -> None:
+    def __init__(self, fh: BinaryIO | IO[bytes]) -> None:
         self.fh, self.sha256, self.size = fh, hashlib.sha256(), 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self.fh.read(n)
+        data: bytes = self.fh.read(n)
         self.sha256.update(data)
         self.size += len(data)
         return data

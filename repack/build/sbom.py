@@ -17,6 +17,7 @@ governs the archives' timestamps, and nothing here).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from repack import __version__
 from repack.build.artifact import DIST_NAME
@@ -32,7 +33,7 @@ def purl(name: str, version: str) -> str:
     return f"pkg:pypi/{name}@{version}"
 
 
-def sbom_document(payload: Payload, install_root: str) -> dict:
+def sbom_document(payload: Payload, install_root: str) -> dict[str, Any]:
     """The CycloneDX document of ``payload``; file names are shown under ``install_root``
     (``flashinfer_cubin/cubins/``) as installed, so the wheel's and the conda package's agree."""
     plan, version = payload.plan, payload.plan.version
@@ -55,25 +56,26 @@ def sbom_document(payload: Payload, install_root: str) -> dict:
     }
 
 
-def _source_component(payload: Payload) -> dict:
+def _source_component(payload: Payload) -> dict[str, Any]:
     """flashinfer-cubin (or the artifactory tree) that the bytes were read from."""
     version = payload.plan.version
     prov = payload.provenance
     ref = purl("flashinfer-cubin", version)
-    out = {"type": "library", "bom-ref": ref, "name": "flashinfer-cubin", "version": version, "purl": ref,
-           "properties": [_prop("source-kind", getattr(prov, "kind", "unknown")),
-                          _prop("source", getattr(prov, "location", payload.source or "unknown"))]}
+    properties = [_prop("source-kind", prov.kind if prov else "unknown"),
+                  _prop("source", prov.location if prov else payload.source or "unknown")]
+    out: dict[str, Any] = {"type": "library", "bom-ref": ref, "name": "flashinfer-cubin", "version": version,
+                           "purl": ref, "properties": properties}
     if prov is not None and prov.wheel_filename:
-        out["properties"].append(_prop("wheel", prov.wheel_filename))
+        properties.append(_prop("wheel", prov.wheel_filename))
     if prov is not None and prov.wheel_sha256:
         out["hashes"] = [{"alg": "SHA-256", "content": prov.wheel_sha256}]
-        out["properties"].append(_prop("wheel-sha256-from", prov.wheel_sha256_from))
+        properties.append(_prop("wheel-sha256-from", prov.wheel_sha256_from))
     if prov is not None and prov.kind in ("index", "remote-wheel", "artifactory"):
         out["externalReferences"] = [{"type": "distribution", "url": prov.location}]
     return out
 
 
-def _pins_component(payload: Payload) -> dict:
+def _pins_component(payload: Payload) -> dict[str, Any]:
     """flashinfer-python, whose pinned CheckSumHash every byte was verified against."""
     plan = payload.plan
     ref = purl("flashinfer-python", plan.version)
@@ -82,11 +84,11 @@ def _pins_component(payload: Payload) -> dict:
                            _prop("checksum-hash", plan.checksums_sha256)]}
 
 
-def _file(name: str, digest: str) -> dict:
+def _file(name: str, digest: str) -> dict[str, Any]:
     return {"type": "file", "bom-ref": f"file:{name}", "name": name, "hashes": [{"alg": "SHA-256", "content": digest}]}
 
 
-def _prop(name: str, value: str) -> dict:
+def _prop(name: str, value: str) -> dict[str, Any]:
     return {"name": PROPERTY + name, "value": value}
 
 
@@ -94,9 +96,9 @@ def sbom_bytes(payload: Payload, install_root: str) -> bytes:
     return (json.dumps(sbom_document(payload, install_root), indent=1, sort_keys=True) + "\n").encode("utf-8")
 
 
-def summarize(document: dict) -> dict:
+def summarize(document: dict[str, Any]) -> dict[str, Any]:
     """What doctor shows of an installed package's SBOM: its source and the pins checked."""
-    props = {}
+    props: dict[str, Any] = {}
     for component in document.get("components", []):
         for p in component.get("properties", []) if isinstance(component, dict) else []:
             if isinstance(p, dict) and str(p.get("name", "")).startswith(PROPERTY):
@@ -109,7 +111,7 @@ def summarize(document: dict) -> dict:
             "checksums_sha256": props.get("checksum-hash", ""), "files": len(files)}
 
 
-def read_installed(site_packages: str, version: str) -> dict | None:
+def read_installed(site_packages: str, version: str) -> dict[str, Any] | None:
     """The SBOM of flashinfer-cubin-headers ``version`` installed in ``site_packages`` (its wheel's
     ``.dist-info/sboms/``), summarized; None when there is none (built before SBOMs, or not a wheel
     install), or ``{"error": ...}`` when it cannot be read."""

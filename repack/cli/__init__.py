@@ -8,25 +8,27 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import signal
 import os
 import re
+import signal
 import sys
-from typing import Callable, NoReturn, Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from repack import __version__
 from repack.cli.common import (
     EPILOG,
-    EXIT_FAIL,
     EXIT_INTERRUPTED,
     EXIT_PIPE,
     EXIT_TABLE,
     EXIT_USAGE,
     _clear_progress,
     emit_json,
+    exit_code_of,
+    hint_of,
     verbose_option,
 )
-from repack.errors import RepackError, UsageError
+from repack.errors import RepackError
 
 # -- entry point -------------------------------------------------------------------
 
@@ -42,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # why: a SIGTERM (docker stop, CI cancel) must unwind like ^C, so that temporaries are removed
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        code = args.func(args)
+        code: int = args.func(args)
         sys.stdout.flush()  # inside the try: a reader gone before the last block is a closed pipe too
         return code
     except KeyboardInterrupt:
@@ -92,17 +94,18 @@ def _closed_pipe() -> int:
     return EXIT_PIPE
 
 
-def report_error(args, exc: RepackError) -> int:
-    code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAIL
+def report_error(args: argparse.Namespace, exc: RepackError) -> int:
+    """The one place an error meets the user: its message, its hint (with our option), its exit code."""
+    code, hint = exit_code_of(exc), hint_of(exc)
     try:
         if getattr(args, "json", False):
-            emit_json({"ok": False, "error": str(exc), "hint": exc.hint, "kind": type(exc).__name__,
-                       "exit_code": code, "problems": list(getattr(exc, "problems", ()))})
+            emit_json({"ok": False, "error": str(exc), "hint": hint, "kind": type(exc).__name__,
+                       "exit_code": code, "problems": list(getattr(exc, "problems", ())), "fields": exc.fields()})
             sys.stdout.flush()
         _clear_progress()
         print(f"flashinfer-repack: error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"  hint: {exc.hint}", file=sys.stderr)
+        if hint:
+            print(f"  hint: {hint}", file=sys.stderr)
     except BrokenPipeError:
         return _closed_pipe()
     return code
@@ -118,7 +121,7 @@ class Parser(argparse.ArgumentParser):
         if self.json_errors:
             try:
                 emit_json({"ok": False, "error": message, "hint": hint, "kind": "UsageError",
-                           "exit_code": EXIT_USAGE, "problems": []})
+                           "exit_code": EXIT_USAGE, "problems": [], "fields": {}})
                 sys.stdout.flush()
             except BrokenPipeError:
                 sys.exit(_closed_pipe())
@@ -163,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=TOP_EPILOG + "\n" + EPILOG + "\n" + EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     verbose_option(parser)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser]
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
     for register in _commands():
         register(sub)
@@ -177,7 +181,7 @@ examples:
 """
 
 
-def _commands() -> list[Callable]:
+def _commands() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     from repack.cli import (
         build_cmd,
         bundle_cmd,

@@ -16,20 +16,11 @@ from repack.cli.common import (
     human_size,
     make_transport,
     output_dir,
-    source_date_epoch,
     source_option,
 )
-from repack.cli.pipeline import (
-    build_artifacts,
-    fetch_verified,
-    resolve_for_build,
-)
-from repack.errors import UsageError
+from repack.cli.settings import settings_from
 
 # -- build ---------------------------------------------------------------------------
-
-FORMATS = ("wheel", "conda", "conda-bz2")
-
 
 BUILD_EXAMPLES = """\
 examples:
@@ -39,7 +30,7 @@ examples:
 """
 
 
-def register_build(sub) -> None:
+def register_build(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("build", help="fetch, verify and package the headers of a version",
                        description="Fetch the BMM export headers of VERSION from a real source, verify every byte "
                                    "against the checksums flashinfer-python pins, and build the "
@@ -67,31 +58,18 @@ def register_build(sub) -> None:
     p.set_defaults(func=cmd_build)
 
 
-def parse_formats(text: str) -> list[str]:
-    formats = [f.strip() for f in text.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise UsageError(f"unknown format {unknown[0] if unknown else text!r}",
-                         f"choose from {', '.join(FORMATS)}, comma-separated")
-    return list(dict.fromkeys(formats))
-
-
-def cmd_build(args) -> int:
+def cmd_build(args: argparse.Namespace) -> int:
+    from repack import pipeline
     from repack.rules.resolve import check_version
 
     started = time.monotonic()
     version = check_version(args.version)
     output_dir(args.output)  # before any download: a file at -o is a usage error, not "File exists" at the end
-    formats = parse_formats(args.format)
-    if any(f != "wheel" for f in formats):
-        from repack.build.conda import conda_options_from_args
-        conda_options_from_args(args)  # a malformed --conda-* option fails before any download
-    epoch = source_date_epoch()
+    settings = settings_from(args)  # a malformed --format, --conda-* or --from fails before any download
     transport = make_transport(args)
-    check = resolve_for_build(args, version, transport)
-    plan = check.plan
-    payload, report = fetch_verified(args, plan, transport)
-    artifacts = build_artifacts(payload, formats, args, epoch)
+    built = pipeline.build(version, settings.sources, transport, out_dir=args.output, formats=settings.formats,
+                           epoch=settings.epoch, conda=dict(settings.conda))
+    check, report, artifacts, plan = built.check, built.report, built.artifacts, built.check.plan
     elapsed = time.monotonic() - started
     _clear_progress()
     transfer = {"requests": transport.stats.requests if transport else 0,

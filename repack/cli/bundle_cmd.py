@@ -6,10 +6,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repack.cli.common import (
     EXIT_OK,
     EXIT_TABLE,
+    UsageError,
     _clear_progress,
     common_options,
     emit_json,
@@ -19,7 +21,9 @@ from repack.cli.common import (
     output_dir,
     source_date_epoch,
 )
-from repack.errors import UsageError
+
+if TYPE_CHECKING:
+    from repack.publish.dependencies import Target
 
 # -- bundle --------------------------------------------------------------------------
 
@@ -31,7 +35,7 @@ examples:
 """
 
 
-def register_bundle(sub) -> None:
+def register_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bundle", help="everything an air-gapped site needs for a version, in one directory",
                        description="Download flashinfer-python and flashinfer-cubin VERSION from the index (verified "
                                    "against its sha256), build flashinfer-cubin-headers (wheel and conda), and write "
@@ -60,7 +64,7 @@ def register_bundle(sub) -> None:
     p.set_defaults(func=cmd_bundle)
 
 
-def cmd_bundle(args) -> int:
+def cmd_bundle(args: argparse.Namespace) -> int:
     from repack.build.convert import load_name_map
     from repack.publish.bundle import bundle
     from repack.rules.resolve import check_version
@@ -94,7 +98,7 @@ def cmd_bundle(args) -> int:
     return EXIT_OK
 
 
-def dependency_target(args):
+def dependency_target(args: argparse.Namespace) -> Target | None:
     """The --with-dependencies target, or None; the target options without it are a usage error."""
     from repack.publish.dependencies import check_target
 

@@ -9,10 +9,15 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
-from repack.errors import UsageError
+from repack.errors import InputError, RepackError
+
+if TYPE_CHECKING:
+    from repack.fetch.transport import Transport
+    from repack.pipconfig import IndexSettings
 
 log = logging.getLogger("repack.cli")
 
@@ -27,6 +32,49 @@ EXIT_CODES = (
     (EXIT_PIPE, "stdout was closed early, e.g. by `| head`; nothing else is printed"),
 )
 EXIT_TABLE = "exit codes:\n" + "".join(f"  {code:<4} {text}\n" for code, text in EXIT_CODES)
+
+
+class UsageError(InputError):
+    """The command line itself makes no sense: options that do not go together, a malformed option value."""
+
+
+#: The one map from an error's class to its exit code: the first row whose class matches wins.
+#: The library's InputError (a value the caller gave is malformed) is a usage error here, as ours is.
+ERROR_EXIT_CODES: tuple[tuple[type[RepackError], int], ...] = (
+    (InputError, EXIT_USAGE),
+    (RepackError, EXIT_FAIL),
+)
+
+#: The option that gives each setting a library error may name (RepackError.setting): the library says
+#: what to do in words, and the CLI names its own option beside the hint.
+OPTION_OF_SETTING = {
+    "build_number": "--build-number",
+    "conda_dep_name": "--conda-dep-name",
+    "conda_map": "--conda-map",
+    "format": "--format",
+    "index_url": "--index-url",
+    "offline": "--offline",
+    "output": "-o",
+    "prefix": "--prefix",
+    "python": "--python",
+    "simple_url": "--simple-url",
+    "source": "--from",
+    "target": "--target",
+    "upload_url": "--index",
+}
+
+
+def exit_code_of(exc: RepackError) -> int:
+    """The exit code of ``exc``, from :data:`ERROR_EXIT_CODES`."""
+    return next(code for cls, code in ERROR_EXIT_CODES if isinstance(exc, cls))
+
+
+def hint_of(exc: RepackError) -> str:
+    """The library's hint, with the option that gives the setting it concerns (when the error names one)."""
+    option = OPTION_OF_SETTING.get(exc.setting or "")
+    if option and exc.hint and option not in exc.hint:
+        return f"{exc.hint} ({option})"
+    return exc.hint
 PYPI = "https://pypi.org/simple/"  # as index.PYPI; kept here so that --help imports nothing heavy
 ZIP_TIME_LIMIT = 4354819200  # 2108-01-01: a zip stores years up to 2107
 
@@ -103,18 +151,20 @@ def retry_count(text: str) -> int:
 
 # -- environment ---------------------------------------------------------------------
 
-def index_url(args) -> str:
+def index_url(args: argparse.Namespace) -> str:
     """--index-url, else what ``pip install`` would use (logged once, with where it came from)."""
+    from repack.fetch.transport import check_url
+
     if getattr(args, "index_url", None):
-        return args.index_url
-    return index_settings(args).index_url
+        return check_url(args.index_url, "index_url")
+    return check_url(index_settings(args).index_url, "index_url")
 
 
-def index_settings(args, site_prefix: str | None = None):
+def index_settings(args: argparse.Namespace, site_prefix: str | None = None) -> IndexSettings:
     """pip's index settings for the environment ``pip`` would run in (see :mod:`repack.pipconfig`)."""
     from repack.pipconfig import resolve_index
 
-    cached = getattr(args, "_pip_index", None)
+    cached: IndexSettings | None = getattr(args, "_pip_index", None)
     if cached is not None and site_prefix is None:
         return cached
     prefix = site_prefix or os.environ.get("VIRTUAL_ENV") or os.environ.get("CONDA_PREFIX") or sys.prefix
@@ -126,7 +176,7 @@ def index_settings(args, site_prefix: str | None = None):
     return settings
 
 
-def _log_index(settings) -> None:
+def _log_index(settings: IndexSettings) -> None:
     from repack.fetch.transport import redact
 
     log.info("index %s, from %s", redact(settings.index_url), settings.index_origin)
@@ -135,11 +185,11 @@ def _log_index(settings) -> None:
                  ", ".join(redact(u) for u in settings.extra_index_urls), settings.extra_origin)
 
 
-def cache_dir(args) -> Path | None:
+def cache_dir(args: argparse.Namespace) -> Path | None:
     if getattr(args, "no_cache", False):
         return None
     if getattr(args, "cache_dir", None):
-        return args.cache_dir
+        return Path(args.cache_dir)
     if os.environ.get("FLASHINFER_REPACK_CACHE_DIR"):
         return Path(os.environ["FLASHINFER_REPACK_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
@@ -156,17 +206,6 @@ def source_date_epoch() -> int | None:
     return int(value)
 
 
-def cubins_repository() -> str:
-    """$FLASHINFER_CUBINS_REPOSITORY: a URL, or a directory that must exist (a typo is not a URL to try)."""
-    from repack.fetch.sources import NVIDIA_ARTIFACTORY
-
-    value = os.environ.get("FLASHINFER_CUBINS_REPOSITORY", NVIDIA_ARTIFACTORY)
-    if "://" not in value and not os.path.isdir(value):
-        raise UsageError(f"FLASHINFER_CUBINS_REPOSITORY={value!r} is neither a URL nor an existing directory",
-                         "set it to an http(s) URL in artifactory layout or to a directory that exists, or unset it")
-    return value
-
-
 def output_dir(path: Path, option: str = "-o") -> Path:
     """An output directory: created when missing, refused when a file stands there."""
     if path.exists() and not path.is_dir():
@@ -177,14 +216,14 @@ def output_dir(path: Path, option: str = "-o") -> Path:
 
 # -- output --------------------------------------------------------------------------
 
-def emit_json(data) -> None:
+def emit_json(data: object) -> None:
     print(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
 _progress_shown = False
 
 
-def progress_printer(args) -> Callable[[str, int, "int | None"], None] | None:
+def progress_printer(args: argparse.Namespace) -> Callable[[str, int, int | None], None] | None:
     """A one-line progress display on a terminal's stderr, redrawn at most 10 times a second."""
     if getattr(args, "quiet", False) or getattr(args, "json", False) or not sys.stderr.isatty():
         return None
@@ -248,7 +287,7 @@ def _clear_progress() -> None:
         _progress_shown = False
 
 
-def make_transport(args):
+def make_transport(args: argparse.Namespace) -> Transport | None:
     from repack.fetch.transport import Transport
 
     if getattr(args, "offline", False):
@@ -256,7 +295,8 @@ def make_transport(args):
     return Transport(timeout=args.timeout, retries=args.retries, progress=progress_printer(args))
 
 
-def human_size(n: int) -> str:
+def human_size(size: int) -> str:
+    n = float(size)
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

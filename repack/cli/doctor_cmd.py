@@ -6,17 +6,23 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from repack.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     EXIT_TABLE,
+    UsageError,
     common_options,
     emit_json,
     index_settings,
     resolve_python,
 )
-from repack.errors import UsageError
+
+if TYPE_CHECKING:
+    from repack.environment.doctor import Advice, Diagnosis
+    from repack.environment.probe import Environment
+    from repack.environment.run import LiveResult
 
 # -- doctor --------------------------------------------------------------------------
 
@@ -48,7 +54,7 @@ that its code was not understood (verdict "unknown"), 2 a usage error.
 """
 
 
-def register_doctor(sub) -> None:
+def register_doctor(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("doctor", help="will an environment's flashinfer start offline? what to fix",
                        description="Inspect a Python environment (this one, another interpreter, or a conda "
                                    "prefix) and tell whether its FlashInfer will reach for the network at start-up "
@@ -69,7 +75,7 @@ def register_doctor(sub) -> None:
     p.set_defaults(func=cmd_doctor)
 
 
-def cmd_doctor(args) -> int:
+def cmd_doctor(args: argparse.Namespace) -> int:
     from repack.environment.doctor import diagnose
     from repack.environment.probe import snapshot
 
@@ -108,7 +114,7 @@ def cmd_doctor(args) -> int:
     return EXIT_OK if ok else EXIT_FAIL
 
 
-def installed_provenance(env) -> dict | None:
+def installed_provenance(env: Environment) -> dict[str, Any] | None:
     """The SBOM of the installed flashinfer-cubin-headers (where its bytes came from), if it has one."""
     from repack.build.sbom import read_installed
 
@@ -116,7 +122,7 @@ def installed_provenance(env) -> dict | None:
     return read_installed(ours.location, ours.version) if ours else None
 
 
-def print_provenance(provenance: dict | None) -> None:
+def print_provenance(provenance: dict[str, Any] | None) -> None:
     if not provenance:
         return
     if "error" in provenance:
@@ -128,7 +134,7 @@ def print_provenance(provenance: dict | None) -> None:
           f"{provenance['source']}{wheel}{digest}; checksums.txt sha256 {provenance['checksums_sha256']}")
 
 
-def run_live(args, env):
+def run_live(args: argparse.Namespace, env: Environment) -> LiveResult:
     from repack.environment.run import live_check_environment
 
     if args.run_timeout <= 0:
@@ -140,7 +146,7 @@ def run_live(args, env):
     return live_check_environment(env, dict(os.environ), timeout=args.run_timeout)
 
 
-def print_live(diagnosis, live) -> None:
+def print_live(diagnosis: Diagnosis, live: LiveResult) -> None:
     print(f"\nlive run ({', '.join(c.rsplit(':', 1)[-1] for c in live.calls + live.absent) or 'import only'}; "
           f"flashinfer {live.version or '?'}, FLASHINFER_CUBIN_DIR {live.cubin_dir or '?'}):")
     print(f"  {live.summary()}")
@@ -151,7 +157,8 @@ def print_live(diagnosis, live) -> None:
     for where in ("site-packages", "cubin dir", "elsewhere"):
         written = live.writes_in(where)
         if written:
-            shown = ", ".join(w.path for w in written[:5]) + (f" and {len(written) - 5} more" if len(written) > 5 else "")
+            more = f" and {len(written) - 5} more" if len(written) > 5 else ""
+            shown = ", ".join(w.path for w in written[:5]) + more
             print(f"  wrote {len(written)} path(s) in {where}: {shown}")
     agree = "agrees with" if live.ok == diagnosis.starts_offline else "DISAGREES with"
     print(f"live verdict: {'starts offline' if live.ok else 'does not start offline'} "
@@ -180,7 +187,7 @@ def default_environment() -> tuple[str, str]:
     return sys.executable, f"this tool's own environment ({sys.executable}): no python3 or python on PATH"
 
 
-def _is_own_env(env) -> bool:
+def _is_own_env(env: Environment) -> bool:
     """The snapshot is of this tool's own environment, however its interpreter was named (shim, python3...)."""
     import sysconfig
 
@@ -188,7 +195,7 @@ def _is_own_env(env) -> bool:
     return bool(site) and os.path.realpath(site) == os.path.realpath(sysconfig.get_paths()["purelib"])
 
 
-def _not_the_tools_env(diagnosis):
+def _not_the_tools_env(diagnosis: Diagnosis) -> Diagnosis:
     """Installing flashinfer beside this tool helps nobody: point at the environment that runs it instead."""
     from dataclasses import replace
 
@@ -197,7 +204,7 @@ def _not_the_tools_env(diagnosis):
     return replace(diagnosis, problems=problems)
 
 
-def advice_for(args, env):
+def advice_for(args: argparse.Namespace, env: Environment) -> Advice:
     """Where the fixes' packages come from: pip's index for that environment, or conda for a conda env."""
     from repack.environment.doctor import Advice
     from repack.fetch.transport import redact
@@ -210,12 +217,12 @@ def advice_for(args, env):
     return Advice(index_url=url, index_is_pypi=url.rstrip("/") == PYPI.rstrip("/"), conda_prefix=conda)
 
 
-def _prefix_of(env) -> str | None:
+def _prefix_of(env: Environment) -> str | None:
     site = env.interpreter.site_packages  # <prefix>/lib/pythonX.Y/site-packages
     return os.path.dirname(os.path.dirname(os.path.dirname(site))) if site else None
 
 
-def _by_conda(env) -> bool:
+def _by_conda(env: Environment) -> bool:
     """flashinfer-python came from conda (its INSTALLER says so), so conda, not pip, should add to it."""
     import glob
 
@@ -228,7 +235,7 @@ def _by_conda(env) -> bool:
     return False
 
 
-def print_diagnosis(env, diagnosis) -> None:
+def print_diagnosis(env: Environment, diagnosis: Diagnosis) -> None:
     print(f"{env.target} (Python {env.interpreter.python_version})")
     for c in diagnosis.checks:
         print(f"  {c.status.upper():7}  {c.name:24} {c.detail}")

@@ -11,6 +11,7 @@ from repack.cli.common import (
     EPILOG,
     EXIT_OK,
     EXIT_TABLE,
+    UsageError,
     _clear_progress,
     common_options,
     emit_json,
@@ -18,11 +19,7 @@ from repack.cli.common import (
     resolve_python,
     source_option,
 )
-from repack.cli.pipeline import (
-    fetch_verified,
-    resolve_for_build,
-)
-from repack.errors import UsageError
+from repack.cli.settings import source_settings
 
 # -- install -------------------------------------------------------------------------
 
@@ -34,7 +31,7 @@ prefer the package where flashinfer-cubin is installed: pip owns its files (see 
 """
 
 
-def register_install(sub) -> None:
+def register_install(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("install", help="place the verified headers straight into an environment's cubin dir",
                        description="Fetch and verify the BMM export headers of VERSION (as build does) and place "
                                    "them, with the exact marker, directly where that environment's flashinfer "
@@ -53,17 +50,19 @@ def register_install(sub) -> None:
     p.set_defaults(func=cmd_install)
 
 
-def cmd_install(args) -> int:
+def cmd_install(args: argparse.Namespace) -> int:
+    from repack import pipeline
     from repack.environment.install import install
     from repack.rules.plan import require_needed
     from repack.rules.resolve import check_version
 
     version = check_version(args.version)
     transport = make_transport(args)
-    check = resolve_for_build(args, version, transport)
+    settings = source_settings(args)
+    check = pipeline.checked_plan_for(version, settings, transport)
     plan = require_needed(check.plan)
     cubin_dir, with_extras, owned = (args.target, True, False) if args.target else install_destination(args, version)
-    payload, report = fetch_verified(args, plan, transport, with_extras)
+    payload, report = pipeline.verified_payload(plan, settings, transport, with_extras)
     written = install(payload, cubin_dir)
     _clear_progress()
     if args.json:
@@ -86,7 +85,7 @@ def cmd_install(args) -> int:
     return EXIT_OK
 
 
-def install_destination(args, version: str) -> tuple[Path, bool, bool]:
+def install_destination(args: argparse.Namespace, version: str) -> tuple[Path, bool, bool]:
     """The cubin dir of the environment of --python (default: this one), whether it lacks flashinfer-cubin,
     and whether our package of this version is installed there (so pip owns the files)."""
     from packaging.version import Version
@@ -99,15 +98,17 @@ def install_destination(args, version: str) -> tuple[Path, bool, bool]:
     if fp is None or Version(fp.version) != Version(version):
         raise UsageError(f"{env.target} has flashinfer-python {fp.version if fp else '(none)'}, not {version}",
                          f"install flashinfer-python=={version} there, or use --target DIR")
-    if env.unknown is not None or env.cubin_dir is None:  # its code was not understood: no path is guessed
+    rules, cubin_dir = env.rules, env.cubin_dir
+    if env.unknown is not None or rules is None or cubin_dir is None or cubin_dir.path is None:
+        # its code was not understood: no path is guessed
         from repack.errors import PlanError
         raise PlanError(env.unknown or f"where {env.target}'s flashinfer looks is unknown",
                         "the headers are not placed where that flashinfer may not look")
     from repack.rules.resolve import checked_plan
-    checked_plan(version, [(f"flashinfer-python in {env.target}", lambda: env.rules)])  # refuses a disagreement
-    if env.cubin_dir.import_error:
-        raise BuildError(f"`import flashinfer` fails in {env.target}: {env.cubin_dir.import_error}",
+    checked_plan(version, [(f"flashinfer-python in {env.target}", lambda: rules)])  # refuses a disagreement
+    if cubin_dir.import_error:
+        raise BuildError(f"`import flashinfer` fails in {env.target}: {cubin_dir.import_error}",
                          f"run 'flashinfer-repack doctor --python {env.interpreter.python}' for the fix")
     ours = env.dist("flashinfer-cubin-headers")
     owned = ours is not None and Version(ours.version) == Version(version)
-    return Path(env.cubin_dir.path), env.dist("flashinfer-cubin") is None, owned
+    return Path(cubin_dir.path), env.dist("flashinfer-cubin") is None, owned

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from repack.cli.common import (
     EXIT_FAIL,
@@ -17,6 +18,9 @@ from repack.cli.common import (
     make_transport,
 )
 
+if TYPE_CHECKING:
+    from repack.rules.plan import Plan
+
 # -- plan ----------------------------------------------------------------------------
 
 PLAN_EXAMPLES = """\
@@ -28,7 +32,7 @@ examples:
 """
 
 
-def register_plan(sub) -> None:
+def register_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("plan", help="what a FlashInfer version needs, read from its own code",
                        description="Read flashinfer-python's code of VERSION statically (never imported) and "
                                    "report whether it needs a supplementary headers package, and exactly what: "
@@ -44,7 +48,7 @@ def register_plan(sub) -> None:
     p.set_defaults(func=cmd_plan)
 
 
-def cmd_plan(args) -> int:
+def cmd_plan(args: argparse.Namespace) -> int:
     from repack.rules.plan import shipped_plan
 
     version = _check_version(args.version)
@@ -61,8 +65,9 @@ def cmd_plan(args) -> int:
         plan, origin = cached
     elif args.shipped or (args.offline and not args.python_wheel and not args.installed):
         if shipped is None:
-            raise resolve.UnknownVersionError(f"no plan for flashinfer {version} is shipped with this package",
-                                              "drop --shipped/--offline to read the code from the index")
+            from repack.errors import UnknownVersionError
+            raise UnknownVersionError(f"no plan for flashinfer {version} is shipped with this package",
+                                      "drop --shipped/--offline to read the code from the index")
         plan, origin = shipped, "shipped with flashinfer-repack"
     elif args.python_wheel:
         plan, origin = resolve.plan_from_wheel(args.python_wheel, version), str(args.python_wheel)
@@ -76,7 +81,7 @@ def cmd_plan(args) -> int:
     differences = shipped.differences(plan) if shipped is not None and plan is not shipped else []
     _clear_progress()
     if args.json:
-        data = {"ok": not differences, "origin": origin, "shipped": shipped is not None,
+        data: dict[str, Any] = {"ok": not differences, "origin": origin, "shipped": shipped is not None,
                 "agrees_with_shipped": (not differences) if shipped is not None else None,
                 "differences": differences, "plan": plan.to_json()}
         if shipped is not None and not plan.header_sha256:
@@ -102,7 +107,7 @@ def _check_version(text: str) -> str:
         return check_version(text)  # raises the one message for a bad version
 
 
-def _from_cache(args, version: str):
+def _from_cache(args: argparse.Namespace, version: str) -> tuple[Plan, str] | None:
     """A plan derived before from the same index: no request, and no network code imported."""
     from repack.rules import plancache
 
@@ -112,7 +117,7 @@ def _from_cache(args, version: str):
     return None if found is None else (found[0], f"flashinfer-python {version} on {found[1]} (cached)")
 
 
-def print_plan(plan, origin: str, shipped, differences: list[str]) -> None:
+def print_plan(plan: Plan, origin: str, shipped: Plan | None, differences: list[str]) -> None:
     print(f"flashinfer {plan.version}  (read from {origin})")
     print(f"  needs a supplementary package: {'yes' if plan.needed else 'no'}")
     print(f"  why: {plan.reason}")
@@ -121,7 +126,8 @@ def print_plan(plan, origin: str, shipped, differences: list[str]) -> None:
         print(f"  BMM artifact path: {plan.artifact_path}")
         print(f"  pinned checksum:   sha256({plan.checksums_path}) = {plan.checksums_sha256}")
         print(f"  runtime path:      FLASHINFER_CUBIN_DIR/{plan.dest_dir}/")
-        print(f"  marker:            {plan.marker_name} = {plan.marker_bytes!r} ({len(plan.marker_bytes)} bytes, no newline)")
+        size = len(plan.marker_bytes)
+        print(f"  marker:            {plan.marker_name} = {plan.marker_bytes!r} ({size} bytes, no newline)")
         hashes = plan.header_sha256 or (shipped.header_sha256 if shipped else {})
         print(f"  headers ({len(plan.headers)}, from {plan.artifact_path}{plan.header_dir}/):")
         for h in plan.headers:

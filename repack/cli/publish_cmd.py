@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repack.cli.common import (
     EXIT_OK,
@@ -16,6 +17,12 @@ from repack.cli.common import (
     progress_printer,
     retry_count,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from repack.publish.simple import Added
+    from repack.publish.upload import Credentials, UploadResult
 
 # -- publish -------------------------------------------------------------------------
 
@@ -40,7 +47,7 @@ or point pip at it directly: pip install --index-url file:///path/to/DIR ...
 """
 
 
-def register_publish(sub) -> None:
+def register_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("publish", help="add built packages to an index, a static simple tree or a conda channel",
                        description="Publish wheels to a package index through the upload API that twine uses "
                                    "(pypiserver, devpi, Artifactory, Nexus...), or into a static simple-API "
@@ -64,13 +71,14 @@ def register_publish(sub) -> None:
                    help="the index's simple API, read to skip files already there (default: URL/simple/, "
                         "then URL/+simple/)")
     common_options(p, network=False)
-    p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S", help="connect/read timeout (default 60)")
+    p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S",
+                   help="connect/read timeout (default 60)")
     p.add_argument("--retries", type=retry_count, default=3, metavar="N",
                    help="retries when a gateway answers 502/503/504 (default 3)")
     p.set_defaults(func=cmd_publish)
 
 
-def cmd_publish(args) -> int:
+def cmd_publish(args: argparse.Namespace) -> int:
     if args.channel is not None:
         return publish_to_channel(args)
     from repack.publish.distfile import check_record, read_distfile, with_upload_digests
@@ -88,7 +96,8 @@ def cmd_publish(args) -> int:
         for i, dist in enumerate(dists):
             if uploader.listed(dist) is None:  # a file listed already is skipped or refused, never sent
                 dists[i] = with_upload_digests(check_record(dist, progress))
-        destination, results = uploader.server, uploader.publish(dists)
+        destination = uploader.server
+        results: Sequence[UploadResult | Added] = uploader.publish(dists)
     else:
         from repack.publish.simple import already_there, publish_simple
 
@@ -106,7 +115,7 @@ def cmd_publish(args) -> int:
     return EXIT_OK
 
 
-def upload_target(args):
+def upload_target(args: argparse.Namespace) -> tuple[str, Credentials | None]:
     """The upload URL and credentials in twine's order: command line and environment, pypirc, keyring; then netrc.
 
     A username from anywhere without a password takes the pypirc password of that username, else keyring's.
@@ -119,24 +128,24 @@ def upload_target(args):
     repo = None
     if args.repository:
         repo = read_repository(args.config_file or Path(os.path.expanduser("~/.pypirc")), args.repository)
-    url = args.index or repo.url
+    url: str = args.index or (repo.url if repo else "")  # argparse requires one of the two
     in_url = urllib.parse.urlsplit(url)
     username = args.username or in_url.username or _env("USERNAME") or (repo.username if repo else None)
     if username and not (args.password or in_url.password or _env("PASSWORD")):
         from_file = repo.password if repo and repo.username == username else None
         password = from_file or keyring_password(url, username)
         if password:
-            origin = f"{repo.source} [{repo.name}]" if from_file else "keyring"
+            origin = f"{repo.source} [{repo.name}]" if repo and from_file else "keyring"
             return url, Credentials(urllib.parse.unquote(username), password, origin)
     return url, find_credentials(url, username=args.username, password=args.password, env=os.environ,
-                                 netrc_file=netrc_path(os.environ))
+                                 netrc_file=netrc_path(os.environ), given_as="--username/--password")
 
 
 def _env(what: str) -> str | None:
     return os.environ.get(f"FLASHINFER_REPACK_{what}") or os.environ.get(f"TWINE_{what}")
 
 
-def publish_to_channel(args) -> int:
+def publish_to_channel(args: argparse.Namespace) -> int:
     from repack.publish.channel import publish_channel
 
     results = publish_channel(args.channel, args.files)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 from repack.fs import NotRegularFileError, read_regular
 
@@ -48,7 +49,7 @@ def read_records(prefix: Path) -> list[CondaRecord]:
     return out
 
 
-def _record(data: dict) -> CondaRecord:
+def _record(data: dict[str, Any]) -> CondaRecord:
     files = data.get("files", [])
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         raise ValueError("'files' is not a list of paths")

@@ -22,7 +22,9 @@ from __future__ import annotations
 import contextvars
 import os
 import shlex
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from repack.environment.probe import MISSING, Environment, FileState
 from repack.rules.plan import Plan
@@ -88,7 +90,7 @@ class Diagnosis:
             return "unknown"
         return "offline" if self.starts_offline else "not-offline"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"starts_offline": self.starts_offline, "verdict": self.verdict,
                 "checks": [dict(asdict(c), ok=c.ok) for c in self.checks],
                 "problems": [asdict(p) for p in self.problems]}
@@ -99,7 +101,7 @@ class _Report:
         self.checks: list[Check] = []
         self.problems: list[Problem] = []
 
-    def add(self, name: str, detail: str, problems: list[Problem] = ()) -> None:
+    def add(self, name: str, detail: str, problems: Sequence[Problem] = ()) -> None:
         status = "problem" if any(p.fatal for p in problems) else "note" if problems else "ok"
         self.checks.append(Check(name, status, detail))
         self.problems.extend(problems)
@@ -174,6 +176,9 @@ def _conda_owner(env: Environment, project: str) -> str:
 
 def _check_import(env: Environment, rules: Plan, report: _Report) -> None:
     where = env.cubin_dir
+    if where is None:  # an environment whose code was understood always has one (probe); say so if not
+        report.add("FLASHINFER_CUBIN_DIR", "unknown")
+        return
     problems = []
     if where.import_error and env.namespace_dir:
         problems.append(_namespace_problem(env, rules))
@@ -203,13 +208,12 @@ def _check_files(env: Environment, rules: Plan, report: _Report) -> None:
     if not rules.artifact_path:
         report.add("artifacts", f"flashinfer {rules.version} pins no TRTLLM_GEN_BMM artifact: nothing to check")
         return
-    files = env.files
     skip = bool(env.interpreter.env.get("FLASHINFER_CUBIN_CHECKSUM_DISABLED"))
-    checksums = files.state(rules.checksums_path)
+    checksums = _state_of(env, rules.checksums_path)
     sums_ok = _accepted(checksums, rules.checksums_sha256, skip)
     report.add("checksums.txt", f"{rules.checksums_path}: " + ("sha256 as pinned" if sums_ok else _state(checksums)),
                [] if sums_ok else [_download_problem(env, rules, "checksums-missing", [rules.checksums_path])])
-    expected = dict(files.listed) if sums_ok else dict(rules.header_sha256)
+    expected = dict(env.files.listed) if sums_ok and env.files is not None else dict(rules.header_sha256)
     if rules.mode == "download":
         _check_download_mode(env, rules, expected, skip, report)
     elif rules.mode == "symlink":
@@ -218,14 +222,15 @@ def _check_files(env: Environment, rules: Plan, report: _Report) -> None:
     _check_locks(env, report)
 
 
-def _bad_headers(env: Environment, rules: Plan, path_of, expected: dict[str, str], skip: bool) -> list[str]:
-    return [h for h in rules.headers if not _accepted(env.files.state(path_of(h)), expected.get(h), skip)]
+def _bad_headers(env: Environment, rules: Plan, path_of: Callable[[str], str], expected: dict[str, str],
+                 skip: bool) -> list[str]:
+    return [h for h in rules.headers if not _accepted(_state_of(env, path_of(h)), expected.get(h), skip)]
 
 
 def _check_download_mode(env: Environment, rules: Plan, expected: dict[str, str], skip: bool,
                          report: _Report) -> None:
     marker_path = rules.dest_path(rules.marker_name)
-    marker = env.files.state(marker_path)
+    marker = _state_of(env, marker_path)
     content = marker.data or b""
     problems = []
     # download_trtllm_headers compares the stripped marker text with what it writes (read from its code)
@@ -274,7 +279,7 @@ def _symlink_problems(env: Environment, rules: Plan) -> list[Problem]:
         return [Problem("symlink-not-modelled", f"flashinfer {rules.version} links the headers under "
                         "FLASHINFER_GEN_SRC_DIR, which doctor does not inspect",
                         "that directory must be writable at start-up", "-", fatal=False)]
-    link, lock = env.files.state(rules.dest_dir), env.files.state(rules.dest_dir + ".lock")
+    link, lock = _state_of(env, rules.dest_dir), _state_of(env, rules.dest_dir + ".lock")
     target = os.path.realpath(_abs(env, rules.artifact_path + "include/trtllmGen_bmm_export"))
     correct = link.link_to is not None and link.link_to.rstrip("/") == target.rstrip("/")
     problems = []
@@ -296,12 +301,12 @@ def _symlink_problems(env: Environment, rules: Plan) -> list[Problem]:
 def _read_only(env: Environment, rules: Plan, path: str, action: str) -> Problem:
     return Problem("read-only", f"{path} cannot be written by this user, and flashinfer {rules.version} must "
                    f"{action} there at every start", "ensure_symlink fails with PermissionError at start-up",
-                   f"chown -R \"$(id -u)\" {shlex.quote(env.files.root)}  # or run flashinfer as its owner")
+                   f"chown -R \"$(id -u)\" {shlex.quote(_root(env))}  # or run flashinfer as its owner")
 
 
 def _check_metainfo(env: Environment, rules: Plan, digest: str | None, sums_ok: bool, skip: bool,
                     report: _Report) -> None:
-    meta = env.files.state(rules.metainfo_path)
+    meta = _state_of(env, rules.metainfo_path)
     if not sums_ok and not skip:
         report.add(METAINFO_NAME, "not checked: no valid checksums.txt to check it against")
         return
@@ -313,7 +318,7 @@ def _check_metainfo(env: Environment, rules: Plan, digest: str | None, sums_ok: 
 
 
 def _check_locks(env: Environment, report: _Report) -> None:
-    locks = env.files.locks
+    locks = env.files.locks if env.files is not None else ()
     if not locks:
         report.add("lock files", "no stale *.lock files")
         return
@@ -335,7 +340,7 @@ def _accepted(state: FileState, digest: str | None, skip_hash: bool) -> bool:
 
 
 def _download_problem(env: Environment, rules: Plan, code: str, paths: list[str]) -> Problem:
-    first = env.files.state(paths[0]) if env.files else MISSING
+    first = _state_of(env, paths[0])
     names = ", ".join(p.rsplit("/", 1)[-1] for p in paths[:3])
     names += f" and {len(paths) - 3} more" if len(paths) > 3 else ""
     where = os.path.dirname(_abs(env, paths[0]))
@@ -354,7 +359,8 @@ _OFFLINE_ERROR = {
 }
 
 
-_ADVICE: contextvars.ContextVar[Advice] = contextvars.ContextVar("doctor_advice", default=Advice())
+# Advice is a frozen dataclass, so the shared default cannot be mutated (B039 guards against mutable ones)
+_ADVICE: contextvars.ContextVar[Advice] = contextvars.ContextVar("doctor_advice", default=Advice())  # noqa: B039
 
 
 def _dest_fix(env: Environment, rules: Plan) -> str:
@@ -367,8 +373,9 @@ def _dest_fix(env: Environment, rules: Plan) -> str:
     if env.dist("flashinfer-cubin") is None or env.files is None:
         return _install_route(env, rules)
     spec = f"{HEADERS_PROJECT}=={rules.version}"
-    if _ADVICE.get().conda_prefix:
-        return f"conda install --prefix {shlex.quote(_ADVICE.get().conda_prefix)} {HEADERS_PROJECT}={rules.version}"
+    conda_prefix = _ADVICE.get().conda_prefix
+    if conda_prefix:
+        return f"conda install --prefix {shlex.quote(conda_prefix)} {HEADERS_PROJECT}={rules.version}"
     if _ADVICE.get().index_is_pypi:  # we publish nowhere public: build it, then install the file
         return (f"flashinfer-repack build {rules.version} -o dist && {_pip(env)} install "
                 f"dist/flashinfer_cubin_headers-{rules.version}-py3-none-any.whl")
@@ -377,7 +384,7 @@ def _dest_fix(env: Environment, rules: Plan) -> str:
 
 def _install_route(env: Environment, rules: Plan) -> str:
     python = env.interpreter.python
-    where = f"--python {shlex.quote(python)}" if python else f"--target {shlex.quote(env.files.root)}"
+    where = f"--python {shlex.quote(python)}" if python else f"--target {shlex.quote(_root(env))}"
     return f"flashinfer-repack install {rules.version} {where}"
 
 
@@ -392,8 +399,10 @@ def _artifact_fix(env: Environment, rules: Plan) -> str:
 def _cubin_fix(env: Environment, version: str, force: bool = False) -> str:
     """flashinfer-cubin of ``version`` from where it is published: PyPI up to 0.6.13, flashinfer's index after."""
     force_flag = "--force-reinstall " if force else ""
-    if _ADVICE.get().conda_prefix:
-        return f"conda install --prefix {shlex.quote(_ADVICE.get().conda_prefix)} {force_flag}flashinfer-cubin={version}"
+    conda_prefix = _ADVICE.get().conda_prefix
+    if conda_prefix:
+        prefix = shlex.quote(conda_prefix)
+        return f"conda install --prefix {prefix} {force_flag}flashinfer-cubin={version}"
     index = f" --index-url {FLASHINFER_WHEEL_INDEX}" if _release(version) >= FIRST_CUBIN_OFF_PYPI else ""
     return f"{_pip(env)} install {force_flag}flashinfer-cubin=={version}{index}"
 
@@ -413,7 +422,17 @@ def _pip(env: Environment) -> str:
 
 
 def _abs(env: Environment, relpath: str) -> str:
-    return f"{env.files.root.rstrip('/')}/{relpath}"
+    return f"{_root(env).rstrip('/')}/{relpath}"
+
+
+def _root(env: Environment) -> str:
+    """The cubin directory, as the fixes name it (its variable where the probe could not locate it)."""
+    return env.files.root if env.files is not None else "$FLASHINFER_CUBIN_DIR"
+
+
+def _state_of(env: Environment, relpath: str) -> FileState:
+    """What the cubin directory holds at ``relpath``: missing where the directory itself is unknown."""
+    return env.files.state(relpath) if env.files is not None else MISSING
 
 
 def _state(state: FileState) -> str:

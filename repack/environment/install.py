@@ -76,7 +76,8 @@ def _make_stage(cubin_dir: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix=".flashinfer-repack-", dir=cubin_dir))
     except OSError as exc:
         raise BuildError(f"cannot write in {cubin_dir}: {exc.strerror}",
-                         "check the permissions, or choose another --target") from exc
+                         "check the permissions, or choose another target directory",
+                         path=str(cubin_dir), setting="target") from exc
 
 
 def _stage_file(stage: Path, f: PayloadFile) -> Path:

@@ -22,6 +22,8 @@ was asked.  Then it runs two steps and says where it stopped:
 The JSON report goes to ``--report``; the exit status is 0 if every step succeeded, 1 if not.
 """
 
+from __future__ import annotations  # annotations stay text: the target may be Python 3.8
+
 import json
 import os
 import signal
@@ -29,6 +31,8 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from typing import Any
 
 #: audit events that change the filesystem: event -> indexes of the path arguments it changes
 WRITE_EVENTS = {"os.rename": (0, 1), "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,),
@@ -46,13 +50,16 @@ class Watch:
 
     def __init__(self, allow_network: bool, real_clock: bool) -> None:
         self.allow_network, self.active = allow_network, True
-        self.connects, self.lookups, self.requests, self.writes = [], [], [], []
+        self.connects: list[str] = []
+        self.lookups: list[str] = []
+        self.requests: list[str] = []
+        self.writes: list[dict[str, str]] = []
         self.sleeps, self.slept = 0, 0.0
         sys.addaudithook(self.audit)  # before flashinfer is imported: nothing escapes it
         if not real_clock:
-            time.sleep = self.sleep
+            time.sleep = self.sleep  # type: ignore[assignment]  # flashinfer's backoff sleeps are counted, not slept
 
-    def audit(self, event, args) -> None:
+    def audit(self, event: str, args: tuple[Any, ...]) -> None:
         if not self.active:
             return
         if event == "socket.connect":
@@ -73,38 +80,40 @@ class Watch:
             for i in WRITE_EVENTS[event]:
                 self._wrote(event, args[i] if len(args) > i else None)
 
-    def _open(self, args) -> None:
-        path, mode, flags = (list(args) + [None, None, 0])[:3]
+    def _open(self, args: tuple[Any, ...]) -> None:
+        path, mode, flags = ([*list(args), None, None, 0])[:3]
         writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & WRITE_FLAGS)
         if writes:
             self._wrote("open", path)
 
-    def _wrote(self, event: str, path) -> None:
+    def _wrote(self, event: str, path: object) -> None:
         if isinstance(path, bytes):
             path = os.fsdecode(path)
         if isinstance(path, (str, os.PathLike)):
             self.writes.append({"event": event, "path": os.path.abspath(os.fspath(path))})
 
-    def sleep(self, seconds) -> None:
+    def sleep(self, seconds: float | None) -> None:
         self.sleeps += 1
         self.slept += float(seconds or 0)
 
     def watch_requests(self) -> None:
         """Record the URL of every request flashinfer makes through ``requests`` (its downloader)."""
         try:
-            import requests.sessions
+            # flashinfer's own HTTP client, watched inside its process, not a second transport of ours
+            import requests.sessions  # noqa: TID251
         except ImportError:
             return
         original, requests_seen = requests.sessions.Session.request, self.requests
 
-        def request(session, method, url, *args, **kwargs):
+        def request(session: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
             requests_seen.append(str(url))
             return original(session, method, url, *args, **kwargs)
 
-        requests.sessions.Session.request = request
+        # flashinfer's client is wrapped in flashinfer's own process: the point of the live check
+        requests.sessions.Session.request = request  # type: ignore[method-assign,assignment]
 
 
-def _numeric(host) -> bool:
+def _numeric(host: object) -> bool:
     if host is None:
         return True
     host = os.fsdecode(host) if isinstance(host, bytes) else str(host)
@@ -117,8 +126,8 @@ def _numeric(host) -> bool:
     return host == "localhost"
 
 
-def parse(argv):
-    opts = {"report": None, "calls": [], "script": None, "deadline": 120.0, "real_clock": False,
+def parse(argv: list[str]) -> dict[str, Any]:
+    opts: dict[str, Any] = {"report": None, "calls": [], "script": None, "deadline": 120.0, "real_clock": False,
             "allow_network": False}
     it = iter(argv)
     for arg in it:
@@ -135,10 +144,11 @@ def parse(argv):
     return opts
 
 
-def run_steps(opts, watch, result) -> None:
+def run_steps(opts: dict[str, Any], watch: Watch, result: dict[str, Any]) -> None:
     result["step"] = "import"
-    import flashinfer  # noqa: F401 - the import itself is the first step
-    from flashinfer.jit import env as jit_env
+    # the target environment's flashinfer, not a dependency of ours: untyped here
+    import flashinfer  # type: ignore[import-not-found]
+    from flashinfer.jit import env as jit_env  # type: ignore[import-not-found]
 
     result["version"] = str(getattr(flashinfer, "__version__", ""))
     result["cubin_dir"] = str(getattr(jit_env, "FLASHINFER_CUBIN_DIR", ""))
@@ -159,7 +169,7 @@ def run_steps(opts, watch, result) -> None:
     result["step"] = "done"
 
 
-def _generator(call: str):
+def _generator(call: str) -> Callable[[], object] | None:
     """MODULE:FUNCTION, or None when this version has no such module or function (a missing
     dependency of a module that exists is a failure, not an absence)."""
     module, _, name = call.partition(":")
@@ -169,18 +179,20 @@ def _generator(call: str):
         if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
             return None
         raise
-    return getattr(loaded, name, None)
+    found: Callable[[], object] | None = getattr(loaded, name, None)
+    return found
 
 
-def main(argv) -> int:
+def main(argv: list[str]) -> int:
     opts = parse(argv)
     os.environ.setdefault("FLASHINFER_CUDA_ARCH_LIST", "10.0a")  # JIT specs need no GPU; both callers accept it
-    result = {"ok": False, "step": "start", "error": None, "traceback": "", "version": None, "cubin_dir": "",
+    result: dict[str, Any] = {"ok": False, "step": "start", "error": None, "traceback": "", "version": None,
+                              "cubin_dir": "",
               "calls": [], "absent": [], "arch_list": os.environ["FLASHINFER_CUDA_ARCH_LIST"]}
     watch = Watch(opts["allow_network"], opts["real_clock"])
     started = result["imported_at"] = time.perf_counter()
 
-    def out_of_time(signum, frame):
+    def out_of_time(signum: int, frame: object) -> None:
         raise Deadline(f"the live check ran out of its {opts['deadline']:g} s")
 
     signal.signal(signal.SIGALRM, out_of_time)
@@ -188,7 +200,7 @@ def main(argv) -> int:
     try:
         run_steps(opts, watch, result)
         result["ok"] = True
-    except BaseException as exc:  # noqa: BLE001 - the report carries every failure, SystemExit included
+    except BaseException as exc:
         result["error"] = f"{type(exc).__name__}: {exc}".strip()
         result["traceback"] = traceback.format_exc()[-3000:]
     finally:

@@ -24,11 +24,11 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
-from repack.errors import PlanError, SourceError, UsageError
+from repack.errors import InputError, PlanError, SourceError
 from repack.fs import NotRegularFileError, read_regular
 from repack.rules.plan import METAINFO, Plan
 
@@ -60,10 +60,10 @@ except Exception:
 print(json.dumps({
     "executable": sys.executable, "version": ".".join(map(str, sys.version_info[:3])),
     "purelib": sysconfig.get_paths()["purelib"], "sys_path": [p for p in sys.path if p],
-    "dists": {n: dist(n) for n in %r}, "home": home,
+    "dists": {n: dist(n) for n in @PROJECTS@}, "home": home,
     "flashinfer_cubin": None if spec is None else list(spec.submodule_search_locations or [spec.origin]),
 }))
-""" % (PROJECTS,)
+""".replace("@PROJECTS@", repr(PROJECTS))
 
 
 # -- the snapshot --------------------------------------------------------------------
@@ -163,7 +163,7 @@ def snapshot(env: Mapping[str, str], python: str | None = None, prefix: str | No
     except (PlanError, SourceError) as exc:  # cannot tell: never judged "not needed" for want of its code
         rules, unknown = None, str(exc)
     where = resolve_cubin_dir(interp, rules) if rules else None
-    files = cubin_dir_facts(Path(where.path), rules) if where and where.path else None
+    files = cubin_dir_facts(Path(where.path), rules) if rules and where and where.path else None
     return Environment(target=target, interpreter=interp, rules=rules, cubin_dir=where, files=files,
                        namespace_dir=namespace_dir(interp), unknown=unknown)
 
@@ -174,13 +174,15 @@ def interpreter_facts(python: str, env: Mapping[str, str]) -> Interpreter:
         proc = subprocess.run([python, "-c", _SCRIPT], capture_output=True, text=True, env=dict(env),
                               cwd=os.path.abspath(os.sep), timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise UsageError(f"cannot run the interpreter {python}: {exc}",
-                         "give --python the path of the environment's python (e.g. .venv/bin/python)") from None
+        raise InputError(f"cannot run the interpreter {python}: {exc}",
+                         "give the path of the environment's python (e.g. .venv/bin/python)",
+                         value=python, setting="python") from None
     try:
         data = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise UsageError(f"{python} did not answer as a Python >= 3.8 interpreter (exit {proc.returncode}): "
-                         f"{proc.stderr.strip()[-300:]}", "give --python the path of a Python interpreter") from None
+        raise InputError(f"{python} did not answer as a Python >= 3.8 interpreter (exit {proc.returncode}): "
+                         f"{proc.stderr.strip()[-300:]}", "give the path of a Python interpreter",
+                         value=python, setting="python") from None
     dists = {name: Dist(d["version"], d["location"]) for name, d in data["dists"].items() if d}
     return Interpreter(python=data["executable"], python_version=data["version"], site_packages=data["purelib"],
                        dists=dists, cubin_module=tuple(data["flashinfer_cubin"]) if data["flashinfer_cubin"] else None,
@@ -193,11 +195,12 @@ def prefix_facts(prefix: Path, env: Mapping[str, str]) -> Interpreter:
         if candidate.exists():
             return with_conda_meta(interpreter_facts(str(candidate), env), prefix)
     if not (prefix / "conda-meta").is_dir():
-        raise UsageError(f"{prefix} is not a conda prefix (no conda-meta/ and no bin/python)",
-                         "give --prefix the root of a conda environment, or --python its interpreter")
+        raise InputError(f"{prefix} is not a conda prefix (no conda-meta/ and no bin/python)",
+                         "give the root of a conda environment, or the path of its interpreter",
+                         value=str(prefix), setting="prefix")
     sites = sorted(glob.glob(str(prefix / "lib" / "python3*" / "site-packages")))
     if not sites:
-        raise UsageError(f"{prefix} has no lib/python3.*/site-packages", "is Python installed in that prefix?")
+        raise InputError(f"{prefix} has no lib/python3.*/site-packages", "is Python installed in that prefix?")
     site = sites[-1]
     return with_conda_meta(Interpreter(
         python=None, python_version=_conda_python(prefix) or Path(site).parent.name[6:], site_packages=site,
@@ -230,7 +233,7 @@ def _judged(env: Mapping[str, str]) -> dict[str, str]:
 def _conda_python(prefix: Path) -> str | None:
     for meta in sorted((prefix / "conda-meta").glob("python-3*.json")):
         try:
-            return json.loads(meta.read_text())["version"]
+            return str(json.loads(meta.read_text())["version"])
         except (OSError, ValueError, KeyError):
             continue
     return None
@@ -303,9 +306,10 @@ def resolve_cubin_dir(interp: Interpreter, rules: Plan) -> CubinDir:
     """``flashinfer.jit.env._get_cubin_dir()`` of that version (rules read from its code), on the snapshot."""
     env = interp.env
     if rules.cubin_env_first and env.get("FLASHINFER_CUBIN_DIR"):
-        return CubinDir(env["FLASHINFER_CUBIN_DIR"], "FLASHINFER_CUBIN_DIR (wins over flashinfer-cubin in this version)")
+        return CubinDir(env["FLASHINFER_CUBIN_DIR"],
+                        "FLASHINFER_CUBIN_DIR (wins over flashinfer-cubin in this version)")
     if interp.cubin_module:
-        found = _from_cubin_package(interp, rules)
+        found = _from_cubin_package(interp, interp.cubin_module, rules)
         if found.import_error is None or rules.cubin_mismatch != "package-ignored" or namespace_dir(interp):
             return found
         return _default_cubin_dir(interp, f"flashinfer-cubin {found.cubin_version} is ignored (its version differs)")
@@ -324,8 +328,8 @@ def _default_cubin_dir(interp: Interpreter, why: str) -> CubinDir:
                     f"default ({how}/.cache/flashinfer/cubins)" + (f"; {why}" if why else ""))
 
 
-def _from_cubin_package(interp: Interpreter, rules: Plan) -> CubinDir:
-    folder = interp.cubin_module[0]
+def _from_cubin_package(interp: Interpreter, module: tuple[str, ...], rules: Plan) -> CubinDir:
+    folder = module[0]
     ignored = " (FLASHINFER_CUBIN_DIR is ignored)" if interp.env.get("FLASHINFER_CUBIN_DIR") else ""
     if namespace_dir(interp):
         return CubinDir(None, f"flashinfer_cubin found by find_spec at {folder}{ignored}",
@@ -368,7 +372,7 @@ def _listed(path: Path, rules: Plan) -> dict[str, str]:
         entries = parse_checksums(read_regular(path, READ_LIMIT), str(path))
     except (OSError, IntegrityError, NotRegularFileError):
         return {}
-    names = list(rules.headers) + [METAINFO.rsplit("/", 1)[-1]]
+    names = [*list(rules.headers), METAINFO.rsplit("/", 1)[-1]]
     return {n: d for n in names if (d := runtime_hash(entries, n)) is not None}
 
 
@@ -398,7 +402,7 @@ def _can_write_in(directory: Path) -> bool:
 
 def _stray_locks(root: Path, rules: Plan) -> tuple[str, ...]:
     """``*.lock`` files that filelock leaves beside downloads (the symlink's own lock is expected)."""
-    found = set()
+    found: set[str] = set()
     for base in {rules.dest_dir, rules.artifact_path.rstrip("/")} - {""}:
         directory = root / base
         if directory.is_dir() and not directory.is_symlink():

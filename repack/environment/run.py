@@ -24,9 +24,10 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any
 
 from repack.environment.probe import Environment
 from repack.errors import LiveCheckError
@@ -100,7 +101,7 @@ class LiveResult:
             return f"cannot import flashinfer: {self.error}"
         return (f"{tried}; then " if tried else "") + f"failed at the header step: {self.error}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "writes"}
         data.update(writes=[w.__dict__ for w in self.writes], summary=self.summary(), imported=self.imported,
                     downloaded_files=self.downloaded_files)
@@ -160,7 +161,8 @@ def live_check(python: str, env_vars: Mapping[str, str], *, calls: Sequence[str]
         return _result(data, proc, timed_out, scratch, site_packages)
 
 
-def _run(cmd: list[str], env: dict, cwd: Path, timeout: float):
+def _run(cmd: list[str], env: dict[str, Any], cwd: Path,
+         timeout: float) -> tuple[subprocess.CompletedProcess[str], bool]:
     try:
         return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout), False
     except subprocess.TimeoutExpired as exc:  # the child ignored its own deadline (stuck in C code)
@@ -171,16 +173,20 @@ def _run(cmd: list[str], env: dict, cwd: Path, timeout: float):
                              "give the environment's own Python interpreter") from exc
 
 
-def _read_report(report: Path, proc, timed_out: bool) -> dict:
+def _read_report(report: Path, proc: subprocess.CompletedProcess[str], timed_out: bool) -> dict[str, Any]:
     try:
-        return json.loads(report.read_text())
+        data = json.loads(report.read_text())
     except (OSError, ValueError):
-        why = "was killed after its deadline" if timed_out else f"exited {proc.returncode} without a report"
-        last = (proc.stderr or "").strip().splitlines()[-1:] or [""]
-        return {"ok": False, "step": "start", "error": f"the live check's child {why}: {last[0][:300]}".rstrip(": ")}
+        data = None
+    if isinstance(data, dict):  # the child writes an object; anything else is no report
+        return data
+    why = "was killed after its deadline" if timed_out else f"exited {proc.returncode} without a report"
+    last = (proc.stderr or "").strip().splitlines()[-1:] or [""]
+    return {"ok": False, "step": "start", "error": f"the live check's child {why}: {last[0][:300]}".rstrip(": ")}
 
 
-def _result(data: dict, proc, timed_out: bool, scratch: Path, site_packages: str | None) -> LiveResult:
+def _result(data: dict[str, Any], proc: subprocess.CompletedProcess[str], timed_out: bool, scratch: Path,
+            site_packages: str | None) -> LiveResult:
     timed_out = timed_out or str(data.get("error") or "").startswith("Deadline")
     return LiveResult(
         ok=bool(data.get("ok")) and not timed_out, step=str(data.get("step", "start")), error=data.get("error"),
@@ -195,7 +201,8 @@ def _result(data: dict, proc, timed_out: bool, scratch: Path, site_packages: str
         timed_out=timed_out)
 
 
-def classify_writes(writes, scratch: Path, site_packages: str | None, cubin_dir: str) -> tuple[Write, ...]:
+def classify_writes(writes: list[dict[str, Any]], scratch: Path, site_packages: str | None,
+                    cubin_dir: str) -> tuple[Write, ...]:
     """Each write once (first event), sorted by where it landed; scratch paths are made relative."""
     roots = [("scratch", os.path.realpath(scratch)), ("cubin dir", cubin_dir and os.path.realpath(cubin_dir)),
              ("site-packages", site_packages and os.path.realpath(site_packages))]

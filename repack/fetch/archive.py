@@ -16,8 +16,9 @@ import struct
 import zipfile
 import zlib
 from bisect import bisect_right
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
 from repack.errors import SourceError
 from repack.fs import is_safe_relpath, open_regular

@@ -57,7 +57,8 @@ def project_files(transport: Transport, index_url: str, project: str) -> list[In
     except HTTPStatusError as exc:
         if exc.status == 404:
             raise UnknownVersionError(f"the index {redact(index_url)} has no project {project}",
-                                      "check --index-url; the project must be published there") from exc
+                                      "check the index URL; the project must be published there",
+                                      status=exc.status, setting="index_url") from exc
         raise
     ctype = resp.header("Content-Type").split(";")[0].strip().lower()
     if ctype.endswith("+json") or ctype == "application/json":
@@ -71,7 +72,7 @@ def find_wheel(files: list[IndexFile], project: str, version: str, index_url: st
     matches = []
     for f in files:
         try:
-            name, ver, _build, tags = parse_wheel_filename(wheel_filename(f.filename))
+            name, ver, _build, _tags = parse_wheel_filename(wheel_filename(f.filename))
         except (InvalidWheelFilename, InvalidVersion):
             continue
         if name == canonicalize_name(project) and ver == want:

@@ -10,8 +10,8 @@ build: tampering is reported, never routed around.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 from repack.errors import FetchError, IntegrityError, SourceError, UnknownVersionError
 from repack.fetch.cache import Cache
@@ -69,18 +69,20 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
         report.source = source.label
         for blob in [checksums] + [f.data for f in payload.files + payload.extras]:
             cache.put(blob)
-        cache.put_provenance(plan.checksums_sha256, payload.provenance.to_bytes())
+        if payload.provenance is not None:  # always, from a source (_from_source sets it)
+            cache.put_provenance(plan.checksums_sha256, payload.provenance.to_bytes())
         return payload
     if len(report.tried) == 1:
-        label, message = report.tried[0]
+        _label, message = report.tried[0]
         # the failing layer's hint is the specific one (403: credentials; 404: the URL)
         raise FetchError(message, getattr(last, "hint", "") or OTHER_SOURCE_HINT) from last
     summary = "; ".join(f"{label}: {msg}" for label, msg in report.tried)
     raise FetchError(f"no source could provide the headers of flashinfer {plan.version}: {summary}",
-                     "pass --from with a flashinfer-cubin wheel, an artifactory mirror, or a reachable index")
+                     "give a flashinfer-cubin wheel, an artifactory mirror, or a reachable index as the source",
+                     setting="source")
 
 
-OTHER_SOURCE_HINT = ("check the network or the source, or pass --from with another source "
+OTHER_SOURCE_HINT = ("check the network or the source, or give another source "
                      "(a flashinfer-cubin wheel, an artifactory-layout directory or URL, an index)")
 
 def _paths(plan: Plan, extras: Sequence[str]) -> list[str]:

@@ -12,8 +12,13 @@ import json
 import urllib.parse
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from repack.fetch.digest import file_sha256
+
+if TYPE_CHECKING:
+    from repack.fetch.index import IndexFile
+    from repack.fetch.sources import Source
 
 
 @dataclass(frozen=True)
@@ -34,14 +39,14 @@ class Provenance:
         digest = f" (sha256 {self.wheel_sha256}, {self.wheel_sha256_from})" if self.wheel_sha256 else ""
         return f"{self.kind} {self.location}{wheel}{digest}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Provenance | None":
+    def from_bytes(cls, data: bytes) -> Provenance | None:
         """A stored record, or None when it is not one (a damaged record only loses the provenance)."""
         try:
             fields = json.loads(data)
@@ -56,7 +61,7 @@ def public_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
-def of_source(source, located=None) -> Provenance:
+def of_source(source: Source, located: IndexFile | None = None) -> Provenance:
     """The provenance of one of :mod:`repack.fetch.sources`' sources (``located``: the IndexFile an
     index source read, when it read one)."""
     from repack.fetch import sources as s

@@ -14,9 +14,10 @@ import logging
 import os
 import tempfile
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from repack.errors import FetchError, SourceError
 from repack.fetch.archive import LocalBytes, read_members
@@ -40,7 +41,11 @@ NVIDIA_ARTIFACTORY = "https://edge.urm.nvidia.com/artifactory/sw-kernelinference
 
 
 class Source(Protocol):
-    label: str
+    """Where header bytes come from: the contract every source below satisfies (and a test fake may)."""
+
+    @property
+    def label(self) -> str:
+        """What the source is, for messages and the report ("wheel PATH", "index URL")."""
 
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
         """Raw bytes for each path; FetchError or SourceError when it cannot."""
@@ -114,9 +119,8 @@ class IndexWheel:
         return find_wheel(files, CUBIN_PROJECT, self.version, redact(self.index_url))
 
     def read(self, paths: Sequence[str]) -> dict[str, bytes]:
-        self.found = self.locate()
-        return _by_artifact_path(paths, lambda members: read_remote_wheel(
-            self.transport, self.cache, self.found, members))
+        found = self.found = self.locate()
+        return _by_artifact_path(paths, lambda members: read_remote_wheel(self.transport, self.cache, found, members))
 
 
 @dataclass
@@ -154,7 +158,8 @@ def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
         return read_members(HTTPBytes(transport, found.url, found.size, found.filename), members)
     except RangesIgnored:
         pass
-    dest = _cache_destination(cache, found.filename) if (found.size or KEEP_WHOLE_WHEEL_UP_TO + 1) <= KEEP_WHOLE_WHEEL_UP_TO else None
+    small = (found.size or KEEP_WHOLE_WHEEL_UP_TO + 1) <= KEEP_WHOLE_WHEEL_UP_TO
+    dest = _cache_destination(cache, found.filename) if small else None
     if dest is not None:
         try:
             cache.record_wheel(dest, _download(transport, found, dest))
@@ -220,7 +225,8 @@ class ArtifactoryDir:
                 raise SourceError(str(exc), exc.hint) from exc
             if not os.path.lexists(path):
                 raise SourceError(f"{self.root} lacks {p}",
-                                  "is this an artifactory-layout directory (e.g. site-packages/flashinfer_cubin/cubins)?")
+                                  "is this an artifactory-layout directory "
+                                  "(e.g. site-packages/flashinfer_cubin/cubins)?")
             try:
                 out[p] = read_regular(path, FILE_LIMIT)
             except NotRegularFileError as exc:

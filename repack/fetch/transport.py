@@ -32,12 +32,13 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from repack import __version__
-from repack.errors import FetchError, IntegrityError
+from repack.errors import FetchError, InputError, IntegrityError
 from repack.fs import NotRegularFileError, open_regular
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,8 @@ class Transport:
             target = urllib.parse.urljoin(url, location)
             _check_redirect(url, target)
             url = target
-        raise FetchError(f"cannot fetch {redact(url)}: the server redirects in a loop (more than {MAX_REDIRECTS} redirects)",
+        raise FetchError(f"cannot fetch {redact(url)}: the server redirects in a loop "
+                         f"(more than {MAX_REDIRECTS} redirects)",
                          "the server (or a proxy before it) is misconfigured: tell its administrator, "
                          "or use another source")
 
@@ -425,6 +427,27 @@ def _check_credentials_allowed(url: str) -> None:
                          "use an https URL for a server that needs a password (plain http only on this machine)")
 
 
+def check_url(url: str, setting: str | None = None) -> str:
+    """``url``, if the caller may give it: http(s) with a host and a valid port, or file:.
+
+    A malformed URL the caller gave is the caller's mistake (InputError), whichever command it was
+    given to; the same URL met later (a link on an index page, a redirect) is the server's (FetchError).
+    """
+    parts = urllib.parse.urlsplit(url)
+    shown = redact(url)
+    if parts.scheme == "file":
+        return url
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"{shown} is not an http(s) URL", "give an http(s):// URL, or a path on this machine",
+                         value=shown, expected="an http(s) URL", setting=setting)
+    try:
+        parts.port  # noqa: B018  # urllib checks the port only when it is asked for
+    except ValueError as exc:
+        raise InputError(f"{shown} is not a valid URL: {exc}", "check the host and port",
+                         value=shown, expected="a port from 0 to 65535", setting=setting) from None
+    return url
+
+
 def _check_scheme(url: str) -> None:
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):
@@ -460,7 +483,7 @@ class _Watchdog:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self) -> "_Watchdog":
+    def __enter__(self) -> _Watchdog:
         if self.sock is not None:
             self._thread.start()
         return self
@@ -644,7 +667,8 @@ def secret_forms(username: str, password: str) -> list[str]:
     """Every form in which a password could travel back inside a server's text."""
     token = f"{username}:{password}"
     forms = {password, urllib.parse.quote(password, safe=""), urllib.parse.quote(password),
-             urllib.parse.quote_plus(password), json.dumps(password)[1:-1], json.dumps(password, ensure_ascii=False)[1:-1]}
+             urllib.parse.quote_plus(password), json.dumps(password)[1:-1],
+             json.dumps(password, ensure_ascii=False)[1:-1]}
     for raw in (token, password):
         encoded = base64.b64encode(raw.encode()).decode()
         forms |= {encoded, encoded.rstrip("="), base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")}

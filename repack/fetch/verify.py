@@ -10,10 +10,11 @@ made by :func:`verified_payload`, so nothing unverified reaches a builder.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from repack.errors import IntegrityError
+from repack.fetch.provenance import Provenance
 from repack.fs import check_relpath, is_safe_relpath
 from repack.rules.plan import Plan
 
@@ -40,8 +41,8 @@ class Payload:
     files: tuple[PayloadFile, ...]
     extras: tuple[PayloadFile, ...] = ()
     source: str = ""
-    #: where the bytes came from (repack.fetch.provenance.Provenance), for the artifacts' SBOM
-    provenance: object | None = None
+    #: where the bytes came from, for the artifacts' SBOM (None: a cache entry from before provenance was kept)
+    provenance: Provenance | None = None
 
 
 def sha256(data: bytes) -> str:
@@ -67,7 +68,8 @@ def parse_checksums(text: bytes, label: str = "checksums.txt") -> list[tuple[str
             continue
         out.append((fields[0].lower(), fields[1]))
     if bad:
-        raise IntegrityError(f"{label} is malformed: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise IntegrityError(f"{label} is malformed: {bad[0]}{more}",
                              "refusing a checksum list with unsafe or malformed lines", problems=tuple(bad))
     return out
 
@@ -89,7 +91,8 @@ def check_checksums_file(plan: Plan, data: bytes) -> list[tuple[str, str]]:
         raise IntegrityError(
             f"{plan.checksums_path}: sha256 {actual} ({len(data)} bytes) does not match "
             f"the CheckSumHash pinned by flashinfer-python {plan.version}: {plan.checksums_sha256}",
-            "the source serves other or tampered bytes; use another --from source")
+            "the source serves other or tampered bytes; use another source",
+            value=actual, expected=plan.checksums_sha256, path=plan.checksums_path)
     return parse_checksums(data, plan.checksums_path)
 
 

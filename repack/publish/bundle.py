@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from repack import __version__
 from repack.errors import BuildError
@@ -33,13 +34,14 @@ from repack.fetch.cache import Cache
 from repack.fetch.digest import file_sha256
 from repack.fetch.download import PRESENT, fetch_verified
 from repack.fetch.index import find_wheel, project_files
-from repack.fetch.transport import Transport
+from repack.fetch.transport import Progress, Transport
 from repack.fs import atomic_write, check_filename, locked, remove_stale_temporaries, safe_join
 from repack.publish.channel import PLATFORMS
 from repack.rules.plan import Plan, require_needed
 
 if TYPE_CHECKING:
-    from repack.publish.dependencies import Target
+    from repack.fetch.verify import Payload
+    from repack.publish.dependencies import Resolution, Target
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +58,18 @@ class BundleReport:
     version: str
     fetched: dict[str, str] = field(default_factory=dict)   # wheel -> present / downloaded / resumed
     transferred: int = 0                                      # bytes of wheels that crossed the wire
-    files: list[dict] = field(default_factory=list)         # the manifest's entries
+    files: list[dict[str, Any]] = field(default_factory=list)         # the manifest's entries
     verified: dict[str, str] = field(default_factory=dict)  # bundle path -> the sha256 it was verified with
-    dependencies: dict | None = None                          # the resolution, when dependencies were bundled
+    dependencies: dict[str, Any] | None = None                          # the resolution, when dependencies were bundled
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"root": str(self.root), "version": self.version, "fetched": self.fetched,
                 "transferred_bytes": self.transferred, "files": self.files, "dependencies": self.dependencies}
 
 
 def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *, epoch: int | None = None,
            names: Mapping[str, str | None] | None = None, step: Step | None = None,
-           target: "Target | None" = None) -> BundleReport:
+           target: Target | None = None) -> BundleReport:
     """Fill ``out_dir`` with the bundle of ``version`` (see the module docstring); with ``target``,
     flashinfer-python's whole dependency set for that target too."""
     from repack.build.convert import load_name_map
@@ -83,7 +85,7 @@ def bundle(version: str, out_dir: Path, transport: Transport, index_url: str, *,
 
 
 def _fill(version: str, out: Path, transport: Transport, index_url: str, epoch: int | None,
-          names: dict[str, str | None], say: Step, report: BundleReport, target: "Target | None") -> None:
+          names: dict[str, str | None], say: Step, report: BundleReport, target: Target | None) -> None:
     wheels = out / "wheels"
     remove_stale_temporaries(wheels)
     python = _fetch(transport, index_url, PYTHON_PROJECT, version, wheels, report, say)
@@ -96,8 +98,8 @@ def _fill(version: str, out: Path, transport: Transport, index_url: str, epoch: 
     resolution = _dependencies(version, target, transport, index_url, wheels, report, say)
     extra = [wheels / f.filename for f in resolution.files] if resolution else []
     say("writing the static simple index")
-    _drop_stale_simple_copies(out / "simple", [python, cubin, ours] + extra)
-    _write_simple(out / "simple", [python, cubin, ours] + extra)
+    _drop_stale_simple_copies(out / "simple", [python, cubin, ours, *extra])
+    _write_simple(out / "simple", [python, cubin, ours, *extra])
     _write_channel(out / "conda", payload, [python, cubin], names, epoch, say, transport.progress)
     atomic_write(out / "conda-map.json", (json.dumps({"names": names}, indent=1, sort_keys=True) + "\n").encode())
     atomic_write(out / "README.txt", readme(plan, [python.name, cubin.name, ours.name], resolution).encode())
@@ -122,8 +124,8 @@ def _fetch(transport: Transport, index_url: str, project: str, version: str, whe
     return dest
 
 
-def _dependencies(version: str, target, transport: Transport, index_url: str, wheels: Path,
-                  report: BundleReport, say: Step):
+def _dependencies(version: str, target: Target | None, transport: Transport, index_url: str, wheels: Path,
+                  report: BundleReport, say: Step) -> Resolution | None:
     """pip's resolution for ``target`` (None: no dependencies bundled), each wheel fetched and verified."""
     from repack.publish.dependencies import resolve
 
@@ -153,14 +155,14 @@ def _plan(version: str, python_wheel: Path) -> Plan:
     return plan
 
 
-def _payload(plan: Plan, cubin: Path):
+def _payload(plan: Plan, cubin: Path) -> Payload:
     from repack.fetch.payload import fetch_payload
     from repack.fetch.sources import WheelFile
 
     return fetch_payload(plan, [WheelFile(cubin)], Cache(None))
 
 
-def _drop_stale_own_wheel(out: Path, payload, epoch: int | None) -> None:
+def _drop_stale_own_wheel(out: Path, payload: Payload, epoch: int | None) -> None:
     """Our wheel built earlier from other inputs (another SOURCE_DATE_EPOCH, another flashinfer-repack):
     the bundle owns it, so both copies go before the new one is written, and wheels/ and simple/ agree."""
     from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME
@@ -188,7 +190,7 @@ def _drop_stale_simple_copies(simple: Path, wheels: list[Path]) -> None:
             old.with_name(old.name + ".metadata").unlink(missing_ok=True)
 
 
-def _build_wheel(payload, wheels: Path, epoch: int | None) -> Path:
+def _build_wheel(payload: Payload, wheels: Path, epoch: int | None) -> Path:
     from repack.build.wheel import build_wheel
 
     return build_wheel(payload, wheels, epoch).path
@@ -202,8 +204,8 @@ def _write_simple(root: Path, wheels: list[Path]) -> None:
     publish_simple(root, [read_distfile(w, check_record=False) for w in wheels], link=True)
 
 
-def _write_channel(channel: Path, payload, wheels: list[Path], names: Mapping[str, str | None],
-                   epoch: int | None, say: Step, progress=None) -> None:
+def _write_channel(channel: Path, payload: Payload, wheels: list[Path], names: Mapping[str, str | None],
+                   epoch: int | None, say: Step, progress: Progress | None = None) -> None:
     """The conda channel; ``progress`` (the transport's display) also follows each conversion."""
     from repack.build.conda import build_conda
     from repack.build.convert import conda_name, convert_wheel, package_filename
@@ -221,7 +223,7 @@ def _write_channel(channel: Path, payload, wheels: list[Path], names: Mapping[st
     say("building the flashinfer-cubin-headers conda package")
     keep.append(build_conda(payload, noarch, epoch, "conda", dependency_names=renamed).path.name)
     _remove_other_builds(noarch, keep)
-    for subdir in ("noarch",) + PLATFORMS:  # conda asks for the platform's repodata too: an empty one answers
+    for subdir in ("noarch", *PLATFORMS):  # conda asks for the platform's repodata too: an empty one answers
         write_repodata(channel / subdir, subdir)
 
 
@@ -236,7 +238,7 @@ def _remove_other_builds(noarch: Path, keep: list[str]) -> None:
 
 # -- manifest and readme ---------------------------------------------------------------------
 
-def write_manifest(root: Path, version: str, verified: Mapping[str, str] | None = None) -> list[dict]:
+def write_manifest(root: Path, version: str, verified: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """``manifest.json``: every file of the bundle (hidden ones aside) with its sha256 and size.
 
     The digests are taken now, after every file's final write, and each file in ``verified`` must
@@ -261,24 +263,35 @@ def write_manifest(root: Path, version: str, verified: Mapping[str, str] | None 
     return files
 
 
-def readme(plan: Plan, wheels: list[str], resolution=None) -> str:
+#: The README's one-line check of a copied bundle: every file against manifest.json's sha256.
+_CHECK_COMMAND = ("""python -c "import json,hashlib; [print('BAD', f['path']) for f in """
+                  """json.load(open('manifest.json'))['files'] if hashlib.sha256(open(f['path'],'rb').read())"""
+                  """.hexdigest() != f['sha256']]\"""")
+
+
+def _three(v: str, pin: str) -> str:
+    """The three flashinfer packages of version ``v``, pinned with ``pin`` (pip ``==``, conda ``=``)."""
+    return " ".join(f"{name}{pin}{v}" for name in ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers"))
+
+
+def readme(plan: Plan, wheels: list[str], resolution: Resolution | None = None) -> str:
     v = plan.version
     install = (f"  pip install --no-index --find-links wheels flashinfer-python=={v} flashinfer-cubin=={v} "
                f"flashinfer-cubin-headers=={v}")
     return f"""flashinfer {v}, bundled by flashinfer-repack {__version__} for sites without network access.
 
-Check the copy:   python -c "import json,hashlib; [print('BAD', f['path']) for f in json.load(open('manifest.json'))['files'] if hashlib.sha256(open(f['path'],'rb').read()).hexdigest() != f['sha256']]"
+Check the copy:   {_CHECK_COMMAND}
 
 Name all three packages, with both installers: a package that was only pulled in as a requirement
 is removed with the one that pulled it in (conda prunes it; pip-autoremove and uv sync do the same).
 
 {_pip_section(v, install, resolution)}
 or serve simple/ with any web server (or use file://) as an index:
-  pip install --index-url file://$PWD/simple/ --extra-index-url <your mirror> flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
+  pip install --index-url file://$PWD/simple/ --extra-index-url <your mirror> {_three(v, "==")}
 
 conda / mamba / pixi (pytorch and the other requirements from your conda-forge mirror; the conda
 channel holds only the three flashinfer packages):
-  conda install -c file://$PWD/conda -c <your conda-forge mirror> flashinfer-python={v} flashinfer-cubin={v} flashinfer-cubin-headers={v}
+  conda install -c file://$PWD/conda -c <your conda-forge mirror> {_three(v, "=")}
 Later, "conda remove flashinfer-cubin-headers" leaves flashinfer-python and flashinfer-cubin installed.
 
 The headers then lie where flashinfer-python {v} looks for them
@@ -288,12 +301,12 @@ Files: {", ".join(wheels)}
 """
 
 
-def _pip_section(v: str, install: str, resolution) -> str:
+def _pip_section(v: str, install: str, resolution: Resolution | None) -> str:
     if resolution is None:
         return f"""pip: this bundle holds flashinfer-python, flashinfer-cubin and flashinfer-cubin-headers ONLY.
 flashinfer's third-party dependencies (torch, numpy, apache-tvm-ffi, requests, ...) are not in it:
 they must come from your site's mirror, or `--no-index` fails on a clean machine:
-  pip install --find-links wheels --index-url <your mirror> flashinfer-python=={v} flashinfer-cubin=={v} flashinfer-cubin-headers=={v}
+  pip install --find-links wheels --index-url <your mirror> {_three(v, "==")}
 (A bundle made with its dependencies holds every wheel, and then the --no-index command works.)"""
     target = resolution.target
     dropped = resolution.dropped
@@ -301,7 +314,8 @@ they must come from your site's mirror, or `--no-index` fails on a clean machine
             f" ({len(resolution.kept)} projects, resolved by pip)")
     if not dropped:
         return f"{head}. On a clean machine of that platform, with no index at all:\n{install}"
-    return (f"{head}, except {', '.join(target.excludes)}: install {'it' if len(target.excludes) == 1 else 'them'} "
-            f"first from your site's mirror (with what only {'it needs' if len(target.excludes) == 1 else 'they need'}: "
-            f"{', '.join(n for n in dropped if n not in target.excludes) or 'nothing else'}), then, with no index at all:\n"
-            f"{install}")
+    one = len(target.excludes) == 1
+    only_theirs = ", ".join(n for n in dropped if n not in target.excludes) or "nothing else"
+    return (f"{head}, except {', '.join(target.excludes)}: install {'it' if one else 'them'} "
+            f"first from your site's mirror (with what only {'it needs' if one else 'they need'}: "
+            f"{only_theirs}), then, with no index at all:\n{install}")

@@ -36,10 +36,11 @@ import os
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any
 
 from repack.build.conda_archive import (
     SUFFIXES,
@@ -47,9 +48,9 @@ from repack.build.conda_archive import (
     read_members,
     split_filename,
 )
-from repack.errors import PublishError, SourceError
+from repack.errors import InputError, PublishError, SourceError
 from repack.fetch.digest import file_digests
-from repack.fs import atomic_write, is_safe_relpath
+from repack.fs import atomic_write, is_safe_relpath, locked
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,12 @@ class CondaPackage:
     """A conda package file that was read in full and found consistent."""
 
     path: Path
-    index: Mapping = field(repr=False)
+    index: Mapping[str, Any] = field(repr=False)
     paths: tuple[str, ...] = field(repr=False)
     sha256: str = ""
     md5: str = ""
     size: int = 0
-    run_exports: Mapping = field(default_factory=dict, repr=False)
+    run_exports: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def filename(self) -> str:
@@ -85,13 +86,13 @@ class CondaPackage:
 
     @property
     def name(self) -> str:
-        return self.index["name"]
+        return str(self.index["name"])
 
     @property
     def subdir(self) -> str:
-        return self.index["subdir"]
+        return str(self.index["subdir"])
 
-    def repodata_entry(self) -> dict:
+    def repodata_entry(self) -> dict[str, Any]:
         return {**self.index, "md5": self.md5, "sha256": self.sha256, "size": self.size}
 
     def owned_paths(self) -> set[str]:
@@ -113,7 +114,7 @@ class ChannelResult:
     sha256: str
     size: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"filename": self.filename, "subdir": self.subdir, "action": self.action,
                 "sha256": self.sha256, "size": self.size}
 
@@ -126,7 +127,11 @@ def inspect_package(path: Path) -> CondaPackage:
     try:
         name, version, build, _ = split_filename(path.name)
     except ValueError as exc:
-        raise PublishError(f"{path}: {exc}", "give conda packages named NAME-VERSION-BUILD.conda or .tar.bz2") from None
+        # a file that is no conda package is the caller's mistake, as a non-wheel given for an index is
+        raise InputError(f"{path}: {exc}", "give conda packages named NAME-VERSION-BUILD.conda or .tar.bz2",
+                         value=path.name, expected="NAME-VERSION-BUILD.conda or .tar.bz2", path=str(path)) from None
+    if not path.is_file():  # as read_distfile says of a wheel that is not there
+        raise InputError(f"{path}: no such file", "give the path of a built conda package", path=str(path))
     try:
         hashes = _file_hashes(path)
     except OSError as exc:
@@ -160,7 +165,7 @@ def _scan(path: Path) -> tuple[dict[str, bytes], dict[str, Found]]:
     return info, payload
 
 
-def _run_exports(path: Path, info: Mapping[str, bytes]) -> dict:
+def _run_exports(path: Path, info: Mapping[str, bytes]) -> dict[str, Any]:
     """``info/run_exports.json`` (what conda-index lists in run_exports.json), or {}."""
     if "info/run_exports.json" not in info:
         return {}
@@ -173,7 +178,7 @@ def _run_exports(path: Path, info: Mapping[str, bytes]) -> dict:
     return found
 
 
-def _index_json(path: Path, members: dict[str, bytes], expected: tuple[str, str, str]) -> dict:
+def _index_json(path: Path, members: dict[str, bytes], expected: tuple[str, str, str]) -> dict[str, Any]:
     try:
         index = json.loads(members["info/index.json"])
     except KeyError:
@@ -184,7 +189,8 @@ def _index_json(path: Path, members: dict[str, bytes], expected: tuple[str, str,
         raise PublishError(f"{path.name}: info/index.json is not a JSON object", ARCHIVE_FIX)
     found = tuple(str(index.get(k, "")) for k in ("name", "version", "build"))
     if found != expected:
-        raise PublishError(f"{path.name}: info/index.json says {'-'.join(found)}, the file name says {'-'.join(expected)}",
+        raise PublishError(f"{path.name}: info/index.json says {'-'.join(found)}, "
+                           f"the file name says {'-'.join(expected)}",
                            "do not rename conda packages; conda identifies them by their file name")
     subdir = index.get("subdir") or ("noarch" if index.get("noarch") else None)
     if not isinstance(subdir, str) or not SUBDIR.match(subdir):
@@ -272,7 +278,7 @@ def _path_problems(p: str, entry: PathEntry, found: Found | None) -> list[str]:
     return []
 
 
-def _noarch_type(index: Mapping) -> str | None:
+def _noarch_type(index: Mapping[str, Any]) -> str | None:
     noarch = index.get("noarch")
     return noarch.get("type") if isinstance(noarch, dict) else noarch
 
@@ -307,14 +313,16 @@ def _refuse_duplicates(incoming: list[CondaPackage]) -> None:
 
 def _classify(incoming: list[CondaPackage], present: dict[str, CondaPackage],
               channel: Path) -> tuple[list[ChannelResult], list[CondaPackage]]:
-    results, new = [], {}
+    results: list[ChannelResult] = []
+    new: dict[str, CondaPackage] = {}
     for pkg in incoming:
         key = f"{pkg.subdir}/{pkg.filename}"
         there = present.get(key)
         if there is not None and there.sha256 != pkg.sha256:
             raise PublishError(f"{channel / key} already exists with other bytes (sha256 {there.sha256}, "
                                f"yours {pkg.sha256})",
-                               "conda caches packages by file name: raise the --build-number instead of replacing it")
+                               "conda caches packages by file name: raise the build number instead of replacing it",
+                               path=str(channel / key), setting="build_number")
         if there is None:
             new.setdefault(key, pkg)  # the same file given twice is copied once
         results.append(ChannelResult(pkg.filename, pkg.subdir, "skipped" if there else "added", pkg.sha256, pkg.size))
@@ -376,19 +384,14 @@ def _file_hashes(path: Path) -> tuple[str, str, int]:
 
 @contextmanager
 def _locked(channel: Path) -> Iterator[None]:
-    """Serialise publishers of one channel; the lock file also proves the channel is writable."""
-    try:
-        channel.mkdir(parents=True, exist_ok=True)
-        fh = open(channel / LOCK_NAME, "a")
-    except OSError as exc:
-        raise PublishError(f"cannot write to the channel {channel}: {exc.strerror}",
-                           "choose a directory you can write, or fix its permissions") from exc
-    with fh:
-        try:
-            import fcntl
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except ImportError:  # no flock on this platform: publishers must take turns themselves
-            pass
+    """Serialise publishers of one channel; taking the lock also proves the channel is writable."""
+    with ExitStack() as stack:
+        try:  # only taking the lock is this error; an OSError of the block below stays its own
+            channel.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(locked(channel / LOCK_NAME))
+        except OSError as exc:
+            raise PublishError(f"cannot write to the channel {channel}: {exc.strerror}",
+                               "choose a directory you can write, or fix its permissions") from exc
         yield
 
 
@@ -416,7 +419,7 @@ def _atomic_copy(pkg: CondaPackage, dest: Path) -> None:
 
 # -- repodata ------------------------------------------------------------------------------
 
-def write_repodata(subdir_path: Path, subdir: str) -> dict:
+def write_repodata(subdir_path: Path, subdir: str) -> dict[str, Any]:
     """Rewrite one subdir's index files from the packages in it, atomically; return the repodata."""
     entries = subdir_entries(subdir_path)
     repodata = _repodata(entries, subdir)
@@ -438,18 +441,18 @@ def write_repodata(subdir_path: Path, subdir: str) -> dict:
     return repodata
 
 
-def repodata_for(subdir_path: Path, subdir: str) -> dict:
+def repodata_for(subdir_path: Path, subdir: str) -> dict[str, Any]:
     """The repodata of one subdir as write_repodata would write it (entries re-hashed unless unchanged)."""
     return _repodata(subdir_entries(subdir_path), subdir)
 
 
-def _repodata(entries: dict[str, dict], subdir: str) -> dict:
+def _repodata(entries: dict[str, dict[str, Any]], subdir: str) -> dict[str, Any]:
     """What conda, mamba and rattler read: each package's index.json plus size, sha256 and md5."""
     return {"info": {"subdir": subdir}, "removed": [], "repodata_version": 1,
             **_by_format(entries, lambda e: e["entry"])}
 
 
-def subdir_entries(subdir_path: Path) -> dict[str, dict]:
+def subdir_entries(subdir_path: Path) -> dict[str, dict[str, Any]]:
     """filename -> {size, mtime_ns, ino, entry, run_exports} for every readable package of the subdir.
 
     A recorded entry is reused only while size, mtime and inode all match:
@@ -480,14 +483,14 @@ def subdir_entries(subdir_path: Path) -> dict[str, dict]:
     return out
 
 
-def _by_format(entries: dict[str, dict], value) -> dict[str, dict]:
-    groups: dict[str, dict] = {"packages": {}, "packages.conda": {}}
+def _by_format(entries: dict[str, dict[str, Any]], value: Any) -> dict[str, dict[str, Any]]:
+    groups: dict[str, dict[str, Any]] = {"packages": {}, "packages.conda": {}}
     for name, recorded in entries.items():
         groups["packages.conda" if name.endswith(".conda") else "packages"][name] = value(recorded)
     return groups
 
 
-def _read_stat_index(path: Path) -> dict:
+def _read_stat_index(path: Path) -> dict[str, Any]:
     try:
         found = json.loads(path.read_bytes()).get("files", {})
         return found if isinstance(found, dict) else {}
@@ -495,7 +498,7 @@ def _read_stat_index(path: Path) -> dict:
         return {}
 
 
-def _json_bytes(data: dict) -> bytes:
+def _json_bytes(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 

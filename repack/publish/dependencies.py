@@ -20,15 +20,16 @@ import subprocess
 import sys
 import tempfile
 import urllib.parse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
 from packaging.markers import InvalidMarker, UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from repack.errors import FetchError, UsageError
+from repack.errors import FetchError, InputError
 from repack.fetch.index import IndexFile
 from repack.fetch.transport import redact
 
@@ -62,7 +63,7 @@ class Resolution:
     kept: list[str] = field(default_factory=list)          # project==version, sorted
     dropped: list[str] = field(default_factory=list)       # excluded, and what only they needed
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"python_version": self.target.python_version, "platforms": list(self.target.platforms),
                 "excluded": list(self.target.excludes), "dropped": self.dropped, "projects": self.kept}
 
@@ -70,25 +71,25 @@ class Resolution:
 def check_target(python_version: str | None, platforms: Sequence[str], excludes: Sequence[str]) -> Target:
     """The target from the user's values, refused when malformed (they reach pip's command line)."""
     if python_version is not None and not PYTHON_VERSION.match(python_version):
-        raise UsageError(f"Python version {python_version!r} is not X.Y", "give e.g. 3.12")
+        raise InputError(f"Python version {python_version!r} is not X.Y", "give e.g. 3.12")
     bad = [p for p in platforms if not PLATFORM_TAG.match(p)]
     if bad:
-        raise UsageError(f"platform tag {bad[0]!r} is not a wheel platform tag", "give e.g. manylinux_2_28_x86_64")
+        raise InputError(f"platform tag {bad[0]!r} is not a wheel platform tag", "give e.g. manylinux_2_28_x86_64")
     names = tuple(dict.fromkeys(canonicalize_name(n) for n in excludes))
     roots = [n for n in names if n in ROOTS]
     if roots:
-        raise UsageError(f"{roots[0]} cannot be excluded: it is what the bundle is for",
+        raise InputError(f"{roots[0]} cannot be excluded: it is what the bundle is for",
                          "exclude only third-party dependencies, such as torch")
     return Target(python_version, tuple(platforms), names)
 
 
-def resolve(version: str, target: Target, index_url: str, *, run: Callable = subprocess.run) -> Resolution:
+def resolve(version: str, target: Target, index_url: str, *, run: Callable[..., Any] = subprocess.run) -> Resolution:
     """What pip would install for ``flashinfer-python==version flashinfer-cubin==version`` on ``target``."""
     report = pip_report(version, target, index_url, run)
     graph, items = dependency_graph(report)
     missing = [n for n in target.excludes if n not in items]
     if missing:
-        raise UsageError(f"{missing[0]} is not among the dependencies pip resolved for flashinfer {version}",
+        raise InputError(f"{missing[0]} is not among the dependencies pip resolved for flashinfer {version}",
                          f"the resolution holds: {', '.join(sorted(items))}")
     keep = reachable(graph, ROOTS, set(target.excludes))
     out = Resolution(target, dropped=sorted(set(items) - keep))
@@ -110,7 +111,7 @@ def pip_command(version: str, target: Target, index_url: str, report: Path) -> l
     return cmd + [f"{p}=={version}" for p in ROOTS]
 
 
-def pip_report(version: str, target: Target, index_url: str, run: Callable) -> dict:
+def pip_report(version: str, target: Target, index_url: str, run: Callable[..., Any]) -> dict[str, Any]:
     """pip's installation report (JSON), or FetchError with pip's last words (credentials removed)."""
     with tempfile.TemporaryDirectory(prefix="flashinfer-repack-pip-") as tmp:
         report = Path(tmp) / "report.json"
@@ -137,14 +138,14 @@ def pip_report(version: str, target: Target, index_url: str, run: Callable) -> d
     return data
 
 
-Node = tuple  # (project name, extra): ("nvidia-cutlass-dsl", "cu13") is that project's [cu13] extra
+Node = tuple[str, str]  # (project name, extra): ("nvidia-cutlass-dsl", "cu13") is that project's [cu13] extra
 
 
-def dependency_graph(report: dict) -> tuple[dict[Node, set[Node]], dict[str, dict]]:
+def dependency_graph(report: dict[str, Any]) -> tuple[dict[Node, set[Node]], dict[str, dict[str, Any]]]:
     """(name, extra) -> the (name, extra) nodes it requires on the target, markers evaluated in pip's
     target environment with that extra; a requirement ``b[x]`` leads to ``(b, "")`` and ``(b, "x")``."""
-    environment = report.get("environment") if isinstance(report.get("environment"), dict) else {}
-    items: dict[str, dict] = {}
+    environment: dict[str, Any] = report["environment"] if isinstance(report.get("environment"), dict) else {}
+    items: dict[str, dict[str, Any]] = {}
     for item in report["install"]:
         meta = item.get("metadata") if isinstance(item, dict) else None
         if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta.get("version"):
@@ -158,7 +159,7 @@ def dependency_graph(report: dict) -> tuple[dict[Node, set[Node]], dict[str, dic
     return graph, items
 
 
-def _requires(meta: dict, environment: dict, extra: str) -> set[Node]:
+def _requires(meta: dict[str, Any], environment: dict[str, Any], extra: str) -> set[Node]:
     out: set[Node] = set()
     for line in meta.get("requires_dist") or []:
         try:
@@ -184,9 +185,9 @@ def reachable(graph: dict[Node, set[Node]], roots: Sequence[str], excluded: set[
     return {name for name, _ in seen}
 
 
-def wheel_file(name: str, item: dict) -> IndexFile:
+def wheel_file(name: str, item: dict[str, Any]) -> IndexFile:
     """The entry's wheel as an IndexFile; refused unless it is a wheel of ``name`` with a sha256 and a URL."""
-    info = item.get("download_info") if isinstance(item.get("download_info"), dict) else {}
+    info: dict[str, Any] = item["download_info"] if isinstance(item.get("download_info"), dict) else {}
     url = str(info.get("url") or "")
     hashes = (info.get("archive_info") or {}).get("hashes") or {} if isinstance(info.get("archive_info"), dict) else {}
     digest = str(hashes.get("sha256", "")).lower()

@@ -14,11 +14,11 @@ import hashlib
 import os
 import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Callable
 
 from packaging.utils import (
     InvalidWheelFilename,
@@ -27,7 +27,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from repack.errors import IntegrityError, UsageError
+from repack.errors import InputError, IntegrityError
 from repack.fetch.digest import file_digests
 from repack.wheelfile import RecordRow, dist_info_dir, read_record, urlsafe_b64
 
@@ -80,13 +80,14 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
     """
     path = Path(path)
     if not path.name.endswith(".whl"):
-        raise UsageError(f"{path} is not a wheel (.whl)", "only wheels can be published to a Python index")
+        raise InputError(f"{path} is not a wheel (.whl)", "only wheels can be published to a Python index")
     try:
         name, version, _build, _tags = parse_wheel_filename(path.name)
     except (InvalidWheelFilename, InvalidVersion) as exc:
-        raise UsageError(f"{path.name} is not a valid wheel file name: {exc}", "keep the name the builder gave") from exc
+        raise InputError(f"{path.name} is not a valid wheel file name: {exc}", "keep the name the builder gave",
+                         value=path.name, path=str(path)) from exc
     if not path.is_file():
-        raise UsageError(f"{path}: no such file", "give the path of a built wheel")
+        raise InputError(f"{path}: no such file", "give the path of a built wheel")
     found = file_digests(path, digests)
     metadata = _check_wheel(path, str(name), check_record, progress)
     headers = HeaderParser().parsestr(metadata.decode("utf-8", "replace"))
@@ -122,7 +123,8 @@ def with_upload_digests(dist: DistFile) -> DistFile:
     if found.get("sha256", dist.sha256) != dist.sha256:
         raise IntegrityError(f"{dist.filename} changed while it was being published (sha256 {found['sha256']}, "
                              f"was {dist.sha256})", "publish it again once nothing writes to it")
-    return replace(dist, **found)
+    return replace(dist, sha256=found.get("sha256", dist.sha256), md5=found.get("md5", dist.md5),
+                   blake2_256=found.get("blake2_256", dist.blake2_256))
 
 
 def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None) -> bytes:

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repack.errors import UsageError
+from repack.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +37,28 @@ class Repository:
 
 
 def read_repository(path: Path, name: str) -> Repository:
-    """The repository ``name`` of the pypirc file at ``path``; UsageError when it is not there."""
+    """The repository ``name`` of the pypirc file at ``path``; InputError when it is not there."""
     parser = configparser.RawConfigParser()
     try:
         with open(path, encoding="utf-8") as fh:
             parser.read_file(fh)
     except FileNotFoundError:
-        raise UsageError(f"repository {name!r} was asked for, but {path} does not exist",
+        raise InputError(f"repository {name!r} was asked for, but {path} does not exist",
                          "create it with a [distutils] index-servers list and a section per repository, "
                          "or give the index URL") from None
     except (OSError, UnicodeDecodeError, configparser.Error) as exc:
         # the parser's message may quote a line holding a password: say where, not what
         line = getattr(exc, "lineno", None)
-        raise UsageError(f"cannot read {path}: not a valid pypirc file" + (f" (line {line})" if line else ""),
+        raise InputError(f"cannot read {path}: not a valid pypirc file" + (f" (line {line})" if line else ""),
                          "fix the file as https://packaging.python.org/specifications/pypirc/ describes") from None
     servers = parser.get("distutils", "index-servers", fallback="pypi testpypi").split()
     builtin = {"pypi": PYPI_UPLOAD, "testpypi": TESTPYPI_UPLOAD if "testpypi" in servers else None}
     if name not in servers and name != "pypi":
-        raise UsageError(f"repository {name!r} is not in {path} (index-servers: {', '.join(servers) or 'none'})",
+        raise InputError(f"repository {name!r} is not in {path} (index-servers: {', '.join(servers) or 'none'})",
                          "add it to [distutils] index-servers with its own section, or check the spelling")
     url = parser.get(name, "repository", fallback=None) or builtin.get(name)
     if not url:
-        raise UsageError(f"the section [{name}] of {path} sets no repository URL",
+        raise InputError(f"the section [{name}] of {path} sets no repository URL",
                          "add a line 'repository = https://host/legacy/' to that section")
     return Repository(name, url,
                       parser.get(name, "username", fallback=parser.get("server-login", "username", fallback=None)),

@@ -29,9 +29,11 @@ import os
 import shutil
 import tempfile
 import urllib.parse
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Sequence
+from typing import Any
 
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
@@ -95,8 +97,8 @@ def already_there(root: Path, dist: DistFile) -> bool:
         return False
     known = _read_state(target.parent / STATE).get(dist.filename)
     fresh = isinstance(known, dict) and known.get("stamp") == _stamp(target) and isinstance(known.get("sha256"), str)
-    have = known["sha256"] if fresh else file_sha256(target)
-    return bool(have.lower() == dist.sha256.lower())
+    have = str(known["sha256"]) if fresh and isinstance(known, dict) else file_sha256(target)
+    return have.lower() == dist.sha256.lower()
 
 
 def _check_free(root: Path, dist: DistFile) -> None:
@@ -154,7 +156,7 @@ def _write_metadata(target: Path, metadata: bytes) -> None:
         atomic_write(path, metadata)
 
 
-def _locked(root: Path) -> ContextManager[None]:
+def _locked(root: Path) -> AbstractContextManager[None]:
     return locked(root / ".lock")
 
 
@@ -174,7 +176,7 @@ def project_entries(root: Path, project: str) -> list[Entry]:
         stamp = _stamp(path)
         known = state.get(path.name)
         metadata = path.with_name(path.name + ".metadata")
-        if not (isinstance(known, dict) and known.get("stamp") == stamp and _FIELDS <= known.keys()
+        if not (isinstance(known, dict) and known.get("stamp") == stamp and known.keys() >= _FIELDS
                 and metadata.is_file()):
             dist = read_distfile(path, check_record=False)
             _write_metadata(path, dist.metadata)
@@ -233,7 +235,7 @@ def project_html(project: str, entries: Sequence[Entry]) -> str:
             attrs += f' data-dist-info-metadata="sha256={e.metadata_sha256}"'
             attrs += f' data-core-metadata="sha256={e.metadata_sha256}"'
         lines.append(f"    <a{attrs}>{html.escape(e.filename)}</a><br>")
-    return "\n".join(lines + ["  </body>", "</html>", ""])
+    return "\n".join([*lines, "  </body>", "</html>", ""])
 
 
 def project_json(project: str, entries: Sequence[Entry]) -> str:

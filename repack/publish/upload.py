@@ -20,13 +20,13 @@ import os
 import time
 import urllib.parse
 import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 from packaging.utils import parse_wheel_filename
 
-from repack.errors import FetchError, PublishError, RepackError, UsageError
+from repack.errors import FetchError, InputError, PublishError, RepackError
 from repack.fetch.index import ACCEPT, IndexFile, parse_html_page, parse_json_page
 from repack.fetch.transport import (
     PAGE_LIMIT,
@@ -89,14 +89,16 @@ class UploadResult:
 # -- credentials -----------------------------------------------------------------------
 
 def find_credentials(url: str, *, username: str | None, password: str | None, env: Mapping[str, str],
-                     netrc_file: Path | None) -> Credentials | None:
-    """Credentials for ``url``: flags, then userinfo in the URL, then the environment, then netrc.
+                     netrc_file: Path | None, given_as: str = "the username and password given") -> Credentials | None:
+    """Credentials for ``url``: those given, then userinfo in the URL, then the environment, then netrc.
+
+    ``given_as`` is how the caller names where ``username`` and ``password`` came from (shown as the origin).
 
     The environment means FLASHINFER_REPACK_USERNAME/PASSWORD, then TWINE_USERNAME/PASSWORD.
     A username without a password takes the password netrc has for that host and login.
     """
     parts = urllib.parse.urlsplit(url)
-    candidates = [(username, password, "--username/--password"),
+    candidates = [(username, password, given_as),
                   (_unquote(parts.username), _unquote(parts.password), "the URL")]
     candidates += [(env.get(u), env.get(p), f"{u}/{p}") for u, p in ENV_PAIRS]
     user = next(((u, o) for u, _, o in candidates if u), None)
@@ -110,7 +112,7 @@ def find_credentials(url: str, *, username: str | None, password: str | None, en
     given = user or secret
     if given is not None:
         missing = "password" if user else "username"
-        raise UsageError(f"a {'username' if user else 'password'} was given ({given[1]}) but no {missing}",
+        raise InputError(f"a {'username' if user else 'password'} was given ({given[1]}) but no {missing}",
                          "give both, e.g. FLASHINFER_REPACK_USERNAME and FLASHINFER_REPACK_PASSWORD")
     if from_netrc:
         return Credentials(from_netrc[0], from_netrc[1], str(netrc_file))
@@ -128,8 +130,9 @@ def _netrc_entry(host: str, path: Path | None) -> tuple[str, str] | None:
         entry = netrc.netrc(str(path)).authenticators(host)
     except (netrc.NetrcParseError, OSError) as exc:
         # the parse error quotes the offending line, which may hold a password
-        raise UsageError(f"cannot read {path}: it is not a valid netrc file (line {getattr(exc, 'lineno', '?')})",
-                         "fix the file or pass --username/--password") from None
+        raise InputError(f"cannot read {path}: it is not a valid netrc file (line {getattr(exc, 'lineno', '?')})",
+                         "fix the file, or give the username and password", path=str(path),
+                         line=getattr(exc, "lineno", None)) from None
     if not entry or entry[2] is None:
         return None
     return entry[0] or "", entry[2]
@@ -226,12 +229,14 @@ class Uploader:
                  progress: Progress | None = None) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise UsageError(f"--index {redact(url)} is not an http(s) URL",
-                             "give the upload URL, e.g. http://host:8080/ (pypiserver) or http://host/user/index/ (devpi)")
+            raise InputError(f"the upload URL {redact(url)} is not an http(s) URL",
+                             "give the upload URL, e.g. http://host:8080/ (pypiserver) "
+                             "or http://host/user/index/ (devpi)", value=redact(url), setting="upload_url")
         try:
             base = urllib.parse.urlunsplit(parts._replace(netloc=_host_port(parts)))
         except ValueError as exc:  # a port out of range
-            raise UsageError(f"--index {redact(url)} is not a valid URL: {exc}", "check the host and port") from None
+            raise InputError(f"the upload URL {redact(url)} is not a valid URL: {exc}", "check the host and port",
+                             value=redact(url), setting="upload_url") from None
         self.url = base if base.endswith("/") else base + "/"
         self.server = redact(self.url)
         self.simple_urls = [simple_url] if simple_url else [self.url + "simple/", self.url + "+simple/"]
@@ -243,7 +248,7 @@ class Uploader:
             try:
                 self.transport.add_credentials(self.url, credentials.username, credentials.password)
             except FetchError as exc:
-                raise UsageError(f"{exc} (credentials from {credentials.origin})", exc.hint) from None
+                raise InputError(f"{exc} (credentials from {credentials.origin})", exc.hint) from None
 
     def publish(self, dists: Sequence[DistFile]) -> list[UploadResult]:
         try:
@@ -329,11 +334,12 @@ class Uploader:
         where = f"{self.server} answered {status} to the upload of {dist.filename}" + (f": {said}" if said else "")
         if resp.status == 401:
             hint = ("check the username and password (" + self.credentials.origin + ")" if self.credentials else
-                    "no credentials were found: pass --username/--password, set FLASHINFER_REPACK_USERNAME and "
+                    "no credentials were found: give a username and password, set FLASHINFER_REPACK_USERNAME and "
                     "FLASHINFER_REPACK_PASSWORD, or add the host to ~/.netrc")
         elif resp.status == 409:
             where += " (a file of that name exists there, and the index's simple page could not be read to compare)"
-            hint = "pass --simple-url so that the two files can be compared, or remove the file from the index"
+            hint = ("give the index's simple URL so that the two files can be compared, "
+                    "or remove the file from the index")
         elif resp.status == 403:
             hint = ("the index refused this user: check the credentials (" + (self.credentials.origin if
                     self.credentials else "none were found") + ") and that the user may upload here "

@@ -14,14 +14,19 @@ from (an installed distribution, a wheel on disk, a wheel on an index) is
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from email.parser import HeaderParser
 from importlib import resources
-from typing import Mapping
+from typing import TYPE_CHECKING, Any
 
 from packaging.version import InvalidVersion, Version
 
 from repack.errors import PlanError, UnknownVersionError
+
+if TYPE_CHECKING:
+    from repack.rules.reader import Download
+    from repack.rules.scope import Codebase
 
 #: The files of flashinfer-python that the derivation reads: all of its Python.
 ARTIFACTS_MODULE = "flashinfer/artifacts.py"
@@ -112,7 +117,7 @@ class Plan:
         """Where ``name`` must lie relative to ``FLASHINFER_CUBIN_DIR``."""
         return f"{self.dest_dir}/{name}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["headers"] = list(self.headers)
         data["header_sha256"] = dict(sorted(self.header_sha256.items()))
@@ -121,7 +126,7 @@ class Plan:
         data["checksums_path"] = self.checksums_path if self.needed else ""
         return data
 
-    def differences(self, other: "Plan") -> list[str]:
+    def differences(self, other: Plan) -> list[str]:
         """Fields where two plans of one version disagree (header hashes only if both know them)."""
         names = ["needed", "mode", "artifact_path", "checksums_sha256", "header_dir", "headers",
                  "dest_dir", "marker_name", "marker_content", "requires_python",
@@ -132,7 +137,7 @@ class Plan:
                 for n in names if getattr(self, n) != getattr(other, n)]
 
 
-def plan_from_json(data: Mapping) -> Plan:
+def plan_from_json(data: Mapping[str, Any]) -> Plan:
     return Plan(
         version=data["version"], needed=data["needed"], reason=data["reason"],
         requires_python=data.get("requires_python"), artifact_path=data["artifact_path"],
@@ -155,9 +160,10 @@ def shipped_plan(version: str) -> Plan | None:
     return plan_from_json(data) if data else None
 
 
-def _shipped() -> dict:
+def _shipped() -> dict[str, Any]:
     text = resources.files("repack.rules").joinpath("plans.json").read_text("utf-8")
-    return json.loads(text)["plans"]
+    plans: dict[str, Any] = json.loads(text)["plans"]
+    return plans
 
 
 # -- derivation ----------------------------------------------------------------
@@ -171,15 +177,17 @@ def derive_plan(version: str, sources: Mapping[str, str], metadata: str | None =
     :class:`~repack.rules.scope.CannotTellError` where the code is not understood.
     """
     from repack.rules import reader
+    from repack.rules.scope import Codebase
 
-    code = reader.Codebase(sources)
+    code = Codebase(sources)
     if ARTIFACTS_MODULE not in code.texts:
         raise PlanError(f"flashinfer-python {version} has no {ARTIFACTS_MODULE}",
                         "only flashinfer-python 0.6.x with cubin artifacts is understood")
     runtime = reader.read_cubin_dir_rules(code)
-    common = dict(version=version, requires_python=_requires_python(metadata), build_version=reader.build_version(code),
-                  cubin_env_first=runtime.env_var_first, cubin_mismatch=runtime.mismatch,
-                  cubin_skips_unknown=runtime.skips_unknown_build)
+    common = {"version": version, "requires_python": _requires_python(metadata),
+              "build_version": reader.build_version(code),
+                  "cubin_env_first": runtime.env_var_first, "cubin_mismatch": runtime.mismatch,
+                  "cubin_skips_unknown": runtime.skips_unknown_build}
     downloads = reader.Reader(code).read()
     if not downloads:
         return _not_needed(code, common)
@@ -190,7 +198,7 @@ def derive_plan(version: str, sources: Mapping[str, str], metadata: str | None =
     return _needed(downloads[0], common)
 
 
-def _needed(d, common: dict) -> Plan:
+def _needed(d: Download, common: dict[str, Any]) -> Plan:
     """The plan of one resolved download: the artifact is where its checksums.txt lies."""
     checksums = d.checksums.path
     if not checksums.endswith("/checksums.txt"):
@@ -212,7 +220,7 @@ def _needed(d, common: dict) -> Plan:
                 marker_name=d.marker_name, marker_content=d.marker_content)
 
 
-def _not_needed(code, common: dict) -> Plan:
+def _not_needed(code: Codebase, common: dict[str, Any]) -> Plan:
     """No header downloader, or none called: symlinked headers (0.6.7.post1+) or none read (older)."""
     from repack.rules import reader
 
@@ -252,5 +260,13 @@ def _version(text: str) -> Version:
         return Version("0")
 
 
-__all__ = ["Plan", "derive_plan", "shipped_plan", "shipped_versions", "plan_from_json",
-           "require_needed", "UnknownVersionError", "ARTIFACT_EXTRAS"]
+__all__ = [
+    "ARTIFACT_EXTRAS",
+    "Plan",
+    "UnknownVersionError",
+    "derive_plan",
+    "plan_from_json",
+    "require_needed",
+    "shipped_plan",
+    "shipped_versions",
+]

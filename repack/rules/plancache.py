@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
 
 from repack.fs import NotRegularFileError, read_regular
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 ENTRY_LIMIT = 1 << 20  # a plan is a few kB
 
 
-def _digest(record: dict[str, object]) -> str:
+def _digest(record: Mapping[str, object]) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 

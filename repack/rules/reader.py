@@ -26,8 +26,9 @@ from __future__ import annotations
 import ast
 import posixpath
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Union
 
 from repack.rules.scope import CannotTellError, Codebase, Scope, Target, module_name
 
@@ -67,6 +68,16 @@ class Download:
     checksums: Fetched
 
 
+#: What an argument evaluates to: a string, a tuple of values, a path under FLASHINFER_CUBIN_DIR, a get_cubin result.
+Value = Union[str, tuple[Any, ...], "CubinPath", "Fetched"]
+#: Builds the error for a node the reader cannot follow (raised by the caller).
+Fail = Callable[[ast.AST, str], CannotTellError]
+#: A function definition (a header downloader or its wrapper).
+Def = ast.FunctionDef | ast.AsyncFunctionDef
+#: The function definitions this reader follows (a lambda forwards too, but is refused where met).
+_FUNCS_READ = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+
+
 class _NeedsParam(Exception):
     """An argument depends on a parameter of the enclosing function (a wrapper)."""
 
@@ -78,7 +89,7 @@ class _NeedsParam(Exception):
 class _Bound:
     expr: ast.AST
     scope: Scope
-    env: "Mapping[str, _Bound] | None"
+    env: Mapping[str, _Bound] | None
 
 
 # -- values -----------------------------------------------------------------------------
@@ -89,16 +100,18 @@ class Evaluator:
     def __init__(self, code: Codebase) -> None:
         self.code = code
 
-    def value(self, expr: ast.AST, scope: Scope, env: Mapping[str, _Bound] | None = None, depth: int = 0):
+    def value(self, expr: ast.AST, scope: Scope, env: Mapping[str, _Bound] | None = None, depth: int = 0) -> Value:
         if depth > 40:
             raise self.cannot(scope, expr, "an expression too deep to follow")
-        ev = lambda e: self.value(e, scope, env, depth + 1)  # noqa: E731
+        def ev(e: ast.AST) -> Value:
+            return self.value(e, scope, env, depth + 1)
+
         if isinstance(expr, ast.Constant) and isinstance(expr.value, str):
             return expr.value
         if isinstance(expr, ast.JoinedStr):
             return "".join(self._formatted(v, scope, ev) for v in expr.values)
         if isinstance(expr, (ast.List, ast.Tuple)):
-            out: list = []
+            out: list[Any] = []
             for elt in expr.elts:
                 out.extend(self._sequence(ev(elt.value), scope, elt) if isinstance(elt, ast.Starred) else [ev(elt)])
             return tuple(out)
@@ -110,7 +123,7 @@ class Evaluator:
             return self._call(expr, scope, env, depth)
         raise self.cannot(scope, expr, f"{_show(expr)} is not a value this reader evaluates")
 
-    def _formatted(self, part: ast.AST, scope: Scope, ev) -> str:
+    def _formatted(self, part: ast.AST, scope: Scope, ev: Callable[[ast.AST], Value]) -> str:
         if isinstance(part, ast.FormattedValue):
             if part.format_spec is not None or part.conversion not in (-1, ord("s")):
                 raise self.cannot(scope, part, f"a formatted value {_show(part)}")
@@ -120,34 +133,41 @@ class Evaluator:
             raise self.cannot(scope, part, f"{_show(part)} in an f-string is not a string")
         return got
 
-    def _sequence(self, got, scope: Scope, at: ast.AST) -> tuple:
+    def _sequence(self, got: Value, scope: Scope, at: ast.AST) -> tuple[Any, ...]:
         if not isinstance(got, tuple):
             raise self.cannot(scope, at, f"*{_show(at)} is not a list of strings")
         return got
 
-    def _binop(self, expr: ast.BinOp, left, right, scope: Scope):
-        if isinstance(expr.op, ast.Add) and type(left) is type(right) and isinstance(left, (str, tuple)):
+    def _binop(self, expr: ast.BinOp, left: Value, right: Value, scope: Scope) -> Value:
+        if isinstance(expr.op, ast.Add) and isinstance(left, str) and isinstance(right, str):
+            return left + right
+        if isinstance(expr.op, ast.Add) and isinstance(left, tuple) and isinstance(right, tuple):
             return left + right
         if isinstance(expr.op, ast.Div) and isinstance(left, CubinPath) and isinstance(right, str):
-            return CubinPath(left.parts + (right,))
+            return CubinPath((*left.parts, right))
         raise self.cannot(scope, expr, f"{_show(expr)} combines values this reader does not")
 
-    def _named(self, expr: ast.AST, scope: Scope, env, depth: int):
+    def _named(self, expr: ast.AST, scope: Scope, env: Mapping[str, _Bound] | None, depth: int) -> Value:
         target = self.code.resolve(expr, scope)
         if target.kind == "value" and target.name == CUBIN_DIR and module_name(target.module) == ENV_MODULE:
             return CubinPath()
-        if target.kind == "value" and target.node is not None:
+        if target.kind == "value" and target.node is not None and target.scope is not None:
             return self.value(target.node, target.scope, None, depth + 1)
         if target.kind == "param":
             bound = (env or {}).get(target.name) if env is not None and _owns(env, target) else None
-            if bound is None:
+            if bound is None and target.node is not None:
                 raise _NeedsParam(target.node)
+            if bound is None:
+                raise self.cannot(scope, expr, f"{_show(expr)} is a parameter of no known function")
             return self.value(bound.expr, bound.scope, bound.env, depth + 1)
         raise self.cannot(scope, expr, f"{_show(expr)} does not resolve to one constant ({target.kind})")
 
-    def _call(self, call: ast.Call, scope: Scope, env, depth: int):
+    def _call(self, call: ast.Call, scope: Scope, env: Mapping[str, _Bound] | None, depth: int) -> Value:
         target = self.code.resolve(call.func, scope)
-        ev = lambda e: self.value(e, scope, env, depth + 1)  # noqa: E731
+
+        def ev(e: ast.AST) -> Value:
+            return self.value(e, scope, env, depth + 1)
+
         if target.kind == "external" and target.module in ("pathlib.Path", "pathlib.PurePosixPath", "builtins.str") \
                 and len(call.args) == 1 and not call.keywords:
             got = ev(call.args[0])
@@ -155,7 +175,7 @@ class Evaluator:
                 return got
         if target.kind == "def" and target.name in GET_CUBIN and module_name(target.module) == LOADER_MODULE:
             bound = bind(self, target, call, scope, env)
-            names = [a.arg for a in target.node.args.args]
+            names = [a.arg for a in _function(self, target, scope, call).args.args]
             path, sha = (self.value(b.expr, b.scope, b.env, depth + 1) for b in (bound[names[0]], bound[names[1]]))
             if isinstance(path, str) and isinstance(sha, str):
                 return Fetched(relative_path(path, scope, call, self), sha)
@@ -169,7 +189,7 @@ def _owns(env: Mapping[str, _Bound], target: Target) -> bool:
     return getattr(env, "func", None) is target.node
 
 
-class _Env(dict):
+class _Env(dict[str, Any]):
     """Parameter name -> bound argument, for one call of one function (``func``)."""
 
     def __init__(self, func: ast.AST, items: Mapping[str, _Bound]) -> None:
@@ -177,23 +197,31 @@ class _Env(dict):
         self.func = func
 
 
-def bind(ev: Evaluator, target: Target, call: ast.Call, scope: Scope, env) -> _Env:
+def _function(ev: Evaluator, target: Target, scope: Scope, call: ast.Call) -> Def | ast.Lambda:
+    """The definition a "def" target carries (scope.Target says so; checked, not assumed)."""
+    if not isinstance(target.node, _FUNCS_READ):
+        raise ev.cannot(scope, call, f"{_show(call)} calls {target.name}, whose definition was not found")
+    return target.node
+
+
+def bind(ev: Evaluator, target: Target, call: ast.Call, scope: Scope, env: Mapping[str, _Bound] | None) -> _Env:
     """Python's argument binding for ``call`` of the function ``target`` (no ``*``/``**`` at the call)."""
-    func = target.node
+    func = _function(ev, target, scope, call)
     args = func.args
     positional = [*args.posonlyargs, *args.args]
     if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
         raise ev.cannot(scope, call, f"{_show(call)} passes *args or **kwargs")
     if len(call.args) > len(positional):
         raise ev.cannot(scope, call, f"{_show(call)} passes more positional arguments than {target.name}() takes")
-    bound = {p.arg: _Bound(a, scope, env) for p, a in zip(positional, call.args)}
+    # fewer arguments than parameters is normal (defaults fill the rest); more was refused above
+    bound = {p.arg: _Bound(a, scope, env) for p, a in zip(positional, call.args, strict=False)}
     for k in call.keywords:
         if k.arg in bound or k.arg not in {p.arg for p in positional + args.kwonlyargs}:
             raise ev.cannot(scope, call, f"{_show(call)} passes {k.arg}= that {target.name}() does not take once")
         bound[k.arg] = _Bound(k.value, scope, env)
     home = ev.code.scope_at(target.module, func)
-    defaults = dict(zip([p.arg for p in positional][len(positional) - len(args.defaults):], args.defaults))
-    defaults.update({p.arg: d for p, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None})
+    defaults = dict(zip([p.arg for p in positional][len(positional) - len(args.defaults):], args.defaults, strict=True))
+    defaults.update({p.arg: d for p, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None})
     for name, default in defaults.items():
         bound.setdefault(name, _Bound(default, home, None))
     missing = [p.arg for p in positional + args.kwonlyargs if p.arg not in bound]
@@ -210,6 +238,11 @@ def relative_path(path: str, scope: Scope, node: ast.AST, ev: Evaluator) -> str:
     return norm
 
 
+def _line(node: ast.AST) -> int:
+    """The line of ``node`` (every statement and expression has one; a module or an argument list has none)."""
+    return getattr(node, "lineno", 0)
+
+
 def _show(node: ast.AST) -> str:
     text = ast.unparse(node).replace("\n", " ")
     return text if len(text) <= 80 else text[:77] + "..."
@@ -222,7 +255,7 @@ class Downloader:
     """What a header downloader's body does with its parameters (read, not assumed)."""
 
     path: str
-    node: ast.FunctionDef
+    node: Def
     op: str            # compared with "bmm"
     bmm_headers: ast.AST   # the header list of the "bmm" branch
     dest: str          # joined with each header and with the marker name
@@ -234,21 +267,25 @@ class Downloader:
     strip: bool
 
 
-def read_downloader(code: Codebase, path: str, func: ast.FunctionDef) -> Downloader:
+def read_downloader(code: Codebase, path: str, func: Def) -> Downloader:
     ev = Evaluator(code)
     scope = code.scope_at(path, func)
     scope = code.scope_of_body(path, func, scope) if scope.node is not func else scope
     params = {a.arg for a in [*func.args.posonlyargs, *func.args.args, *func.args.kwonlyargs]}
-    fail = lambda node, what: ev.cannot(scope, node, f"{func.name}(): {what}")  # noqa: E731
+
+    def fail(node: ast.AST, what: str) -> CannotTellError:
+        return ev.cannot(scope, node, f"{func.name}(): {what}")
+
     local = _single_assignments(func)
     op, headers = _bmm_branch(func, params, fail)
     loop = next((s for s in func.body if isinstance(s, ast.For) and isinstance(s.target, ast.Name)), None)
-    if loop is None:
+    if loop is None or not isinstance(loop.target, ast.Name):
         raise fail(func, "no loop over the header list")
     name = loop.target.id
     get_file = _loop_call(loop, code, scope, "get_file", fail)
     in_loop = _single_assignments(loop)
-    uri, sha, dest_file = (_through(a, in_loop) for a in get_file.args[:3]) if len(get_file.args) >= 3 else (None,) * 3
+    first3 = [_through(a, in_loop) for a in get_file.args[:3]] if len(get_file.args) >= 3 else [None, None, None]
+    uri, sha, dest_file = first3
     header_param = _fstring_prefix(uri, name, params)
     checksum = _meta_hash_param(sha, name, params, code, scope)
     dest = _path_param(_strip_str(dest_file), name, local, params)
@@ -276,7 +313,7 @@ def _through(expr: ast.AST | None, local: Mapping[str, ast.AST]) -> ast.AST | No
     return expr
 
 
-def _bmm_branch(func: ast.FunctionDef, params: set[str], fail) -> tuple[str, ast.AST]:
+def _bmm_branch(func: Def, params: set[str], fail: Fail) -> tuple[str, ast.AST]:
     for stmt in func.body:
         if isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Compare) and len(stmt.test.ops) == 1 \
                 and isinstance(stmt.test.ops[0], ast.Eq):
@@ -290,7 +327,7 @@ def _bmm_branch(func: ast.FunctionDef, params: set[str], fail) -> tuple[str, ast
     raise fail(func, "no `if <op> == 'bmm':` branch choosing the header list")
 
 
-def _loop_call(loop: ast.For, code: Codebase, scope: Scope, name: str, fail) -> ast.Call:
+def _loop_call(loop: ast.For, code: Codebase, scope: Scope, name: str, fail: Fail) -> ast.Call:
     calls = [n for n in ast.walk(loop) if isinstance(n, ast.Call)
              and code.resolve(n.func, scope).kind == "def" and code.resolve(n.func, scope).name == name]
     if len(calls) != 1 or calls[0].keywords:
@@ -309,7 +346,7 @@ def _fstring_prefix(node: ast.AST | None, loop_var: str, params: set[str]) -> st
     return None
 
 
-def _meta_hash_param(node, loop_var: str, params: set[str], code: Codebase, scope: Scope) -> str | None:
+def _meta_hash_param(node: ast.AST | None, loop_var: str, params: set[str], code: Codebase, scope: Scope) -> str | None:
     if isinstance(node, ast.Call) and len(node.args) == 2 and not node.keywords:
         target = code.resolve(node.func, scope)
         text, name = node.args
@@ -319,13 +356,14 @@ def _meta_hash_param(node, loop_var: str, params: set[str], code: Codebase, scop
     return None
 
 
-def _strip_str(node):
+def _strip_str(node: ast.AST | None) -> ast.AST | None:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "str" and len(node.args) == 1:
         return node.args[0]
     return node
 
 
-def _path_param(node, loop_var: str | None, local, params: set[str]) -> str | None:
+def _path_param(node: ast.AST | None, loop_var: str | None, local: Mapping[str, ast.AST],
+                params: set[str]) -> str | None:
     """The parameter ``P`` in ``P / loop_var`` (``P`` possibly rebound as ``Path(P)``)."""
     if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and isinstance(node.left, ast.Name)):
         return None
@@ -334,7 +372,7 @@ def _path_param(node, loop_var: str | None, local, params: set[str]) -> str | No
     return _param_of(node.left.id, local, params)
 
 
-def _param_of(name: str, local, params: set[str]) -> str | None:
+def _param_of(name: str, local: Mapping[str, ast.AST], params: set[str]) -> str | None:
     value = local.get(name)
     if isinstance(value, ast.Call) and len(value.args) == 1 and isinstance(value.args[0], ast.Name) \
             and ast.unparse(value.func) in ("pathlib.Path", "Path") and value.args[0].id == name:
@@ -344,7 +382,8 @@ def _param_of(name: str, local, params: set[str]) -> str | None:
     return None
 
 
-def _marker(func, dest: str, local, params, fail) -> tuple[str, str]:
+def _marker(func: Def, dest: str, local: Mapping[str, ast.AST], params: set[str],
+            fail: Fail) -> tuple[str, str]:
     found = [(k, v.right.value) for k, v in local.items()
              if isinstance(v, ast.BinOp) and isinstance(v.op, ast.Div) and isinstance(v.left, ast.Name)
              and _param_of(v.left.id, local, params) == dest and isinstance(v.right, ast.Constant)
@@ -354,7 +393,8 @@ def _marker(func, dest: str, local, params, fail) -> tuple[str, str]:
     return found[0][1], found[0][0]
 
 
-def _marker_io(func, marker_var: str, local, code: Codebase, scope: Scope, fail):
+def _marker_io(func: Def, marker_var: str, local: Mapping[str, ast.AST], code: Codebase, scope: Scope,
+               fail: Fail) -> tuple[ast.AST, ast.AST | None, bool]:
     writes = [n for n in ast.walk(func) if isinstance(n, ast.Call) and len(n.args) == 2 and not n.keywords
               and code.resolve(n.func, scope).name == "write_if_different"
               and isinstance(n.args[0], ast.Name) and n.args[0].id == marker_var]
@@ -390,8 +430,8 @@ class Reader:
         self.names: set[str] = {HEADER_FUNCTION}
         self.sites: list[tuple[str, ast.Call, Target]] = []
 
-    def roots(self) -> list[tuple[str, ast.FunctionDef]]:
-        found = []
+    def roots(self) -> list[tuple[str, Def]]:
+        found: list[tuple[str, Def]] = []
         for path, text in sorted(self.code.texts.items()):
             if HEADER_FUNCTION in text or MARKER_HINT in text:
                 for node in ast.walk(self.code.tree(path)):
@@ -422,9 +462,10 @@ class Reader:
             for path in sorted(self.code.texts):
                 if "import *" in self.code.texts[path] and path not in todo:
                     self._aliases(path)  # a star import binds the downloader without spelling its name
-        for fid, (path, func) in self.wrappers.items():
-            if not any(t.node is func for _, _, t in self.sites):
-                raise CannotTellError(path, func.lineno, f"{getattr(func, 'name', 'a lambda')}() passes its parameters "
+        for path, wrapper in self.wrappers.values():
+            if not any(t.node is wrapper for _, _, t in self.sites):
+                raise CannotTellError(path, getattr(wrapper, "lineno", 0), f"{getattr(wrapper, 'name', 'a lambda')}() "
+                                      "passes its parameters "
                                       "on to the header downloader, and no call of it could be read")
         out = []
         for path, call, target in self.sites:
@@ -450,16 +491,16 @@ class Reader:
             scope = code.scope_at(path, node)
             target = code.resolve(node, scope)
             if isinstance(getattr(node, "ctx", None), ast.Store):
-                raise CannotTellError(path, node.lineno, f"assigns to {named}")
+                raise CannotTellError(path, _line(node), f"assigns to {named}")
             parent = code.parent(path, node)
             if self._is_downloader(target):
                 if not (isinstance(parent, ast.Call) and parent.func is node):
-                    raise CannotTellError(path, node.lineno, f"refers to {named} without calling it: "
+                    raise CannotTellError(path, _line(node), f"refers to {named} without calling it: "
                                           f"{_show(parent or node)}")
                 self._site(path, parent, target, scope)
             elif target.kind in ("unknown", "external") or named == HEADER_FUNCTION:
                 # a local variable that merely shares an alias's name is harmless; anything unresolved is not
-                raise CannotTellError(path, node.lineno, f"{_show(node)} may be the header downloader, and "
+                raise CannotTellError(path, _line(node), f"{_show(node)} may be the header downloader, and "
                                       "what it refers to cannot be resolved")
         self._aliases(path)
 
@@ -501,7 +542,8 @@ class Reader:
                     raise CannotTellError(path, call.lineno, "a lambda passes its parameters on to the header "
                                           "downloader") from None
 
-    def _downloads(self, call: ast.Call, target: Target, scope: Scope, env, depth: int) -> list[Download]:
+    def _downloads(self, call: ast.Call, target: Target, scope: Scope, env: Mapping[str, _Bound] | None,
+                   depth: int) -> list[Download]:
         if depth > MAX_DEPTH:
             raise CannotTellError(scope.path, call.lineno, "wrappers nested too deep to follow")
         found = self.downloaders.get(id(target.node))
@@ -518,9 +560,12 @@ class Reader:
                 out.extend(self._downloads(inner, inner_target, inner_scope, bound, depth + 1))
         return out
 
-    def _download(self, d: Downloader, bound, call: ast.Call, scope: Scope) -> Download:
+    def _download(self, d: Downloader, bound: _Env, call: ast.Call, scope: Scope) -> Download:
         ev = self.ev
-        val = lambda name: ev.value(bound[name].expr, bound[name].scope, bound[name].env)  # noqa: E731
+
+        def val(name: str) -> Value:
+            return ev.value(bound[name].expr, bound[name].scope, bound[name].env)
+
         op = val(d.op)
         if op != "bmm":
             raise ev.cannot(scope, call, f"the header downloader is called for {op!r}; only 'bmm' is modelled")
@@ -578,7 +623,8 @@ def read_cubin_dir_rules(code: Codebase) -> CubinDirRules:
         raise CannotTellError(path, 0, "no _get_cubin_dir(): where FLASHINFER_CUBIN_DIR lies is unknown")
     env_at = _first(func.body, lambda n: isinstance(n, ast.Call) and ast.unparse(n) in (
         "os.getenv('FLASHINFER_CUBIN_DIR')", "os.environ.get('FLASHINFER_CUBIN_DIR')"))
-    pkg = [i for i, s in enumerate(func.body) if isinstance(s, ast.If) and ast.unparse(s.test) == "has_flashinfer_cubin()"]
+    pkg = [i for i, s in enumerate(func.body)
+           if isinstance(s, ast.If) and ast.unparse(s.test) == "has_flashinfer_cubin()"]
     if env_at is None or len(pkg) != 1:
         raise CannotTellError(path, func.lineno, "_get_cubin_dir() is not `FLASHINFER_CUBIN_DIR` and "
                                                  "`if has_flashinfer_cubin():` in some order")
@@ -597,7 +643,7 @@ def read_cubin_dir_rules(code: Codebase) -> CubinDirRules:
                          skips_unknown_build=unknown)
 
 
-def _first(body: list[ast.stmt], match) -> int | None:
+def _first(body: list[ast.stmt], match: Callable[[ast.AST], bool]) -> int | None:
     for i, stmt in enumerate(body):
         if any(match(n) for n in ast.walk(stmt)) and not (isinstance(stmt, ast.If) and ast.unparse(stmt.test)
                                                              == "has_flashinfer_cubin()"):
@@ -613,7 +659,7 @@ def artifact_constant(code: Codebase, cls: str) -> str:
     if path is None:
         return ""
     target = code.member(code.lookup(cls, code.module_scope(path)), "TRTLLM_GEN_BMM")
-    if target.kind != "value" or target.node is None:
+    if target.kind != "value" or target.node is None or target.scope is None:
         return ""
     try:
         got = Evaluator(code).value(target.node, target.scope)
@@ -628,7 +674,7 @@ def symlinked_headers(code: Codebase) -> tuple[str, ...]:
     if path is None:
         return ()
     target = code.lookup("BMM_EXPORT_HEADERS", code.module_scope(path))
-    if target.kind != "value" or target.node is None:
+    if target.kind != "value" or target.node is None or target.scope is None:
         return ()
     try:
         got = Evaluator(code).value(target.node, target.scope)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from packaging.utils import parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from repack.errors import FetchError, PlanError, SourceError, UnknownVersionError, UsageError
+from repack.errors import FetchError, InputError, PlanError, SourceError, UnknownVersionError
 from repack.fetch.cache import Cache
 from repack.fetch.index import find_wheel, project_files
 from repack.fetch.sources import read_local_wheel, read_remote_wheel
@@ -41,7 +41,7 @@ def check_version(version: str) -> str:
     try:
         return str(Version(version))
     except InvalidVersion:
-        raise UsageError(f"{version!r} is not a version", "give a FlashInfer version such as 0.6.6") from None
+        raise InputError(f"{version!r} is not a version", "give a FlashInfer version such as 0.6.6") from None
 
 
 def _wanted(name: str) -> bool:
@@ -66,7 +66,7 @@ def plan_from_wheel(path: Path, version: str | None = None) -> Plan:
     except Exception:
         raise SourceError(f"{name} is not a wheel file name", "give a flashinfer_python-*.whl") from None
     if version is not None and Version(version) != wheel_version:
-        raise UsageError(f"{name} is flashinfer-python {wheel_version}, not {version}",
+        raise InputError(f"{name} is flashinfer-python {wheel_version}, not {version}",
                          "give the wheel of the version you asked for")
     return plan_from_code(str(wheel_version), read_local_wheel(Path(path), _wanted), name)
 
@@ -104,7 +104,7 @@ def plan_from_installed(version: str | None = None, paths: list[str] | None = No
         raise UnknownVersionError(f"the installed flashinfer-python is {dist.version}, not {version}",
                                   "use the index or a wheel to read another version")
     # read the package directory itself, not RECORD: conda installs and copied trees may have none
-    package = Path(dist.locate_file("flashinfer"))
+    package = Path(str(dist.locate_file("flashinfer")))
     files: dict[str, bytes] = {}
     for path in sorted(package.rglob("*.py")):
         name = "flashinfer/" + path.relative_to(package).as_posix()

@@ -12,8 +12,9 @@ matters, and refuses when it does.
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any
 
 from repack.errors import PlanError
 
@@ -43,7 +44,7 @@ class Target:
     module: str = ""          # the defining module's path (def, class, value, param) or dotted name (module, external)
     name: str = ""
     node: ast.AST | None = None   # the FunctionDef/ClassDef, the value expression, or the function of a param
-    scope: "Scope | None" = None  # where ``node`` (a value) is evaluated
+    scope: Scope | None = None  # where ``node`` (a value) is evaluated
 
 
 UNKNOWN = Target("unknown")
@@ -55,7 +56,7 @@ class Scope:
 
     path: str
     node: ast.AST
-    parent: "Scope | None"
+    parent: Scope | None
     bindings: dict[str, list[tuple[str, object]]] = field(default_factory=dict)
     stars: list[ast.ImportFrom] = field(default_factory=list)
 
@@ -103,7 +104,7 @@ class Codebase:
         chain = []
         up = self.parent(path, node)
         while up is not None:
-            if isinstance(up, _FUNCS + (ast.ClassDef,)):
+            if isinstance(up, (*_FUNCS, ast.ClassDef)):
                 chain.append(up)
             up = self.parent(path, up)
         scope = self.module_scope(path)
@@ -144,7 +145,7 @@ class Codebase:
             scope = scope.parent
         return Target("external", "builtins." + name, name)
 
-    def _binding(self, name: str, found: list, scope: Scope) -> Target:
+    def _binding(self, name: str, found: list[Any], scope: Scope) -> Target:
         kind, what = found[0]
         if kind in ("def", "class"):
             return Target(kind, scope.path, name, what)
@@ -176,10 +177,10 @@ class Codebase:
             if attr in scope.bindings or scope.stars:
                 return self.lookup(attr, Scope(scope.path, scope.node, None, scope.bindings, scope.stars))
             return self.module_target(f"{base.module}.{attr}")
-        if base.kind == "class":
+        if base.kind == "class" and base.node is not None:  # a class target always carries its ClassDef
             body = self.scope_of_body(base.module, base.node, None)
             found = body.bindings.get(attr)
-            if found and len(found) == 1 and found[0][0] == "value":
+            if found and len(found) == 1 and found[0][0] == "value" and isinstance(found[0][1], ast.AST):
                 return Target("value", base.module, attr, found[0][1], self.scope_at(base.module, base.node))
             return UNKNOWN
         if base.kind == "external":
@@ -187,14 +188,14 @@ class Codebase:
         return UNKNOWN
 
 
-def _own_nodes(node: ast.AST):
+def _own_nodes(node: ast.AST) -> Iterator[ast.AST]:
     """The nodes of a body, not descending into nested functions or classes (their names are bound here)."""
-    body = node.body if not isinstance(node, ast.Lambda) else [node.body]
+    body: list[ast.AST] = [node.body] if isinstance(node, ast.Lambda) else list(getattr(node, "body", []))
     stack = list(body)
     while stack:
         n = stack.pop()
         yield n
-        if not isinstance(n, _FUNCS + (ast.ClassDef,)):
+        if not isinstance(n, (*_FUNCS, ast.ClassDef)):
             stack.extend(ast.iter_child_nodes(n))
 
 

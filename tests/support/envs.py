@@ -140,7 +140,7 @@ class FlashinferEnv:
         self.root = Path(root)
         self.python = self.root / "bin" / "python"
 
-    def create(self) -> "FlashinferEnv":
+    def create(self) -> FlashinferEnv:
         if not (self.root / ".ready").exists():
             subprocess.run([sys.executable, "-m", "venv", str(self.root)], check=True)
             self.pip("install", "-q", TORCH)

@@ -20,10 +20,10 @@ import re
 import ssl
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
 
 JSON_TYPE = "application/vnd.pypi.simple.v1+json"
 
@@ -47,12 +47,12 @@ def self_signed_cert(folder: Path) -> tuple[Path, Path]:
 class HostileServer:
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.tls = tls
-        self.routes: dict[str, Callable[["_Handler"], None]] = {}
+        self.routes: dict[str, Callable[[_Handler], None]] = {}
         self.seen: list[Seen] = []
         self.stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
 
-    def __enter__(self) -> "HostileServer":
+    def __enter__(self) -> HostileServer:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
         self._httpd.owner = self  # type: ignore[attr-defined]

@@ -34,7 +34,7 @@ class Isolation:
         self.root: Path | None = None
         self.started_ns = 0
 
-    def start(self) -> "Isolation":
+    def start(self) -> Isolation:
         self.started_ns = time.time_ns() - 1_000_000_000  # coarse file-system clocks
         self.root = Path(tempfile.mkdtemp(prefix="flashinfer-repack-home-"))
         home = self.root / "home"

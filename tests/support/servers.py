@@ -120,7 +120,7 @@ class FileServer:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def start(self) -> "FileServer":
+    def start(self) -> FileServer:
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -136,7 +136,7 @@ class FileServer:
             self._thread.join(5)
             self._httpd = None
 
-    def __enter__(self) -> "FileServer":
+    def __enter__(self) -> FileServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -260,7 +260,7 @@ def file_sha256(path: Path) -> str:
     return _SHA256[key]
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
+def parse_range(header: str, size: int) -> tuple[int, int] | str | None:
     """(start, end) half-open; None to ignore the header; "unsatisfiable" for a 416."""
     match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
     if not match or not (match[1] or match[2]):

@@ -7,9 +7,10 @@ Imports nothing of this project.
 """
 
 # --- vLLM Dockerfile snippet, verbatim ---
+from flashinfer.artifacts import ArtifactPath, CheckSumHash
 from flashinfer.jit import env as jit_env
 from flashinfer.jit.cubin_loader import download_trtllm_headers, get_cubin
-from flashinfer.artifacts import ArtifactPath, CheckSumHash
+
 download_trtllm_headers(
     'bmm',
     jit_env.FLASHINFER_CUBIN_DIR / 'flashinfer' / 'trtllm' / 'batched_gemm' / 'trtllmGen_bmm_export',
