@@ -8,10 +8,15 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from repack.errors import IntegrityError
+
+#: The most read into memory of one metadata member (METADATA, WHEEL, RECORD, entry_points.txt):
+#: the RECORD of the 268 MB flashinfer-cubin wheel, the largest met, is about 1 MB.
+METADATA_LIMIT = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -53,3 +58,19 @@ def read_record(data: bytes, label: str) -> list[RecordRow]:
         algorithm, _, value = digest.partition("=")
         out.append(RecordRow(name, algorithm, value, int(size) if size.isdigit() else None))
     return out
+
+
+def read_member(zf: zipfile.ZipFile, name: str, label: str, limit: int = METADATA_LIMIT) -> bytes:
+    """The bytes of the metadata member ``name``, its declared size checked against ``limit`` before inflating.
+
+    zipfile stops at the declared size and checks the CRC, so a member cannot inflate past what it declares.
+    """
+    try:
+        info = zf.getinfo(name)
+    except KeyError as exc:
+        raise IntegrityError(f"{label} has no {name}", "this is not a well-formed wheel") from exc
+    if info.file_size > limit:
+        raise IntegrityError(f"{label}: {name} declares {info.file_size} bytes, more than the {limit} expected",
+                             "the wheel is damaged or hostile; do not use it", value=info.file_size, expected=limit)
+    with zf.open(info) as fh:
+        return fh.read(limit + 1)

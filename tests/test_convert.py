@@ -197,3 +197,51 @@ def test_the_shipped_name_map_comes_from_grayskull():
     names = load_name_map()
     assert names["torch"] == "pytorch" and names["build"] == "python-build"
     assert len(names) > 100
+
+
+# -- hostile wheels: bounded inflation, names through the path gate -------------------------------------
+
+def _bomb_wheel(tmp_path: Path, member: str, size: int) -> Path:
+    """A valid wheel whose ``member`` (a .dist-info file) inflates to ``size`` zero bytes."""
+    import zipfile
+
+    wheel = make_wheel(tmp_path / "src", "fi-demo", "1.0")
+    out = tmp_path / "bomb" / wheel.name
+    out.parent.mkdir()
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            if info.filename.endswith("/" + member):
+                with dst.open(zipfile.ZipInfo(info.filename, (2020, 1, 1, 0, 0, 0)), "w") as fh:
+                    chunk = bytes(1 << 20)
+                    for _ in range(size >> 20):
+                        fh.write(chunk)
+            else:
+                dst.writestr(info, src.read(info))
+    return out
+
+
+@pytest.mark.parametrize("member", ["METADATA", "RECORD"])
+def test_a_metadata_bomb_is_refused_before_inflating(tmp_path, member):
+    """A 100 MB METADATA/RECORD (a few hundred kB compressed) is refused on its declared size, never read."""
+    import resource
+
+    wheel = _bomb_wheel(tmp_path, member, 100 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if member == "METADATA":  # the name of the package comes from METADATA alone
+        with pytest.raises(IntegrityError, match="more than the"):
+            package_filename(wheel, load_name_map())
+    with pytest.raises(IntegrityError, match="more than the"):
+        convert_wheel(wheel, tmp_path / "out", names=load_name_map())
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 << 10, f"peak memory grew by {grown_kib} KiB"
+    assert not list(tmp_path.glob("out/*.conda"))
+
+
+@pytest.mark.parametrize("name", ["fi_demo/../../../evil.py", "/abs/evil.py", "fi_demo-1.0.data/purelib/../../x.py"])
+def test_a_member_name_that_leaves_the_package_is_refused(tmp_path, name):
+    from repack.fs import UnsafePathError
+
+    wheel = make_wheel(tmp_path, "fi-demo", "1.0", files={"fi_demo/__init__.py": b"", name: b"x = 1\n"})
+    with pytest.raises(UnsafePathError):
+        convert_wheel(wheel, tmp_path / "out", names=load_name_map())
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

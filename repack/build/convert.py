@@ -27,7 +27,6 @@ the same bytes.
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import io
@@ -53,6 +52,8 @@ from repack.build.conda import PathRecord, build_string, hash_input_json, info_m
 from repack.build.conda_archive import info_tar_zst, open_tar, tar_info, write_conda_container, zstd_compressor
 from repack.errors import BuildError, InputError, IntegrityError
 from repack.fetch.transport import Progress
+from repack.fs import check_relpath
+from repack.wheelfile import dist_info_dir, read_member, read_record, urlsafe_b64
 
 MAP_FILE = Path(__file__).with_name("condamap.json")
 #: zstd level of the payload tar: 3 turns flashinfer-cubin's 1.1 GB into a package in seconds,
@@ -65,6 +66,9 @@ TARGET_PYTHONS = ("3.10", "3.11", "3.12", "3.13", "3.14")
 ORIGINAL_EXTRA = "original"
 CONDA_OPS = ("==", "!=", ">=", "<=", ">", "<", "~=")
 DATA_DIRS = {"purelib": "site-packages/", "platlib": "site-packages/", "scripts": "python-scripts/", "data": ""}
+#: The most a converted wheel may declare in all (flashinfer-cubin 0.6.7, the largest converted, inflates
+#: to about 1.3 GB); the payload is streamed, so this bounds the disk a hostile wheel can make us write.
+PAYLOAD_LIMIT = 4 << 30
 
 
 # -- the name table ------------------------------------------------------------------------
@@ -218,34 +222,36 @@ def _describe(zf: zipfile.ZipFile, wheel: Path, names: Mapping[str, str | None],
 
 
 def _read_wheel_info(zf: zipfile.ZipFile, wheel: Path) -> tuple[str, Message]:
-    dist_infos = {n.split("/", 1)[0] for n in zf.namelist() if n.split("/", 1)[0].endswith(".dist-info")}
-    if len(dist_infos) != 1:
-        raise BuildError(f"{wheel.name} has {len(dist_infos)} .dist-info directories", "is this a wheel?")
-    dist_info = dist_infos.pop() + "/"
-    wheel_meta = HeaderParser().parsestr(zf.read(dist_info + "WHEEL").decode("utf-8"))
+    dist_info = dist_info_dir(zf.namelist(), wheel.name)
+    wheel_meta = HeaderParser().parsestr(read_member(zf, dist_info + "WHEEL", wheel.name).decode("utf-8"))
     tags = wheel_meta.get_all("Tag") or []
     purelib = wheel_meta.get("Root-Is-Purelib", "").strip().lower() == "true"
     if not purelib or not all(t.endswith("-none-any") for t in tags):
         raise BuildError(f"{wheel.name} is not a pure-Python wheel (tags {', '.join(tags)})",
                          "only py3-none-any wheels can become noarch: python conda packages")
-    meta = HeaderParser().parsestr(zf.read(dist_info + "METADATA").decode("utf-8"))
+    meta = HeaderParser().parsestr(read_member(zf, dist_info + "METADATA", wheel.name).decode("utf-8"))
     return dist_info, meta
 
 
 def _layout(zf: zipfile.ZipFile, dist_info: str) -> list[Placed]:
     """Where each wheel member goes, sorted; RECORD is rewritten and INSTALLER added by us."""
     data_dir = dist_info[: -len(".dist-info/")] + ".data/"
-    placed = []
+    placed, total = [], 0
     for info in zf.infolist():
         n = info.filename
         if n.endswith("/") or n in (dist_info + "RECORD", dist_info + "INSTALLER", dist_info + "METADATA"):
             continue
+        check_relpath(n, "wheel member name")  # a name from outside becomes a path in the package
+        total += info.file_size
+        if total > PAYLOAD_LIMIT:
+            raise BuildError(f"the wheel's members declare more than {PAYLOAD_LIMIT} bytes in all",
+                             "the wheel is damaged or hostile; do not convert it", value=total, expected=PAYLOAD_LIMIT)
         if n.startswith(data_dir):
             kind, _, rest = n[len(data_dir):].partition("/")
             if kind not in DATA_DIRS:
                 raise BuildError(f"{n}: the wheel data directory {kind!r} has no noarch: python place",
                                  "convert only wheels whose .data holds purelib, platlib, scripts or data")
-            target = DATA_DIRS[kind] + rest
+            target = DATA_DIRS[kind] + check_relpath(rest, "wheel data member name")
         else:
             target = "site-packages/" + n
         placed.append(Placed(target, n, bool((info.external_attr >> 16) & 0o111)))
@@ -277,10 +283,9 @@ def _entry_points(zf: zipfile.ZipFile, dist_info: str) -> list[str]:
     """console_scripts and gui_scripts, for conda to create at link time (``name = module:function``)."""
     import configparser
 
-    try:
-        text = zf.read(dist_info + "entry_points.txt").decode("utf-8")
-    except KeyError:
+    if dist_info + "entry_points.txt" not in zf.namelist():
         return []
+    text = read_member(zf, dist_info + "entry_points.txt", dist_info).decode("utf-8")
     parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep the entry points' case, as configparser documents
     parser.read_string(text)
@@ -327,8 +332,8 @@ def _write_payload(zf: zipfile.ZipFile, wheel: Path, layout: list[Placed], dist_
             done += source.size
             if progress is not None:
                 progress(f"convert {wheel.name}", done, total)
-        metadata = zf.read(dist_info + "METADATA")
-        if record.get(dist_info + "METADATA") != "sha256=" + _b64(hashlib.sha256(metadata).digest()):
+        metadata = read_member(zf, dist_info + "METADATA", dist_info)
+        if record.get(dist_info + "METADATA") != "sha256=" + urlsafe_b64(hashlib.sha256(metadata).digest()):
             problems.append(f"{dist_info}METADATA: not in RECORD or sha256 differs from RECORD")
         for path, data in _dist_info_additions(zf, dist_info, pip_metadata(metadata)):
             tar.addfile(tar_info(path, len(data), False, epoch), io.BytesIO(data))
@@ -343,9 +348,10 @@ def _write_payload(zf: zipfile.ZipFile, wheel: Path, layout: list[Placed], dist_
 def _dist_info_additions(zf: zipfile.ZipFile, dist_info: str, metadata: bytes) -> list[tuple[str, bytes]]:
     """METADATA (requirements under the ``original`` extra) and INSTALLER ("conda"), and RECORD saying so."""
     added = {dist_info + "INSTALLER": b"conda\n", dist_info + "METADATA": metadata}
-    record = zf.read(dist_info + "RECORD").decode("utf-8")
+    record = read_member(zf, dist_info + "RECORD", dist_info).decode("utf-8")
     rows = [r for r in csv.reader(io.StringIO(record)) if r and r[0] not in added and r[0] != dist_info + "RECORD"]
-    rows += [[name, f"sha256={_b64(hashlib.sha256(data).digest())}", str(len(data))] for name, data in added.items()]
+    rows += [[name, f"sha256={urlsafe_b64(hashlib.sha256(data).digest())}", str(len(data))]
+             for name, data in added.items()]
     rows = [*sorted(rows), [dist_info + "RECORD", "", ""]]
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
@@ -379,8 +385,8 @@ def pip_metadata(metadata: bytes) -> bytes:
 
 
 def _record(zf: zipfile.ZipFile, dist_info: str) -> dict[str, str]:
-    rows = csv.reader(io.StringIO(zf.read(dist_info + "RECORD").decode("utf-8")))
-    return {r[0]: r[1] for r in rows if len(r) >= 2 and r[1]}
+    rows = read_record(read_member(zf, dist_info + "RECORD", dist_info), dist_info + "RECORD")
+    return {r.name: f"{r.algorithm}={r.digest}" for r in rows if r.algorithm}
 
 
 def _info_members(info: dict[str, Any], written: list[PathRecord]) -> list[Any]:
@@ -404,8 +410,7 @@ class _Hashing:
         return data
 
     def record_hash(self) -> str:
-        return "sha256=" + _b64(self.sha256.digest())
+        return "sha256=" + urlsafe_b64(self.sha256.digest())
 
 
-def _b64(digest: bytes) -> str:
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+

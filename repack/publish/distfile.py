@@ -29,7 +29,7 @@ from packaging.version import InvalidVersion, Version
 
 from repack.errors import InputError, IntegrityError
 from repack.fetch.digest import file_digests
-from repack.wheelfile import RecordRow, dist_info_dir, read_record, urlsafe_b64
+from repack.wheelfile import RecordRow, dist_info_dir, read_member, read_record, urlsafe_b64
 
 CHUNK = 1 << 20
 #: ``progress(label, done_bytes, total_bytes)``
@@ -131,7 +131,7 @@ def _check_wheel(path: Path, project: str, check_record: bool, progress: Progres
     try:
         with zipfile.ZipFile(path) as zf:
             dist_info = dist_info_dir(zf.namelist(), path.name)
-            metadata = zf.read(dist_info + "METADATA")
+            metadata = read_member(zf, dist_info + "METADATA", path.name)
             if check_record:
                 problems = _record_problems(zf, path, dist_info, _Counter(zf, path.name, progress))
                 if problems:
@@ -171,7 +171,7 @@ def _record_problems(zf: zipfile.ZipFile, path: Path, dist_info: str, counter: _
     hashlib release the GIL): a 268 MB wheel of 9,764 members is the slow step of a publish.
     """
     listed, entries = set(), []
-    for row in read_record(zf.read(dist_info + "RECORD"), dist_info + "RECORD"):
+    for row in read_record(read_member(zf, dist_info + "RECORD", path.name), dist_info + "RECORD"):
         listed.add(row.name)
         if row.name != dist_info + "RECORD" and row.algorithm:
             entries.append(row)
