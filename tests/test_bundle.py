@@ -204,6 +204,7 @@ def test_rerun_with_other_inputs_replaces_our_wheel_everywhere(bundled, index_se
     out = bundled["out"]
     ours = f"flashinfer_cubin_headers-{VERSION}-py3-none-any.whl"
     before = sha256(out / "wheels" / ours)
+    converted_before = {c.name: sha256(c) for c in (out / "conda" / "noarch").glob("flashinfer-python-*.conda")}
     try:
         result = cli("bundle", VERSION, "-o", str(out), "--index-url", index_server.index_url, "--json",
                      env={"SOURCE_DATE_EPOCH": "1700000000"})
@@ -211,10 +212,32 @@ def test_rerun_with_other_inputs_replaces_our_wheel_everywhere(bundled, index_se
         assert json.loads(result.stdout)["transferred_bytes"] == 0
         after = sha256(out / "wheels" / ours)
         assert after != before and sha256(out / "simple" / "flashinfer-cubin-headers" / ours) == after
+        converted = sorted((out / "conda" / "noarch").glob("flashinfer-python-*.conda"))
+        assert converted and all(sha256(c) != converted_before[c.name] for c in converted)  # the epoch is inside
         for f in json.loads((out / "manifest.json").read_text())["files"]:
             assert f["sha256"] == sha256(out / f["path"]), f["path"]
     finally:
         assert cli("bundle", VERSION, "-o", str(out), "--index-url", index_server.index_url).returncode == 0
+
+
+def test_a_tampered_converted_package_is_converted_again(bundled, index_server):
+    """A converted package in the channel whose bytes changed since it was made is never vouched for: the
+    rerun converts it again, and repodata.json and the manifest name the converted bytes."""
+    from tests.conftest import cli
+
+    out = bundled["out"]
+    pkg = next((out / "conda" / "noarch").glob("flashinfer-python-*.conda"))
+    good = sha256(pkg)
+    data = bytearray(pkg.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pkg.write_bytes(bytes(data))
+    result = cli("bundle", VERSION, "-o", str(out), "--index-url", index_server.index_url, "--json")
+    assert result.returncode == 0, result.stderr
+    assert sha256(pkg) == good
+    repodata = json.loads((out / "conda" / "noarch" / "repodata.json").read_text())
+    assert repodata["packages.conda"][pkg.name]["sha256"] == good
+    listed = {f["path"]: f["sha256"] for f in json.loads((out / "manifest.json").read_text())["files"]}
+    assert listed[f"conda/noarch/{pkg.name}"] == good
 
 
 def test_readme_names_all_three_packages_for_pip_and_conda():

@@ -21,6 +21,7 @@ download goes on from its ``.part`` (see :mod:`repack.fetch.download`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -35,7 +36,15 @@ from repack.fetch.digest import file_sha256
 from repack.fetch.download import PRESENT, fetch_verified
 from repack.fetch.index import find_wheel, project_files
 from repack.fetch.transport import Progress, Transport
-from repack.fs import atomic_write, check_filename, locked, remove_stale_temporaries, safe_join
+from repack.fs import (
+    NotRegularFileError,
+    atomic_write,
+    check_filename,
+    locked,
+    read_regular,
+    remove_stale_temporaries,
+    safe_join,
+)
 from repack.publish.channel import PLATFORMS
 from repack.rules.plan import Plan, require_needed
 
@@ -212,19 +221,47 @@ def _write_channel(channel: Path, payload: Payload, wheels: list[Path], names: M
     from repack.publish.channel import write_repodata
 
     noarch = channel / "noarch"
-    keep = []
+    keep, stamps = [], _read_stamps(noarch)
     for wheel in wheels:
         target = noarch / package_filename(wheel, names)
-        if not target.is_file():  # written atomically: present means complete
+        inputs = {"wheel_sha256": file_sha256(wheel), "epoch": epoch, "tool": __version__,
+                  "names_sha256": hashlib.sha256(json.dumps(dict(names), sort_keys=True).encode()).hexdigest()}
+        if not _still_converted(target, stamps.get(target.name), inputs):
             say(f"converting {wheel.name} to {target.name}")
             convert_wheel(wheel, noarch, names=names, epoch=epoch, progress=progress)
+            stamps[target.name] = {"inputs": inputs, "sha256": file_sha256(target)}
         keep.append(target.name)
+    _write_stamps(noarch, {k: v for k, v in stamps.items() if k in keep})
     renamed = {p: conda_name(p, names) or p for p in (PYTHON_PROJECT, CUBIN_PROJECT)}
     say("building the flashinfer-cubin-headers conda package")
     keep.append(build_conda(payload, noarch, epoch, "conda", dependency_names=renamed).path.name)
     _remove_other_builds(noarch, keep)
     for subdir in ("noarch", *PLATFORMS):  # conda asks for the platform's repodata too: an empty one answers
         write_repodata(channel / subdir, subdir)
+
+
+#: Beside the converted packages (hidden: no index or manifest lists it): what each was converted from, and its
+#: sha256 then.  A package is reused only when this run would convert the same wheel bytes with the same
+#: settings into it and its bytes are still those; anything else (tampered, stale, another epoch) is converted again.
+STAMPS = ".converted.json"
+
+
+def _read_stamps(noarch: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(read_regular(noarch / STAMPS, 1 << 20))
+    except (OSError, ValueError, NotRegularFileError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _still_converted(target: Path, stamp: object, inputs: dict[str, Any]) -> bool:
+    if not isinstance(stamp, dict) or stamp.get("inputs") != inputs or not target.is_file():
+        return False
+    return bool(stamp.get("sha256") == file_sha256(target))
+
+
+def _write_stamps(noarch: Path, stamps: dict[str, Any]) -> None:
+    atomic_write(noarch / STAMPS, (json.dumps(stamps, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _remove_other_builds(noarch: Path, keep: list[str]) -> None:
