@@ -529,3 +529,36 @@ def test_checksum_lines_that_leave_the_tree_are_refused():
 
     with pytest.raises(IntegrityError, match="unsafe path"):
         parse_checksums(b"a" * 64 + b"  ../../etc/passwd\n")
+
+
+# -- files from earlier runs or other processes: never read without bound -------------------------------
+
+@pytest.fixture
+def no_hang():
+    """Fails the test (instead of hanging the suite) if a read blocks on a FIFO."""
+    import signal
+
+    def hang(signum, frame):
+        raise TimeoutError("blocked on a FIFO or an endless file")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "endless"])
+def test_cache_and_conda_meta_reads_are_bounded(tmp_path, no_hang, kind):
+    from repack.environment.probe import _conda_python
+
+    def plant(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path) if kind == "fifo" else path.symlink_to("/dev/zero")
+
+    cache = Cache(tmp_path / "cache")
+    record = cache.provenance_path("a" * 64)
+    plant(record)
+    assert cache.get_provenance("a" * 64) is None
+    plant(tmp_path / "prefix" / "conda-meta" / "python-3.11.0-h_0.json")
+    assert _conda_python(tmp_path / "prefix") is None

@@ -22,6 +22,7 @@ from typing import Any
 from repack import __version__
 from repack.build.artifact import DIST_NAME
 from repack.fetch.verify import Payload
+from repack.fs import NotRegularFileError, read_regular
 
 SPEC_VERSION = "1.6"
 SBOM_NAME = f"{DIST_NAME}.cdx.json"
@@ -128,7 +129,7 @@ def read_installed(site_packages: str, version: str) -> dict[str, Any] | None:
         if not path.is_file():
             return None
         try:
-            return summarize(json.loads(path.read_bytes()[:4_000_000]))
-        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            return summarize(json.loads(read_regular(path, 4_000_000)))
+        except (OSError, ValueError, AttributeError, TypeError, NotRegularFileError) as exc:
             return {"error": f"cannot read {path}: {exc}"}
     return None

@@ -18,6 +18,7 @@ from repack.cli.common import (
     index_settings,
     resolve_python,
 )
+from repack.fs import NotRegularFileError, read_regular
 
 if TYPE_CHECKING:
     from repack.environment.doctor import Advice, Diagnosis
@@ -229,8 +230,8 @@ def _by_conda(env: Environment) -> bool:
     site = env.interpreter.site_packages or ""
     for installer in glob.glob(os.path.join(site, "flashinfer_python-*.dist-info", "INSTALLER")):
         try:
-            return Path(installer).read_text(encoding="utf-8").strip() == "conda"
-        except (OSError, UnicodeDecodeError):
+            return read_regular(Path(installer), 4096).decode("utf-8").strip() == "conda"
+        except (OSError, UnicodeDecodeError, NotRegularFileError):
             return False
     return False
 

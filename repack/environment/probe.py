@@ -233,8 +233,8 @@ def _judged(env: Mapping[str, str]) -> dict[str, str]:
 def _conda_python(prefix: Path) -> str | None:
     for meta in sorted((prefix / "conda-meta").glob("python-3*.json")):
         try:
-            return str(json.loads(meta.read_text())["version"])
-        except (OSError, ValueError, KeyError):
+            return str(json.loads(read_regular(meta, 128 << 20))["version"])
+        except (OSError, ValueError, KeyError, TypeError, NotRegularFileError):
             continue
     return None
 
@@ -290,8 +290,8 @@ def build_version(path: Path) -> str | None:
     import ast
 
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    except (OSError, SyntaxError, ValueError):
+        tree = ast.parse(read_regular(path, 1 << 20).decode("utf-8"), filename=str(path))
+    except (OSError, SyntaxError, ValueError, NotRegularFileError):
         return None
     for node in tree.body:
         if (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__version__" for t in node.targets)

@@ -31,6 +31,7 @@ from typing import Any
 
 from repack.environment.probe import Environment
 from repack.errors import LiveCheckError
+from repack.fs import NotRegularFileError, read_regular
 
 PROBE = Path(__file__).with_name("live_probe.py")
 BMM_CALLERS = ("flashinfer.jit.moe_utils:gen_moe_utils_module",
@@ -175,8 +176,8 @@ def _run(cmd: list[str], env: dict[str, Any], cwd: Path,
 
 def _read_report(report: Path, proc: subprocess.CompletedProcess[str], timed_out: bool) -> dict[str, Any]:
     try:
-        data = json.loads(report.read_text())
-    except (OSError, ValueError):
+        data = json.loads(read_regular(report, 64 << 20))
+    except (OSError, ValueError, NotRegularFileError):
         data = None
     if isinstance(data, dict):  # the child writes an object; anything else is no report
         return data

@@ -137,6 +137,6 @@ class Cache:
     def get_provenance(self, checksums_sha256: str) -> bytes | None:
         path = self.provenance_path(checksums_sha256)
         try:
-            return None if path is None else path.read_bytes()[:65536]
-        except OSError:
+            return None if path is None else read_regular(path, 65536)
+        except (OSError, NotRegularFileError):
             return None

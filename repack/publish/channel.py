@@ -50,7 +50,7 @@ from repack.build.conda_archive import (
 )
 from repack.errors import InputError, PublishError, SourceError
 from repack.fetch.digest import file_digests
-from repack.fs import atomic_write, is_safe_relpath, locked
+from repack.fs import NotRegularFileError, atomic_write, is_safe_relpath, locked, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -492,9 +492,9 @@ def _by_format(entries: dict[str, dict[str, Any]], value: Any) -> dict[str, dict
 
 def _read_stat_index(path: Path) -> dict[str, Any]:
     try:
-        found = json.loads(path.read_bytes()).get("files", {})
+        found = json.loads(read_regular(path, 256 << 20)).get("files", {})
         return found if isinstance(found, dict) else {}
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, NotRegularFileError):
         return {}
 
 
@@ -503,8 +503,15 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
 
 
 def _write_if_changed(target: Path, data: bytes) -> None:
-    if not target.is_file() or target.read_bytes() != data:
+    if not _same_bytes(target, data):
         atomic_write(target, data)
+
+
+def _same_bytes(target: Path, data: bytes) -> bool:
+    try:
+        return read_regular(target, len(data)) == data
+    except (OSError, NotRegularFileError):  # missing, not a file, or larger: not the same
+        return False
 
 
 def _write_with_variants(target: Path, data: bytes, always: tuple[str, ...]) -> None:

@@ -40,7 +40,7 @@ from packaging.version import Version
 
 from repack.errors import PublishError
 from repack.fetch.digest import file_sha256
-from repack.fs import atomic_write, check_filename, locked, safe_join
+from repack.fs import NotRegularFileError, atomic_write, check_filename, locked, read_regular, safe_join
 from repack.publish.distfile import DistFile, read_distfile
 
 API_VERSION = "1.1"
@@ -152,7 +152,11 @@ def _place(source: Path, target: Path, link: bool) -> None:
 
 def _write_metadata(target: Path, metadata: bytes) -> None:
     path = target.with_name(target.name + ".metadata")
-    if not path.is_file() or path.read_bytes() != metadata:
+    try:
+        same = read_regular(path, len(metadata)) == metadata
+    except (OSError, NotRegularFileError):  # missing, not a file, or larger: not the same
+        same = False
+    if not same:
         atomic_write(path, metadata)
 
 
@@ -200,8 +204,8 @@ def _stamp(path: Path) -> list[int]:
 
 def _read_state(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_regular(path, 64 << 20))
+    except (OSError, ValueError, NotRegularFileError):
         return {}
     return data if isinstance(data, dict) else {}
 

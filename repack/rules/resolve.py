@@ -23,6 +23,7 @@ from repack.fetch.cache import Cache
 from repack.fetch.index import find_wheel, project_files
 from repack.fetch.sources import read_local_wheel, read_remote_wheel
 from repack.fetch.transport import Transport
+from repack.fs import read_regular
 from repack.rules import plancache
 from repack.rules.plan import (
     ARTIFACTS_MODULE,
@@ -34,6 +35,8 @@ from repack.rules.plan import (
 from repack.rules.scope import DATA_PREFIX
 
 PYTHON_PROJECT = "flashinfer-python"
+#: the most read of one flashinfer module (the largest is about 100 kB)
+SOURCE_LIMIT = 4 << 20
 logger = logging.getLogger(__name__)
 
 
@@ -109,7 +112,7 @@ def plan_from_installed(version: str | None = None, paths: list[str] | None = No
     for path in sorted(package.rglob("*.py")):
         name = "flashinfer/" + path.relative_to(package).as_posix()
         if _wanted(name) and path.is_file():
-            files[name] = path.read_bytes()
+            files[name] = read_regular(path, SOURCE_LIMIT)
     text = dist.read_text("METADATA")
     if text:
         files[f"{PYTHON_PROJECT}.dist-info/METADATA"] = text.encode()
