@@ -82,6 +82,7 @@ def test_an_index_file_name_that_leaves_the_cache_never_becomes_a_path(name, run
     result = index_build(run_cli, tmp_path, hostile, extra=("--cache-dir", str(cache)))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert [f for f in files_under(tmp_path) if f.endswith(".whl")] == []
+    assert not Path("/tmp/escape").exists()  # the one absolute name points outside tmp_path
 
 
 @pytest.mark.parametrize("name", [*ESCAPING, "flashinfer_cubin-0.6.6-py3-none-any.whl/../x-1-py3-none-any.whl"])

@@ -76,7 +76,7 @@ def build_wheel(payload: Payload, out_dir: Path, epoch: int | None = None) -> Ar
     try:
         atomic_write(path, data)
     except OSError as exc:
-        raise BuildError(f"cannot write {path}: {exc.strerror}", "choose a writable -o directory") from exc
+        raise BuildError(f"cannot write {path}: {exc.strerror}", "choose an output directory you can write") from exc
     return Artifact("wheel", path, hashlib.sha256(data).hexdigest(), len(data))
 
 

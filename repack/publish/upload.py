@@ -343,7 +343,7 @@ class Uploader:
         elif resp.status == 403:
             hint = ("the index refused this user: check the credentials (" + (self.credentials.origin if
                     self.credentials else "none were found") + ") and that the user may upload here "
-                    "(pypiserver: the -P password file; devpi: acl_upload)")
+                    "(pypiserver: its password file; devpi: acl_upload)")
         elif 300 <= resp.status < 400:
             where += f" (redirect to {redact(resp.header('Location', '?'))})"
             hint = "give the exact upload URL; an upload is never sent on through a redirect"
