@@ -9,6 +9,7 @@ flashinfer's whole wheels and builds from the one it verified (:mod:`repack.publ
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 import os
@@ -83,6 +84,7 @@ def build(version: str, settings: SourceSettings, transport: Transport | None, *
     """The whole pipeline: the checked plan of ``version``, its verified payload, the artifacts in ``out_dir``."""
     check = checked_plan_for(version, settings, transport)
     payload, report = verified_payload(check.plan, settings, transport)
+    payload = dataclasses.replace(payload, pins_checked=check.checked)  # the SBOM says where the pins came from
     artifacts = build_artifacts(payload, formats, out_dir, epoch, conda or {})
     return Built(check, report, tuple(artifacts))
 

@@ -168,3 +168,20 @@ def test_a_damaged_provenance_record_in_the_cache_costs_only_the_provenance(run_
     again = build(run_cli, tmp_path / "b", "cache", *cache)["wheel"]
     cubin = component(sbom_of(again), "flashinfer-cubin")
     assert (cubin["props"]["source-kind"], "hashes" in cubin) == ("cache", False)
+
+
+def test_the_sbom_says_whether_the_pins_were_checked_against_the_code(run_cli, small_cubin_wheel, tmp_path):
+    """A build from a local wheel with no flashinfer-python code at hand uses the shipped plan unchecked: the
+    SBOM says so rather than claiming what was not done; a plan read from the code says that."""
+    from tests.support import synthetic
+
+    shipped = sbom_of(build(run_cli, tmp_path / "shipped", str(small_cubin_wheel(VERSION)), "--no-cache")["wheel"])
+    assert "NOT checked" in component(shipped, "flashinfer-python")["props"]["pins-from"]
+    result = run_cli("build", synthetic.VERSION, "-o", str(tmp_path / "derived"), "--json", "--no-cache",
+                     "--from", str(small_cubin_wheel(synthetic.VERSION)))
+    assert result.returncode == 0, result.stderr
+    wheel = Path(json.loads(result.stdout)["artifacts"][0]["path"])
+    with zipfile.ZipFile(wheel) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("/sboms/" + SBOM_NAME))
+        derived = json.loads(zf.read(name))
+    assert component(derived, "flashinfer-python")["props"]["pins-from"].startswith("flashinfer-python's own code")

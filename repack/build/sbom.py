@@ -82,7 +82,14 @@ def _pins_component(payload: Payload) -> dict[str, Any]:
     ref = purl("flashinfer-python", plan.version)
     return {"type": "library", "bom-ref": ref, "name": "flashinfer-python", "version": plan.version, "purl": ref,
             "properties": [_prop("pins-checked", "ArtifactPath.TRTLLM_GEN_BMM, CheckSumHash.TRTLLM_GEN_BMM"),
+                           _prop("pins-from", PINS_FROM[payload.pins_checked]),
                            _prop("checksum-hash", plan.checksums_sha256)]}
+
+
+#: Where the pins every byte was verified against came from (Payload.pins_checked).
+PINS_FROM = {True: "flashinfer-python's own code (read, or the shipped plan checked against it)",
+             False: "the plan shipped with flashinfer-repack, NOT checked against flashinfer-python's code",
+             None: "not recorded"}
 
 
 def _file(name: str, digest: str) -> dict[str, Any]:

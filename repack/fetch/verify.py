@@ -43,6 +43,8 @@ class Payload:
     source: str = ""
     #: where the bytes came from, for the artifacts' SBOM (None: a cache entry from before provenance was kept)
     provenance: Provenance | None = None
+    #: whether the plan's pins were read from (or checked against) flashinfer-python's own code; None: not said
+    pins_checked: bool | None = None
 
 
 def sha256(data: bytes) -> str:

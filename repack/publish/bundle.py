@@ -21,6 +21,7 @@ download goes on from its ``.part`` (see :mod:`repack.fetch.download`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -168,7 +169,8 @@ def _payload(plan: Plan, cubin: Path) -> Payload:
     from repack.fetch.payload import fetch_payload
     from repack.fetch.sources import WheelFile
 
-    return fetch_payload(plan, [WheelFile(cubin)], Cache(None))
+    # the plan was checked against the flashinfer-python wheel of this bundle (_plan)
+    return dataclasses.replace(fetch_payload(plan, [WheelFile(cubin)], Cache(None)), pins_checked=True)
 
 
 def _drop_stale_own_wheel(out: Path, payload: Payload, epoch: int | None) -> None:
