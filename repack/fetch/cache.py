@@ -96,6 +96,11 @@ class Cache:
         if path is None or not path.exists():
             return None
         record = path.with_name(path.name + ".sha256")
+        if not record.exists() and not record.is_symlink():
+            # why not dropped: another run may have just placed it and not yet recorded it; unrecorded, it is
+            # never used, and the next download that records it replaces it
+            log.info("not using %s: no digest was recorded for it", path)
+            return None
         try:
             recorded = read_regular(record, 64).decode("ascii")
             actual = file_sha256(path) if path.is_file() and not path.is_symlink() else ""
