@@ -137,6 +137,8 @@ def read_regular(path: Path, limit: int) -> bytes:
 
 #: A temporary of another run older than this is abandoned even if its process id is alive again.
 STALE_AFTER = 24 * 3600
+#: an atomic_write temporary this old belongs to no live write (they take seconds)
+TMP_STALE_AFTER = 3600
 
 
 def temporary_name(target: Path) -> Path:
@@ -148,13 +150,17 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Remove ``.<name>.<pid>.part`` files left by runs that were killed (their process is gone,
     or they are a day old); a live run's temporary is left alone.  Returns what was removed."""
     removed = []
-    for path in folder.glob(".*.part") if folder.is_dir() else []:
-        pid = path.name[: -len(".part")].rpartition(".")[2]
+    for path in sorted(folder.glob(".*.part")) + sorted(folder.glob(".*.tmp")) if folder.is_dir() else []:
         try:
             age = time.time() - path.lstat().st_mtime
         except OSError:
             continue
-        if pid.isdigit() and int(pid) != os.getpid() and (not _alive(int(pid)) or age > STALE_AFTER):
+        if path.name.endswith(".tmp"):  # atomic_write's: no pid in the name, and written in seconds
+            stale = age > TMP_STALE_AFTER
+        else:
+            pid = path.name[: -len(".part")].rpartition(".")[2]
+            stale = pid.isdigit() and int(pid) != os.getpid() and (not _alive(int(pid)) or age > STALE_AFTER)
+        if stale:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

@@ -563,3 +563,21 @@ def test_cache_and_conda_meta_reads_are_bounded(tmp_path, no_hang, kind):
     assert cache.get_provenance("a" * 64) is None
     plant(tmp_path / "prefix" / "conda-meta" / "python-3.11.0-h_0.json")
     assert _conda_python(tmp_path / "prefix") is None
+
+
+def test_temporaries_of_killed_runs_are_swept_from_every_cache_folder(tmp_path):
+    import time
+
+    from tests.support import synthetic
+
+    cache = Cache(tmp_path / "cache")
+    old = time.time() - 2 * 3600
+    left = [tmp_path / "cache" / d / ".x.abc.tmp" for d in ("sha256/ab", "provenance", "plans", "wheels")]
+    fresh = tmp_path / "cache" / "plans" / ".y.def.tmp"  # a write in progress
+    for path in [*left, fresh]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    for path in left:
+        os.utime(path, (old, old))
+    assert cache.get(synthetic.checksums_sha256()) is None
+    assert [p for p in left if p.exists()] == [] and fresh.exists()

@@ -42,7 +42,20 @@ class Cache:
             return None
         return self.root / "sha256" / digest[:2] / digest
 
+    def _sweep(self) -> None:
+        """Once per run: remove what killed runs left in every folder of the cache."""
+        if self._swept or self.root is None:
+            return
+        self._swept = True
+        sha = self.root / "sha256"
+        folders = [self.root / "wheels", self.root / "provenance", self.root / "plans",
+                   *(sorted(p for p in sha.iterdir() if p.is_dir()) if sha.is_dir() else [])]
+        for folder in folders:
+            for path in remove_stale_temporaries(folder):
+                log.info("removed %s, left by a run that was stopped", path)
+
     def get(self, digest: str) -> bytes | None:
+        self._sweep()
         path = self.blob_path(digest)
         if path is None or not path.exists():
             return None
@@ -80,10 +93,7 @@ class Cache:
         if self.root is None:
             return None
         folder = self.root / "wheels"
-        if not self._swept:
-            self._swept = True
-            for path in remove_stale_temporaries(folder):
-                log.info("removed %s, left by a run that was stopped", path)
+        self._sweep()
         return safe_join(folder, check_filename(filename, "wheel file name"), "wheel file name")
 
     def get_wheel(self, filename: str, sha256: str | None) -> Path | None:
