@@ -44,7 +44,7 @@ from typing import IO, Any, BinaryIO
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, Artifact
@@ -143,7 +143,10 @@ def applies(req: Requirement, line: str, targets: list[dict[str, str]]) -> bool:
     """Whether ``req`` holds on every target; BuildError, naming the marker, if only on some."""
     if req.marker is None:
         return True
-    results = {req.marker.evaluate(env) for env in targets}
+    try:
+        results = {req.marker.evaluate(env) for env in targets}
+    except InvalidVersion:  # packaging < 24 raises where later ones compare as strings: cannot tell, so refuse
+        results = {True, False}
     if len(results) > 1:
         raise BuildError(f"Requires-Dist {line!r}: the marker '{req.marker}' holds on some of the channel's "
                          f"platforms and Pythons ({', '.join(TARGET_MACHINES)}; Python "
