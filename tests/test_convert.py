@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from email.parser import HeaderParser
 from pathlib import Path
 
@@ -134,7 +135,9 @@ print(json.dumps(out))
 def interpreter(version: str) -> str | None:
     """A working ``pythonX.Y``: on PATH, or one that pyenv installed (its shims may refuse to run it)."""
     found = [shutil.which(f"python{version}")]
-    found += sorted(str(p) for p in (Path.home() / ".pyenv" / "versions").glob(f"{version}.*/bin/python{version}"))
+    # the tests' HOME is a temporary one: pyenv's versions are found beside the interpreter running the tests too
+    roots = {Path.home() / ".pyenv" / "versions", Path(os.path.realpath(sys.base_prefix)).parent}
+    found += sorted(str(p) for root in roots for p in root.glob(f"{version}.*/bin/python{version}"))
     for exe in filter(None, found):
         if subprocess.run([exe, "-c", "pass"], capture_output=True, timeout=30).returncode == 0:
             return exe
