@@ -26,7 +26,8 @@ from repack.fetch.index import PYPI
 from repack.fetch.payload import FetchReport, fetch_payload
 from repack.fetch.sources import NVIDIA_ARTIFACTORY, Source
 from repack.fetch.sourcespec import SourceSpec
-from repack.fetch.transport import Transport, check_url, redact
+from repack.fetch.transport import Transport
+from repack.fetch.urlpolicy import check_url, redact
 from repack.fetch.verify import Payload
 from repack.rules.plan import Plan, shipped_plan
 from repack.rules.resolve import CodeReader, PlanCheck

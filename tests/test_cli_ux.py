@@ -18,6 +18,7 @@ import pytest
 
 from repack.cli.common import EXIT_CODES, progress_line
 from tests.conftest import cli
+from tests.support import synthetic
 from tests.support.tinywheel import make_wheel
 from tests.test_upload import Misbehaving
 
@@ -330,6 +331,20 @@ def test_plan_is_cached_then_answered_with_no_request(file_server, python_wheel,
     assert json.loads(warm.stdout)["transfer"] == {"requests": 0, "bytes": 0}
     assert "plan: from the cache entry" in warm.stderr
     assert json.loads(offline.stdout)["plan"] == cold["plan"]
+
+
+def test_a_warm_plan_loads_no_http_client(file_server, python_wheel, tmp_path):
+    """The cache answers before any network code is imported (what keeps a warm plan near 0.1 s)."""
+    file_server.serve_project("flashinfer-python", [python_wheel(synthetic.VERSION)])
+    args = ("plan", synthetic.VERSION, "--index-url", file_server.index_url, "--cache-dir", str(tmp_path), "--json")
+    assert cli(*args).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PIP_INDEX_URL"))}
+    warm = subprocess.run([sys.executable, "-X", "importtime", "-m", "repack", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert warm.returncode == 0, warm.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in warm.stderr.splitlines() if line.startswith("import time:")}
+    assert "repack.rules.plancache" in loaded
+    assert not loaded & {"requests", "urllib3", "repack.fetch.transport", "repack.pipeline"}, sorted(loaded)
 
 
 # -- publish: RECORD read only for what will be sent, with progress ------------------------------

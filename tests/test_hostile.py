@@ -25,7 +25,8 @@ from repack.fetch.archive import read_members
 from repack.fetch.cache import Cache
 from repack.fetch.download import DOWNLOADED, PRESENT, fetch_verified
 from repack.fetch.index import IndexFile, find_wheel, parse_html_page, parse_json_page, wheel_filename
-from repack.fetch.transport import Transport, scrub, secret_forms
+from repack.fetch.transport import Transport
+from repack.fetch.urlpolicy import scrub, secret_forms
 from repack.fs import UnsafePathError
 from tests.support.hostile import HostileServer, self_signed_cert
 from tests.support.tinywheel import make_wheel

@@ -153,7 +153,7 @@ def retry_count(text: str) -> int:
 
 def index_url(args: argparse.Namespace) -> str:
     """--index-url, else what ``pip install`` would use (logged once, with where it came from)."""
-    from repack.fetch.transport import check_url
+    from repack.fetch.urlpolicy import check_url
 
     if getattr(args, "index_url", None):
         return check_url(args.index_url, "index_url")
@@ -177,7 +177,7 @@ def index_settings(args: argparse.Namespace, site_prefix: str | None = None) -> 
 
 
 def _log_index(settings: IndexSettings) -> None:
-    from repack.fetch.transport import redact
+    from repack.fetch.urlpolicy import redact
 
     log.info("index %s, from %s", redact(settings.index_url), settings.index_origin)
     if settings.extra_index_urls:

@@ -208,7 +208,7 @@ def _not_the_tools_env(diagnosis: Diagnosis) -> Diagnosis:
 def advice_for(args: argparse.Namespace, env: Environment) -> Advice:
     """Where the fixes' packages come from: pip's index for that environment, or conda for a conda env."""
     from repack.environment.doctor import Advice
-    from repack.fetch.transport import redact
+    from repack.fetch.urlpolicy import redact
     from repack.pipconfig import PYPI
 
     prefix = _prefix_of(env)

@@ -59,7 +59,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         cached = _from_cache(args, version)  # a plan read before answers with no request, offline too
     if cached is None:
         from repack.fetch.cache import Cache
-        from repack.fetch.transport import redact
+        from repack.fetch.urlpolicy import redact
         from repack.rules import resolve
     if cached is not None:
         plan, origin = cached

@@ -11,11 +11,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repack.cli.common import UsageError, cache_dir, index_url, source_date_epoch
-from repack.fetch.sourcespec import parse_source_spec
-from repack.pipeline import FORMATS, SourceSettings
+
+if TYPE_CHECKING:  # why: the parser registers every command at start-up; the pipeline loads when one runs
+    from repack.pipeline import SourceSettings
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
 
 def source_settings(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> SourceSettings:
     """The --from specs (default auto), --index-url (else pip's, asked only when needed) and the cache."""
+    from repack.fetch.sourcespec import parse_source_spec
+    from repack.pipeline import SourceSettings
+
     specs = tuple(parse_source_spec(text) for text in (getattr(args, "sources", None) or ["auto"]))
     return SourceSettings(sources=specs, index_url=getattr(args, "index_url", None) or None,
                           pip_index_url=lambda: index_url(args),
@@ -53,6 +57,8 @@ def source_settings(args: argparse.Namespace, environ: Mapping[str, str] = os.en
 def parse_formats(text: str) -> tuple[str, ...]:
     """``wheel,conda`` -> ("wheel", "conda"): known formats, each once, in the order given."""
     formats = [f.strip() for f in text.split(",") if f.strip()]
+    from repack.pipeline import FORMATS
+
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise UsageError(f"unknown format {unknown[0] if unknown else text!r}",

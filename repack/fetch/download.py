@@ -18,7 +18,8 @@ from pathlib import Path
 from repack.errors import FetchError, IntegrityError
 from repack.fetch.digest import file_sha256
 from repack.fetch.index import IndexFile
-from repack.fetch.transport import WHEEL_LIMIT, Progress, RangesIgnored, Response, Transport, redact
+from repack.fetch.transport import WHEEL_LIMIT, Progress, RangesIgnored, Response, Transport
+from repack.fetch.urlpolicy import redact
 from repack.fs import locked
 
 log = logging.getLogger(__name__)

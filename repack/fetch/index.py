@@ -24,7 +24,8 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from repack.errors import SourceError, UnknownVersionError
-from repack.fetch.transport import PAGE_LIMIT, HTTPStatusError, check_link, redact
+from repack.fetch.transport import PAGE_LIMIT, HTTPStatusError
+from repack.fetch.urlpolicy import check_link, redact
 from repack.fs import is_safe_relpath
 
 if TYPE_CHECKING:

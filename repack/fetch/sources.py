@@ -23,7 +23,8 @@ from repack.errors import FetchError, SourceError
 from repack.fetch.archive import LocalBytes, read_members
 from repack.fetch.cache import Cache
 from repack.fetch.index import IndexFile, find_wheel, project_files
-from repack.fetch.transport import FILE_LIMIT, RangesIgnored, Transport, parse_content_range, redact
+from repack.fetch.transport import FILE_LIMIT, RangesIgnored, Transport, parse_content_range
+from repack.fetch.urlpolicy import redact
 from repack.fs import (
     NotRegularFileError,
     UnsafePathError,

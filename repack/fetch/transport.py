@@ -12,8 +12,8 @@ The only module that imports ``requests``.  It decides, for every caller (fetch,
   https -> http one refused; ``file://`` read only when it names a regular file;
 * **credentials**: sent only to the host they were given for (userinfo in a URL, ``~/.netrc``,
   :meth:`Transport.add_credentials`), and only over https or to a loopback address;
-* **redaction**: :func:`redact` (a URL) and :func:`scrub` (any text) are the one place secrets are
-  removed from what a message may show.
+* **redaction**: through :mod:`repack.fetch.urlpolicy` (:func:`redact` for a URL, :func:`scrub` for any
+  text), which also holds the scheme, redirect and credential rules as pure functions.
 
 Proxies (``HTTPS_PROXY``, ``NO_PROXY``) are honoured through ``requests``' own environment handling,
 the way pip users expect.  Every failure becomes a :class:`FetchError`.
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
-import json
 import logging
 import os
 import socket
@@ -32,13 +30,20 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from repack import __version__
-from repack.errors import FetchError, InputError, IntegrityError
+from repack.errors import FetchError, IntegrityError
+from repack.fetch.urlpolicy import (
+    check_credentials_allowed,
+    check_redirect,
+    check_scheme,
+    may_carry_credentials,
+    redact,
+)
 from repack.fs import NotRegularFileError, open_regular
 
 log = logging.getLogger(__name__)
@@ -135,7 +140,7 @@ class Transport:
 
     def add_credentials(self, url: str, username: str, password: str) -> None:
         """Send ``username:password`` to ``url``'s host (and only there, only over https or loopback)."""
-        _check_credentials_allowed(url)
+        check_credentials_allowed(url)
         self._credentials[_host_key(url)] = (username, password)
 
     def get(self, url: str, headers: Mapping[str, str] | None = None, *, limit: int = PAGE_LIMIT) -> Response:
@@ -174,7 +179,7 @@ class Transport:
         raises :class:`ConnectionFailed`.
         """
         url = self._take_userinfo(url)
-        _check_scheme(url)
+        check_scheme(url)
         try:
             resp = self._request(method, url, dict(headers or {}), data=data)
         except _CONNECTION_ERRORS() as exc:
@@ -212,14 +217,14 @@ class Transport:
     def _get_following(self, url: str, headers: dict[str, str]) -> Any:
         """GET, following redirects by hand so that each hop is checked against the policy."""
         for _ in range(MAX_REDIRECTS + 1):
-            _check_scheme(url)
+            check_scheme(url)
             resp = self._request("GET", url, headers)
             location = resp.headers.get("Location")
             if resp.status_code not in REDIRECT_STATUSES or not location:
                 return resp
             resp.close()
             target = urllib.parse.urljoin(url, location)
-            _check_redirect(url, target)
+            check_redirect(url, target)
             url = target
         raise FetchError(f"cannot fetch {redact(url)}: the server redirects in a loop "
                          f"(more than {MAX_REDIRECTS} redirects)",
@@ -385,7 +390,7 @@ class _HostAuth:
         found = self.transport._credentials.get(_host_key(url))
         if found is None and self.transport.trust_env:
             found = _netrc_for(url)
-        if found is not None and _may_carry_credentials(url):
+        if found is not None and may_carry_credentials(url):
             token = base64.b64encode(f"{found[0]}:{found[1]}".encode()).decode()
             request.headers["Authorization"] = f"Basic {token}"
         return request
@@ -405,72 +410,6 @@ def _host_key(url: str) -> str:
     except ValueError:
         port = 0
     return f"{(parts.hostname or '').lower()}:{port}"
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _may_carry_credentials(url: str) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    return parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname or ""))
-
-
-def _check_credentials_allowed(url: str) -> None:
-    if not _may_carry_credentials(url):
-        raise FetchError(f"refusing to send credentials to {redact(url)} over plain http",
-                         "use an https URL for a server that needs a password (plain http only on this machine)")
-
-
-def check_url(url: str, setting: str | None = None) -> str:
-    """``url``, if the caller may give it: http(s) with a host and a valid port, or file:.
-
-    A malformed URL the caller gave is the caller's mistake (InputError), whichever command it was
-    given to; the same URL met later (a link on an index page, a redirect) is the server's (FetchError).
-    """
-    parts = urllib.parse.urlsplit(url)
-    shown = redact(url)
-    if parts.scheme == "file":
-        return url
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"{shown} is not an http(s) URL", "give an http(s):// URL, or a path on this machine",
-                         value=shown, expected="an http(s) URL", setting=setting)
-    try:
-        parts.port  # noqa: B018  # urllib checks the port only when it is asked for
-    except ValueError as exc:
-        raise InputError(f"{shown} is not a valid URL: {exc}", "check the host and port",
-                         value=shown, expected="a port from 0 to 65535", setting=setting) from None
-    return url
-
-
-def _check_scheme(url: str) -> None:
-    scheme = urllib.parse.urlsplit(url).scheme
-    if scheme not in ("http", "https"):
-        raise FetchError(f"cannot request {redact(url)}: the scheme {scheme or 'none'!r} is not http(s)",
-                         "give an http(s):// URL, or a path on this machine")
-
-
-def _check_redirect(origin: str, target: str) -> None:
-    """A redirect may not leave http(s), nor go from https down to plain http."""
-    old, new = urllib.parse.urlsplit(origin).scheme, urllib.parse.urlsplit(target).scheme
-    if new not in ("http", "https") or (old == "https" and new == "http"):
-        raise FetchError(f"refusing the redirect from {redact(origin)} to {redact(target)}",
-                         "a server may not send a secure request on over plain http or to another scheme; "
-                         "use the final URL if you trust it")
-
-
-def check_link(page_url: str, link: str) -> None:
-    """A page from a remote index may link only to http(s); a page on this machine may also link to files."""
-    page, target = urllib.parse.urlsplit(page_url).scheme, urllib.parse.urlsplit(link).scheme
-    allowed = ("http", "https", "file") if page == "file" else ("http", "https")
-    if target not in allowed:
-        raise FetchError(f"{redact(page_url)} links to {redact(link)}, a {target or 'schemeless'} URL",
-                         "a remote index may link only to http(s) files; the index is damaged or hostile")
 
 
 # -- watchdog and small readers ------------------------------------------------------------------
@@ -654,41 +593,6 @@ def _hint_for(exc: BaseException | None) -> str:
 
 
 # -- redaction: the one place secrets leave text -------------------------------------------------
-
-def redact(url: str) -> str:
-    """Drop userinfo so that credentials never reach a message or a log (even from a malformed URL)."""
-    parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
-def secret_forms(username: str, password: str) -> list[str]:
-    """Every form in which a password could travel back inside a server's text."""
-    token = f"{username}:{password}"
-    forms = {password, urllib.parse.quote(password, safe=""), urllib.parse.quote(password),
-             urllib.parse.quote_plus(password), json.dumps(password)[1:-1],
-             json.dumps(password, ensure_ascii=False)[1:-1]}
-    for raw in (token, password):
-        encoded = base64.b64encode(raw.encode()).decode()
-        forms |= {encoded, encoded.rstrip("="), base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")}
-    return sorted((f for f in forms if f), key=len, reverse=True)
-
-
-#: Below this length a secret cannot be scrubbed without mangling ordinary words: such text is withheld.
-SHORT_SECRET = 4
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced by ``***``, or withheld whole when a secret is too short
-    to find reliably.  Call it before any truncation: a cut may otherwise fall inside a secret."""
-    forms = [s for s in secrets if s]
-    if any(len(s) < SHORT_SECRET for s in forms):
-        return "(message withheld: it may contain the password)" if text else text
-    for secret in sorted(forms, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
 
 def _file_path(url: str) -> str:
     return urllib.request.url2pathname(urllib.parse.urlsplit(url).path)

@@ -31,7 +31,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 
 from repack.errors import FetchError, InputError
 from repack.fetch.index import IndexFile
-from repack.fetch.transport import redact
+from repack.fetch.urlpolicy import redact
 
 log = logging.getLogger(__name__)
 

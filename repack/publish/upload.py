@@ -33,10 +33,8 @@ from repack.fetch.transport import (
     ConnectionFailed,
     Response,
     Transport,
-    redact,
-    scrub,
-    secret_forms,
 )
+from repack.fetch.urlpolicy import redact, scrub, secret_forms
 from repack.publish.distfile import DistFile
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ def entry_path(root: Path | None, index_url: str, version: str) -> Path | None:
 
 
 def store(root: Path | None, index_url: str, wheel: str, plan: Plan) -> None:
-    from repack.fetch.transport import redact
+    from repack.fetch.urlpolicy import redact
     from repack.fs import atomic_write
 
     entry = entry_path(root, index_url, plan.version)
