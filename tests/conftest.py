@@ -69,6 +69,8 @@ def pytest_configure(config):
     """Point HOME, XDG_* and FLASHINFER_WORKSPACE_BASE into a temporary home before anything runs
     (a session fixture would be too late for modules that read them at import)."""
     if not hasattr(config, "workerinput"):
+        # why: xdist's workers import envs under the temporary home; the store must stay the real one
+        os.environ["FLASHINFER_REPACK_TEST_STORE"] = str(envs.STORE)
         _ISOLATION.append(Isolation(store=envs.STORE).start())
     envs.REAL_ALLOWED = False  # collection must not download either
 
@@ -213,7 +215,8 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: f
     No FlashInfer variable and no index setting of the caller leaks in; the default index is the
     session's synthetic index (``env={"PIP_INDEX_URL": ...}`` or ``--index-url`` choose another).
     """
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PIP_INDEX_URL"))}
+    run_env = {k: v for k, v in os.environ.items()  # COLUMNS/LINES: xdist's workers set them
+               if not k.startswith(("FLASHINFER_", "PIP_INDEX_URL")) and k not in ("COLUMNS", "LINES")}
     if DEFAULT_INDEX:
         run_env["PIP_INDEX_URL"] = DEFAULT_INDEX[-1]
     for key, value in (env or {}).items():  # None removes a variable

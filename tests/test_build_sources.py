@@ -286,6 +286,39 @@ def test_tampered_wheel_streamed_whole_fails_the_index_hash(run_cli, tmp_path, f
     assert "does not match the index's" in error
 
 
+@pytest.mark.parametrize("fault", ["tamper-header", "tamper-checksums", "unsafe-symlink"])
+def test_a_source_that_fails_verification_gives_way_to_the_next(run_cli, tmp_path, file_server, artifactory_tree,
+                                                                 reference_payload, fault):
+    """Bad bytes (or an unsafe file) from one source are that source's failure: it is named, with a warning,
+    and the next source is tried; what ships is still only bytes verified against the pin."""
+    bad = tmp_path / "bad-tree"
+    shutil.copytree(artifactory_tree(VERSION), bad)
+    if fault == "tamper-header":
+        (bad / ENUMS).write_bytes(b"tampered")
+    elif fault == "tamper-checksums":
+        (bad / PLAN.checksums_path).write_bytes(b"0" * 64 + b"  x\n")
+    else:
+        target = bad / ENUMS
+        target.unlink()
+        target.symlink_to("/etc/hostname")
+    good = file_server.serve_tree("artifactory", artifactory_tree(VERSION))
+    out = tmp_path / "out"
+    result = run_cli("build", VERSION, "-o", str(out), "--no-cache", "--from", str(bad), "--from", good, "--json")
+    report = succeeded(result)
+    assert payload_of(report["artifacts"][0]["path"]) == reference_payload
+    assert str(bad) in result.stderr and "trying the next source" in result.stderr
+
+
+def test_a_single_source_that_fails_verification_still_fails_the_build(run_cli, tmp_path, artifactory_tree):
+    bad = tmp_path / "bad-tree"
+    shutil.copytree(artifactory_tree(VERSION), bad)
+    (bad / PLAN.checksums_path).write_bytes(b"0" * 64 + b"  x\n")
+    out = tmp_path / "out"
+    result = run_cli("build", VERSION, "-o", str(out), "--no-cache", "--from", str(bad), "--json")
+    assert result.returncode == 1 and json.loads(result.stdout)["kind"] == "IntegrityError"
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 # -- versions, unreachable hosts, malformed archives ------------------------------------------
 
 @pytest.fixture

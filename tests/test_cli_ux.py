@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def spawn(*args: str, columns: int, env: dict | None = None, cwd: Path | None = None) -> pexpect.spawn:
-    run_env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASHINFER_", "PIP_INDEX_URL"))}
+    # COLUMNS/LINES (set by pytest-xdist's workers) would win over the terminal's size that the test sets
+    run_env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("FLASHINFER_", "PIP_INDEX_URL")) and k not in ("COLUMNS", "LINES")}
     run_env.update(env or {})
     return pexpect.spawn(sys.executable, ["-m", "repack", *args], env=run_env, cwd=str(cwd or REPO),
                          dimensions=(24, columns), encoding="utf-8", timeout=120)

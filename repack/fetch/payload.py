@@ -23,6 +23,7 @@ from repack.fetch.verify import (
     runtime_hash,
     verified_payload,
 )
+from repack.fs import NotRegularFileError, UnsafePathError
 from repack.rules.plan import ARTIFACT_EXTRAS, Plan, require_needed
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,19 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
                          "in artifactory layout, an index or artifactory URL), or let the network be used once "
                          "to fill the cache")
     last: Exception | None = None
-    for source in sources:
+    for position, source in enumerate(sources, 1):
         try:
             payload, checksums = _from_source(plan, source, extras)
         except (FetchError, SourceError, UnknownVersionError) as exc:  # this source lacks it: try the next
             log.info("%s: %s", source.label, exc)
+            report.tried.append((source.label, str(exc)))
+            last = exc
+            continue
+        except (IntegrityError, UnsafePathError, NotRegularFileError) as exc:
+            # why: bytes that fail verification are that source's failure, never shipped; the next source's
+            # bytes are verified the same way, so trying it cannot weaken the check. Said aloud: it may be an attack
+            if position < len(sources):  # the last one's failure is the error itself: said once, not twice
+                log.warning("%s served what fails verification; trying the next source: %s", source.label, exc)
             report.tried.append((source.label, str(exc)))
             last = exc
             continue
@@ -72,6 +81,8 @@ def fetch_payload(plan: Plan, sources: Sequence[Source], cache: Cache, *, with_e
         if payload.provenance is not None:  # always, from a source (_from_source sets it)
             cache.put_provenance(plan.checksums_sha256, payload.provenance.to_bytes())
         return payload
+    if len(report.tried) == 1 and isinstance(last, (IntegrityError, UnsafePathError, NotRegularFileError)):
+        raise last  # one source, and it served bad bytes: that is the error, with its class and problems
     if len(report.tried) == 1:
         _label, message = report.tried[0]
         # the failing layer's hint is the specific one (403: credentials; 404: the URL)

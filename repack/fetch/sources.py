@@ -27,7 +27,6 @@ from repack.fetch.transport import FILE_LIMIT, RangesIgnored, Transport, parse_c
 from repack.fetch.urlpolicy import redact
 from repack.fs import (
     NotRegularFileError,
-    UnsafePathError,
     check_filename,
     is_safe_relpath,
     read_regular,
@@ -178,10 +177,9 @@ def read_remote_wheel(transport: Transport, cache: Cache, found: IndexFile,
 
 
 def _cache_destination(cache: Cache, filename: str) -> Path | None:
-    try:
-        return cache.wheel_path(filename)
-    except UnsafePathError as exc:
-        raise SourceError(str(exc), exc.hint) from exc
+    # an unsafe name from the index (UnsafePathError) is a hostile answer, not a missing file: it propagates,
+    # and the payload's loop names it with a warning before it tries the next source
+    return cache.wheel_path(filename)
 
 
 def _download(transport: Transport, found: IndexFile, dest: Path) -> str:
@@ -220,18 +218,14 @@ class ArtifactoryDir:
             raise SourceError(f"{self.root} is not a directory", "give an artifactory-layout directory")
         out = {}
         for p in _checked(paths):
-            try:
-                path = safe_join(self.root, p.replace("//", "/"), "artifact path")
-            except UnsafePathError as exc:
-                raise SourceError(str(exc), exc.hint) from exc
+            # a link that leads out (UnsafePathError) or a file that is no regular file (NotRegularFileError)
+            # is what the directory serves, not what it lacks: both propagate to the payload's warning
+            path = safe_join(self.root, p.replace("//", "/"), "artifact path")
             if not os.path.lexists(path):
                 raise SourceError(f"{self.root} lacks {p}",
                                   "is this an artifactory-layout directory "
                                   "(e.g. site-packages/flashinfer_cubin/cubins)?")
-            try:
-                out[p] = read_regular(path, FILE_LIMIT)
-            except NotRegularFileError as exc:
-                raise SourceError(str(exc), "an artifactory-layout directory holds regular files only") from exc
+            out[p] = read_regular(path, FILE_LIMIT)
         return out
 
 
