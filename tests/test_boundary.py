@@ -194,6 +194,11 @@ def _mistakes(tmp: Path) -> dict[str, list[list[str]]]:
             ["install", "0.6.6", "--index-url", "ftp://127.0.0.1/", "--target", str(tmp / "t")],
             ["bundle", "0.6.6", "--index-url", "ftp://127.0.0.1/", "-o", str(tmp / "b")],
         ],
+        "credentials over plain http to another machine": [
+            ["publish", "--index", "http://alice:s3cret@192.0.2.1/", str(wheel)],
+            ["build", "0.6.6", "--index-url", "http://alice:s3cret@192.0.2.1/simple/", "--timeout", "3", *out],
+            ["build", "0.6.6", "--from", "index+http://alice:s3cret@192.0.2.1/simple/", "--timeout", "3", *out],
+        ],
         "a port out of range": [
             ["publish", "--index", "http://127.0.0.1:99999/", str(wheel)],
             ["build", "0.6.6", "--index-url", "http://127.0.0.1:99999/", *out],
@@ -203,12 +208,14 @@ def _mistakes(tmp: Path) -> dict[str, list[list[str]]]:
 
 
 @pytest.mark.parametrize("mistake", ["not a package of the kind published", "no such file",
-                                     "a URL that is not http(s)", "a port out of range"])
+                                     "a URL that is not http(s)", "a port out of range",
+                                     "credentials over plain http to another machine"])
 def test_the_same_mistake_gives_the_same_exit_code_everywhere(mistake, tmp_path):
     results = {" ".join(a[:2]): cli(*a, "--json") for a in _mistakes(tmp_path)[mistake]}
     codes = {what: r.returncode for what, r in results.items()}
     assert set(codes.values()) == {EXIT_USAGE}, {w: (c, results[w].stderr) for w, c in codes.items()}
-    assert all("Traceback" not in r.stderr and "hint:" in r.stderr for r in results.values())
+    assert all("Traceback" not in r.stderr and "hint:" in r.stderr and "s3cret" not in r.stderr + r.stdout
+               for r in results.values())
     for result in results.values():  # --json says the same, with the error's structured fields
         data = json.loads(result.stdout)
         assert (data["ok"], data["exit_code"]) == (False, EXIT_USAGE) and isinstance(data["fields"], dict)

@@ -19,7 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from repack.errors import BuildError, FetchError, IntegrityError, PublishError, SourceError, UnknownVersionError
+from repack.errors import (
+    BuildError,
+    FetchError,
+    InputError,
+    IntegrityError,
+    PublishError,
+    SourceError,
+    UnknownVersionError,
+)
 from repack.fetch import transport as transport_module
 from repack.fetch.archive import read_members
 from repack.fetch.cache import Cache
@@ -362,7 +370,7 @@ def test_credentials_go_only_to_the_host_they_were_given_for(hostile):
 
 
 def test_credentials_are_never_sent_over_plain_http_to_another_machine():
-    with pytest.raises(FetchError, match=r"refusing to send credentials to http://192\.0\.2\.1/simple/ over plain http"):
+    with pytest.raises(InputError, match=r"refusing to send credentials to http://192\.0\.2\.1/simple/ over plain http"):
         Transport(retries=0, timeout=1).get("http://bob:pw@192.0.2.1/simple/")
 
 

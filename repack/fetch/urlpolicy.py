@@ -33,9 +33,16 @@ def may_carry_credentials(url: str) -> bool:
 
 
 def check_credentials_allowed(url: str) -> None:
+    """A password may travel only over https, or over plain http to this machine.
+
+    The URL is the caller's (credentials are given with the URL they are for), so a refusal is the
+    caller's mistake: an InputError, the same exit code whichever command it was given to.
+    """
     if not may_carry_credentials(url):
-        raise FetchError(f"refusing to send credentials to {redact(url)} over plain http",
-                         "use an https URL for a server that needs a password (plain http only on this machine)")
+        shown = redact(url)
+        raise InputError(f"refusing to send credentials to {shown} over plain http",
+                         "use an https URL for a server that needs a password (plain http only on this machine)",
+                         value=shown, expected="an https URL, or plain http to this machine")
 
 
 def check_url(url: str, setting: str | None = None) -> str:
