@@ -170,6 +170,21 @@ def test_a_server_trickling_a_byte_every_half_second_cannot_hang_a_build(run_cli
     assert "too slow" in failed(result, tmp_path / "out")  # cli() bounds the run: a hang fails the test
 
 
+def test_a_server_trickling_its_headers_cannot_hang_a_build(run_cli, tmp_path, hostile):
+    """The same pace holds before the body: headers that arrive a byte per half second, forever."""
+    hostile.trickle_headers("simple/flashinfer-cubin/", interval=0.5)
+    result = index_build(run_cli, tmp_path, hostile, options=("--retries", "0", "--timeout", "2"))
+    assert "timed out" in failed(result, tmp_path / "out")  # cli() bounds the run: a hang fails the test
+
+
+def test_a_trickled_reply_to_an_upload_cannot_hang_publish(run_cli, tmp_path, hostile):
+    url = hostile.trickle_headers("legacy/", interval=0.5)
+    wheel = make_wheel(tmp_path / "w", "demo", "1.0")
+    result = run_cli("publish", str(wheel), "--index", url, "--timeout", "2", timeout=60,
+                     env={"TWINE_USERNAME": "u", "TWINE_PASSWORD": "p"})
+    assert result.returncode == 1 and "timed out" in result.stderr, result.stderr
+
+
 def test_a_server_that_ignores_ranges_and_streams_forever_is_cut_at_the_index_size(run_cli, tmp_path, hostile,
                                                                                    small):
     url = hostile.endless("files/w.whl")

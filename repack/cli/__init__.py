@@ -70,6 +70,8 @@ def setup_logging(verbosity: int) -> None:
                         stream=sys.stderr)
     if verbosity < 2:
         logging.getLogger("urllib3").setLevel(logging.WARNING)
+        # its header-parsing warning (with a traceback) precedes our own error for a cut reply
+        logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
 
 
 def _interrupted() -> int:

@@ -7,7 +7,9 @@ The only module that imports ``requests``.  It decides, for every caller (fetch,
   and a body that would pass it is cut off, never held or written beyond it;
 * **time**: ``timeout`` bounds the connection and each read, and a whole transfer must also keep
   pace: its first bytes within ``timeout``, then :data:`MIN_RATE` on average (a server that trickles
-  a byte every half second fails after ``timeout`` seconds, not never);
+  a byte every half second fails after ``timeout`` seconds, not never); the reply's headers are bounded
+  the same way (a status line, then a header byte every half second, fails, on every plain connection;
+  a connection through a proxy has the per-read bound only);
 * **schemes and redirects**: http(s) only on the wire, redirects followed by hand and an
   https -> http one refused; ``file://`` read only when it names a regular file;
 * **credentials**: sent only to the host they were given for (userinfo in a URL, ``~/.netrc``,
@@ -66,6 +68,9 @@ WHEEL_LIMIT = 1 << 30
 REPLY_LIMIT = 1 << 20
 #: Bytes per second a transfer must keep on average once its first ``timeout`` seconds are over.
 MIN_RATE = 16 << 10
+#: the reply's status line and headers: the first byte within ``timeout`` (the socket's read timeout),
+#: all of them within ``HEADER_FACTOR * timeout + HEADER_SLACK`` s (http.client reads up to 100 lines of 64 KiB)
+HEADER_FACTOR, HEADER_SLACK = 2, 4.0
 
 
 class RangesIgnored(Exception):
@@ -206,13 +211,20 @@ class Transport:
             self._session.trust_env = self.trust_env  # proxies; netrc is read by _HostAuth, not requests
             self._session.headers["User-Agent"] = f"flashinfer-repack/{__version__}"
             self._session.headers["Accept-Encoding"] = "identity"
+            adapter = _header_bounded_adapter()
+            self._session.mount("http://", adapter)
+            self._session.mount("https://", adapter)
         return self._session
 
     def _request(self, method: str, url: str, headers: dict[str, str], data: Any = None) -> Any:
         self.stats.requests += 1
-        return self._open().request(method, url, headers=headers, data=data, stream=True,
-                                    timeout=(self.timeout, self.timeout), allow_redirects=False,
-                                    auth=_HostAuth(self))
+        _HEADERS.seconds = HEADER_FACTOR * self.timeout + HEADER_SLACK
+        try:
+            return self._open().request(method, url, headers=headers, data=data, stream=True,
+                                        timeout=(self.timeout, self.timeout), allow_redirects=False,
+                                        auth=_HostAuth(self))
+        finally:
+            _HEADERS.seconds = None
 
     def _get_following(self, url: str, headers: dict[str, str]) -> Any:
         """GET, following redirects by hand so that each hop is checked against the policy."""
@@ -441,6 +453,58 @@ class _Watchdog:
                 except OSError:
                     pass
                 return
+
+
+#: per thread: how long the reply now awaited may take to send its headers (set around each request)
+_HEADERS = threading.local()
+
+
+def _bounded_headers(conn: Any, getresponse: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``getresponse()`` under a watchdog: headers that trickle in a byte at a time end in a timeout."""
+    seconds = getattr(_HEADERS, "seconds", None)
+    sock = getattr(conn, "sock", None)
+    if seconds is None or not isinstance(sock, socket.socket):
+        return getresponse(*args, **kwargs)
+    pace = _Pace(seconds)
+    with _Watchdog(pace, sock):
+        try:
+            response = getresponse(*args, **kwargs)
+        except Exception:
+            response = None
+            if not pace.expired:
+                raise
+    if pace.expired:  # a cut may also parse as short headers: never a reply. urllib3 makes this a ReadTimeout
+        if response is not None:
+            response.close()
+        raise TimeoutError(f"the reply's headers did not arrive within {seconds:.0f} s (timed out)")
+    return response
+
+
+def _header_bounded_adapter() -> Any:
+    """requests' adapter, whose connections read each reply's headers under :func:`_bounded_headers`."""
+    import requests.adapters
+    from urllib3 import connection, connectionpool
+
+    class _Http(connection.HTTPConnection):
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            return _bounded_headers(self, super().getresponse, *args, **kwargs)
+
+    class _Https(connection.HTTPSConnection):
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            return _bounded_headers(self, super().getresponse, *args, **kwargs)
+
+    class _HttpPool(connectionpool.HTTPConnectionPool):
+        ConnectionCls = _Http
+
+    class _HttpsPool(connectionpool.HTTPSConnectionPool):
+        ConnectionCls = _Https
+
+    class _Adapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": _HttpPool, "https": _HttpsPool}
+
+    return _Adapter()
 
 
 def _socket_of(resp: Any) -> socket.socket | None:

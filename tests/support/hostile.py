@@ -7,6 +7,7 @@ credentials went.  Endless and trickling answers stop when the client hangs up o
 * :meth:`HostileServer.page`      a PEP 691 JSON or PEP 503 HTML page with any entries (names, links, hashes)
 * :meth:`HostileServer.file`      bytes, with or without Range support and Content-Length
 * :meth:`HostileServer.trickle`   a body announced whole, then sent one byte every ``interval`` seconds
+* :meth:`HostileServer.trickle_headers` a status line, then header bytes one every ``interval`` seconds, forever
 * :meth:`HostileServer.endless`   200 to everything (Range ignored), zeros forever, no length
 * :meth:`HostileServer.redirect`  a 30x to any URL (another scheme, plain http)
 * :meth:`HostileServer.answer`    any status, content type, reason phrase and body (for uploads)
@@ -99,6 +100,10 @@ class HostileServer:
         self.routes["/" + path] = lambda h: h.send_trickle(size, interval)
         return self.url + path
 
+    def trickle_headers(self, path: str, interval: float = 0.5) -> str:
+        self.routes["/" + path] = lambda h: h.send_trickled_headers(interval)
+        return self.url + path
+
     def endless(self, path: str) -> str:
         self.routes["/" + path] = lambda h: h.send_endless()
         return self.url + path
@@ -185,6 +190,14 @@ class _Handler(BaseHTTPRequestHandler):
         for _ in range(size):
             if self.owner.stopping.wait(interval) or not self._write(b" "):
                 return
+
+    def send_trickled_headers(self, interval: float) -> None:
+        """Headers that never end: each byte in time for a per-read timeout, the whole never."""
+        self.close_connection = True
+        if not self._write(b"HTTP/1.1 200 OK\r\n"):
+            return
+        while not self.owner.stopping.wait(interval) and self._write(b"X"):
+            pass
 
     def send_endless(self) -> None:
         self.send_response(200)
