@@ -49,11 +49,37 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.real)
 
 
-@pytest.hookimpl(tryfirst=True)
+#: module- and session-scoped fixtures whose kept value was made from a real wheel (by a real test)
+_MADE_FROM_REAL: set = set()
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
     """Only tests marked ``real`` may fetch a real wheel, so the fast tier can never need one.
-    (Set before any fixture of the test, module and session ones included, is made.)"""
-    envs.REAL_ALLOWED = item.get_closest_marker("real") is not None
+    (Set before any fixture of the test, module and session ones included, is made.)  A fixture
+    that a real test made from a real wheel is kept for its scope without being made again: a
+    fast test that uses it fails too, once its fixtures are set up."""
+    real = envs.REAL_ALLOWED = item.get_closest_marker("real") is not None
+    yield
+    # _fixtureinfo is pytest's own record of the fixtures the test uses, its dependencies' included
+    made = sorted(name for name, defs in item._fixtureinfo.name2fixturedefs.items() if defs[-1] in _MADE_FROM_REAL)
+    if made and not real:
+        raise envs.RealWheelInFastTier(f"fixture {', '.join(made)} was made from a real wheel (for a real test): "
+                                       "mark the test @pytest.mark.real, or use tests.support.synthetic's version")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    given = envs.REAL_GIVEN
+    try:
+        return (yield)
+    finally:
+        if envs.REAL_GIVEN != given and fixturedef.scope != "function":
+            _MADE_FROM_REAL.add(fixturedef)
+
+
+def pytest_fixture_post_finalizer(fixturedef, request):
+    _MADE_FROM_REAL.discard(fixturedef)  # made again, it passes the guard again
 
 
 def pytest_runtest_teardown(item, nextitem):

@@ -127,3 +127,53 @@ def test_what_a_real_test_made_stays_closed_to_the_fast_tier(monkeypatch):
     with pytest.raises(envs.RealWheelInFastTier, match=rf"flashinfer-cubin=={REAL} is a real wheel"):
         get(REAL)
     assert get(synthetic.VERSION) == Path(synthetic.VERSION) and made == [REAL, synthetic.VERSION]
+
+
+INNER_TESTS = '''
+import pytest
+from tests.support import envs
+
+
+@pytest.fixture(scope="module")
+def made_from_real():
+    envs.require_real("flashinfer-cubin==0.6.6")  # as a fixture that reads a real wheel does
+    return "made"
+
+
+@pytest.mark.real
+def test_a_real_test_makes_it(made_from_real):
+    assert made_from_real == "made"
+
+
+def test_a_fast_test_reuses_it(made_from_real):
+    assert made_from_real == "made"
+
+
+def test_a_fast_test_without_it():
+    pass
+'''
+
+
+def test_a_fixture_a_real_test_made_is_closed_to_a_later_fast_test(tmp_path):
+    """pytest keeps a module fixture's value: the fast test gets it without a call to any accessor, so
+    conftest remembers which fixtures were made from a real wheel.  Run in a pytest of its own, with
+    this suite's conftest."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    real: the real tier\n")
+    (tmp_path / "conftest.py").write_text("from tests.conftest import *  # noqa: F403 (its hooks and fixtures)\n")
+    (tmp_path / "test_inner.py").write_text(INNER_TESTS)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:randomly", "-p", "no:cacheprovider",
+                             "--rootdir", str(tmp_path), str(tmp_path / "test_inner.py")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "PASSED test_inner.py::test_a_real_test_makes_it" in result.stdout
+    assert "PASSED test_inner.py::test_a_fast_test_without_it" in result.stdout
+    assert "ERROR test_inner.py::test_a_fast_test_reuses_it - tests.support.envs.RealWhee" in result.stdout
+    assert ("RealWheelInFastTier: fixture made_from_real was made from a real wheel (for a real test)"
+            in result.stdout), result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("2 passed, 1 error in ")

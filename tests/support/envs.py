@@ -41,6 +41,8 @@ PYPI = "https://pypi.org/simple/"
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
 #: set per test by conftest: only tests marked ``real`` may fetch a real wheel
 REAL_ALLOWED = True
+#: how many times a real wheel was given out (conftest tells from it which fixtures were made from one)
+REAL_GIVEN = 0
 
 
 class RealWheelInFastTier(RuntimeError):
@@ -54,6 +56,8 @@ def require_real(what: str) -> None:
     if not REAL_ALLOWED:
         raise RealWheelInFastTier(f"{what} is a real wheel: mark the test "
                                   "@pytest.mark.real, or use tests.support.synthetic's version")
+    global REAL_GIVEN
+    REAL_GIVEN += 1
 
 
 def real_wheel(project: str, version: str) -> Path:
