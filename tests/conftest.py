@@ -74,7 +74,8 @@ def pytest_fixture_setup(fixturedef, request):
     try:
         return (yield)
     finally:
-        if envs.REAL_GIVEN != given and fixturedef.scope != "function":
+        real_wheels_in_it = envs.REAL_GIVEN - given
+        if real_wheels_in_it and fixturedef.scope != "function":  # a function fixture is made (and guarded) anew
             _MADE_FROM_REAL.add(fixturedef)
 
 
