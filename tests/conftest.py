@@ -49,11 +49,38 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.real)
 
 
-@pytest.hookimpl(tryfirst=True)
+#: module- and session-scoped fixtures whose kept value was made from a real wheel (by a real test)
+_MADE_FROM_REAL: set = set()
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
     """Only tests marked ``real`` may fetch a real wheel, so the fast tier can never need one.
-    (Set before any fixture of the test, module and session ones included, is made.)"""
-    envs.REAL_ALLOWED = item.get_closest_marker("real") is not None
+    (Set before any fixture of the test, module and session ones included, is made.)  A fixture
+    that a real test made from a real wheel is kept for its scope without being made again: a
+    fast test that uses it fails too, once its fixtures are set up."""
+    real = envs.REAL_ALLOWED = item.get_closest_marker("real") is not None
+    yield
+    # _fixtureinfo is pytest's own record of the fixtures the test uses, its dependencies' included
+    made = sorted(name for name, defs in item._fixtureinfo.name2fixturedefs.items() if defs[-1] in _MADE_FROM_REAL)
+    if made and not real:
+        raise envs.RealWheelInFastTier(f"fixture {', '.join(made)} was made from a real wheel (for a real test): "
+                                       "mark the test @pytest.mark.real, or use tests.support.synthetic's version")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    given = envs.REAL_GIVEN
+    try:
+        return (yield)
+    finally:
+        real_wheels_in_it = envs.REAL_GIVEN - given
+        if real_wheels_in_it and fixturedef.scope != "function":  # a function fixture is made (and guarded) anew
+            _MADE_FROM_REAL.add(fixturedef)
+
+
+def pytest_fixture_post_finalizer(fixturedef, request):
+    _MADE_FROM_REAL.discard(fixturedef)  # made again, it passes the guard again
 
 
 def pytest_runtest_teardown(item, nextitem):
@@ -102,10 +129,26 @@ def synthetic_wheels(tmp_path_factory) -> dict[tuple[str, str], Path]:
            {("flashinfer-cubin", synthetic.VERSION): synthetic.cubin_wheel(out)}
 
 
+def per_version(project: str, make):
+    """``make(version)`` once per version, kept for the session; a real version is refused to a fast-tier
+    test on EVERY call, before the memo is looked at (a real test may have made it earlier)."""
+    made: dict[str, Path] = {}
+
+    def get(version: str) -> Path:
+        if version not in SYNTHETIC:
+            envs.require_real(f"{project}=={version}")
+        if version not in made:
+            made[version] = make(version)
+        return made[version]
+
+    return get
+
+
 def _wheel(project: str, synthetic_wheels, real=real_wheel):
     def get(version: str) -> Path:
         if version in SYNTHETIC:
             return synthetic_wheels[(project, version)]
+        envs.require_real(f"{project}=={version}")
         return real(project, version)
     return get
 
@@ -196,17 +239,13 @@ def shared_tmp():
 def headers_wheel(tmp_path_factory, cubin_wheel):
     """``headers_wheel(version)``: our wheel, built by the CLI from the (synthetic or real) local
     flashinfer-cubin wheel."""
-    built: dict[str, Path] = {}
-
     def build(version: str) -> Path:
-        if version not in built:
-            out = tmp_path_factory.mktemp(f"headers-{version}")
-            result = cli("build", version, "-o", str(out), "--from", str(cubin_wheel(version)), "--no-cache", "--json")
-            assert result.returncode == 0, result.stderr
-            built[version] = Path(json.loads(result.stdout)["artifacts"][0]["path"])
-        return built[version]
+        out = tmp_path_factory.mktemp(f"headers-{version}")
+        result = cli("build", version, "-o", str(out), "--from", str(cubin_wheel(version)), "--no-cache", "--json")
+        assert result.returncode == 0, result.stderr
+        return Path(json.loads(result.stdout)["artifacts"][0]["path"])
 
-    return build
+    return per_version("flashinfer-cubin", build)
 
 
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -241,16 +280,11 @@ def artifactory_tree(tmp_path_factory, cubin_wheel):
     ``<artifact>/checksums.txt`` and the 17 headers, extracted from that version's flashinfer-cubin wheel."""
     from tests.support.servers import artifact_members, extract_tree
 
-    made: dict[str, Path] = {}
-
     def make(version: str) -> Path:
-        if version not in made:
-            paths = artifact_members(plan_of(version))
-            dest = tmp_path_factory.mktemp(f"artifactory-{version}")
-            made[version] = extract_tree(cubin_wheel(version), paths, dest)
-        return made[version]
+        paths = artifact_members(plan_of(version))
+        return extract_tree(cubin_wheel(version), paths, tmp_path_factory.mktemp(f"artifactory-{version}"))
 
-    return make
+    return per_version("flashinfer-cubin", make)
 
 
 @pytest.fixture(scope="session")
@@ -260,16 +294,12 @@ def small_cubin_wheel(tmp_path_factory, cubin_wheel):
     from repack.rules.plan import ARTIFACT_EXTRAS
     from tests.support.servers import CUBIN_ROOT, artifact_members, copy_members
 
-    made: dict[str, Path] = {}
-
     def make(version: str) -> Path:
-        if version not in made:
-            source = cubin_wheel(version)
-            names = [CUBIN_ROOT + p for p in artifact_members(plan_of(version), ARTIFACT_EXTRAS[1:])]
-            made[version] = copy_members(source, names, tmp_path_factory.mktemp(f"small-{version}") / source.name)
-        return made[version]
+        source = cubin_wheel(version)
+        names = [CUBIN_ROOT + p for p in artifact_members(plan_of(version), ARTIFACT_EXTRAS[1:])]
+        return copy_members(source, names, tmp_path_factory.mktemp(f"small-{version}") / source.name)
 
-    return make
+    return per_version("flashinfer-cubin", make)
 
 
 @pytest.fixture

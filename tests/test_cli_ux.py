@@ -25,6 +25,14 @@ from tests.test_upload import Misbehaving
 REPO = Path(__file__).resolve().parents[1]
 
 
+def synthetic_index_env() -> dict[str, str]:
+    """The session's synthetic index as PIP_INDEX_URL (where the synthetic flashinfer-python's code is read
+    from, as ``cli()`` gives it)."""
+    from tests.conftest import DEFAULT_INDEX
+
+    return {"PIP_INDEX_URL": DEFAULT_INDEX[-1]}
+
+
 def spawn(*args: str, columns: int, env: dict | None = None, cwd: Path | None = None) -> pexpect.spawn:
     # COLUMNS/LINES (set by pytest-xdist's workers) would win over the terminal's size that the test sets
     run_env = {k: v for k, v in os.environ.items()
@@ -59,10 +67,10 @@ def test_progress_line_without_total_shows_a_size():
 
 @pytest.mark.parametrize("columns", [80, 40])
 def test_build_progress_fits_the_terminal(columns, file_server, small_cubin_wheel, tmp_path):
-    file_server.serve_project("flashinfer-cubin", [small_cubin_wheel("0.6.6")])
+    file_server.serve_project("flashinfer-cubin", [small_cubin_wheel(synthetic.VERSION)])
     file_server.misbehave("/files/*", "slow", delay=0.3)  # long enough for the bar to be drawn
-    child = spawn("build", "0.6.6", "-o", str(tmp_path / "out"), "--from", "index+" + file_server.index_url,
-                  "--no-cache", columns=columns)
+    child = spawn("build", synthetic.VERSION, "-o", str(tmp_path / "out"), "--from", "index+" + file_server.index_url,
+                  "--no-cache", columns=columns, env=synthetic_index_env())
     child.expect(pexpect.EOF)
     child.close()
     raw = child.before
@@ -76,10 +84,10 @@ def test_build_progress_fits_the_terminal(columns, file_server, small_cubin_whee
 
 @pytest.mark.parametrize("columns", [80, 40])
 def test_interrupted_lands_on_a_line_of_its_own(columns, file_server, small_cubin_wheel, tmp_path):
-    file_server.serve_project("flashinfer-cubin", [small_cubin_wheel("0.6.6")])
+    file_server.serve_project("flashinfer-cubin", [small_cubin_wheel(synthetic.VERSION)])
     file_server.misbehave("/files/*", "slow", delay=30)
-    child = spawn("build", "0.6.6", "-o", str(tmp_path / "out"), "--from", "index+" + file_server.index_url,
-                  "--no-cache", columns=columns)
+    child = spawn("build", synthetic.VERSION, "-o", str(tmp_path / "out"), "--from", "index+" + file_server.index_url,
+                  "--no-cache", columns=columns, env=synthetic_index_env())
     deadline = 50
     while file_server.requests("/files/*") == 0 and deadline:  # wait until it is inside the stalled request
         deadline -= 1
@@ -96,14 +104,20 @@ def test_interrupted_lands_on_a_line_of_its_own(columns, file_server, small_cubi
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_verbose_before_or_after_the_command_logs_decisions(where, tmp_path, small_cubin_wheel):
-    args = ["build", "0.6.6", "--from", str(small_cubin_wheel("0.6.6")), "--cache-dir", str(tmp_path / "c"),
-            "-o", str(tmp_path / "out")]
-    args = ["-v", *args] if where == "before" else [*args, "-v"]
+    def verbose(*args: str) -> list[str]:
+        return ["-v", *args] if where == "before" else [*args, "-v"]
+
+    args = verbose("build", synthetic.VERSION, "--from", str(small_cubin_wheel(synthetic.VERSION)),
+                   "--cache-dir", str(tmp_path / "c"), "-o", str(tmp_path / "out"))
     first, again = cli(*args), cli(*args)
     assert first.returncode == again.returncode == 0, first.stderr
-    assert "flashinfer 0.6.6: plan shipped with flashinfer-repack, NOT checked" in first.stderr
     assert "source: not in the cache" in first.stderr and "gave verified headers" in first.stderr
     assert f"source: the cache {tmp_path / 'c'}" in again.stderr and "urllib3" not in again.stderr
+    # the plan decision of a shipped version comes before any source is opened, so no real wheel is needed
+    missing = tmp_path / "absent" / "flashinfer_cubin-0.6.6-py3-none-any.whl"
+    shipped = cli(*verbose("build", "0.6.6", "--offline", "--no-cache", "--from", str(missing), "-o", str(tmp_path / "x")))
+    assert shipped.returncode == 2 and f"source {missing}: no such file" in shipped.stderr, shipped.stderr
+    assert "flashinfer 0.6.6: plan shipped with flashinfer-repack, NOT checked" in shipped.stderr
 
 
 def test_build_verbose_says_where_the_index_came_from(tmp_path):
@@ -388,7 +402,7 @@ def test_streamed_wheel_is_kept_only_up_to_the_limit(limit_delta, kept, monkeypa
     from repack.fetch.index import IndexFile
     from repack.fetch.transport import Transport
 
-    wheel = small_cubin_wheel("0.6.6")
+    wheel = small_cubin_wheel(synthetic.VERSION)
     file_server.ranges = False
     url = file_server.serve_file(f"files/{wheel.name}", wheel)
     monkeypatch.setattr(sources, "KEEP_WHOLE_WHEEL_UP_TO", wheel.stat().st_size + limit_delta)
@@ -521,7 +535,7 @@ def test_a_resumed_download_says_so(file_server, small_cubin_wheel, tmp_path):
     from repack.fetch.index import IndexFile
     from repack.fetch.transport import Transport
 
-    wheel = small_cubin_wheel("0.6.6")
+    wheel = small_cubin_wheel(synthetic.VERSION)
     data = wheel.read_bytes()
     url = file_server.serve_file(f"files/{wheel.name}", wheel)
     dest = tmp_path / wheel.name

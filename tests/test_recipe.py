@@ -6,7 +6,8 @@ requests), packaging, requests, flashinfer-python and flashinfer-cubin.
 ``FLASHINFER_REPACK_FROM`` points the recipe's build script at the real
 flashinfer-cubin wheel on disk.  conda-build is not on PyPI, so meta.yaml is
 rendered with Jinja, compared with the rendered recipe.yaml, and its test
-commands are run as conda-build runs them (``set -ex``, PREFIX, SP_DIR) in a
+commands are run as conda-build runs them (``set -ex``, PREFIX, SP_DIR) on our package of the
+synthetic flashinfer (fast tier: same 18 paths) in a
 prefix that py-rattler installs with stand-ins carrying the real run
 requirements' files, flashinfer-cubin's ``__init__.py`` included: a test that
 looks at the environment instead of the package fails there.
@@ -28,6 +29,7 @@ from conda_package_streaming.package_streaming import stream_conda_component
 
 from repack.rules.plan import shipped_plan
 from tests.conftest import cli
+from tests.support import synthetic
 from tests.support.conda_env import EXPORT_DIR, python_standin, standin
 
 RECIPE_ROOT = Path(__file__).resolve().parents[1] / "recipe"
@@ -182,13 +184,13 @@ def run_meta_tests(prefix: Path, commands: list[str], workdir: Path):
     return subprocess.run(["bash", str(script)], cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
 
 
-def run_dependency_standins(out: Path) -> list[Path]:
+def run_dependency_standins(out: Path, version: str) -> list[Path]:
     """python (running this interpreter) and flashinfer-python/-cubin carrying their real packages' top files."""
-    files = {"flashinfer-python": {"site-packages/flashinfer/__init__.py": f'__version__ = "{VERSION}"\n'},
-             "flashinfer-cubin": {"site-packages/flashinfer_cubin/__init__.py": f'__version__ = "{VERSION}"\n',
+    files = {"flashinfer-python": {"site-packages/flashinfer/__init__.py": f'__version__ = "{version}"\n'},
+             "flashinfer-cubin": {"site-packages/flashinfer_cubin/__init__.py": f'__version__ = "{version}"\n',
                                   "site-packages/flashinfer_cubin/cubins/.placeholder": ""}}
     made = [python_standin(out, f"{PYTHON_VERSION}.9", executable=sys.executable)]
-    made += [standin(out, name, VERSION, files=f, noarch="python", depends=["python"]) for name, f in files.items()]
+    made += [standin(out, name, version, files=f, noarch="python", depends=["python"]) for name, f in files.items()]
     return made
 
 
@@ -204,9 +206,11 @@ def installed_prefix(tmp_path: Path, packages: list[Path], specs: list[str]) -> 
 
 @pytest.fixture(scope="module")
 def built_package(tmp_path_factory, cubin_wheel) -> Path:
+    """Our conda package of the synthetic flashinfer: the same 18 paths as any affected version's, which is
+    all meta.yaml's test commands look at (its version pin is the stand-ins' business)."""
     out = tmp_path_factory.mktemp("cli-build")
-    result = cli("build", VERSION, "--format", "conda", "-o", str(out), "--from", str(cubin_wheel(VERSION)),
-                 "--no-cache", "--json")
+    result = cli("build", synthetic.VERSION, "--format", "conda", "-o", str(out),
+                 "--from", str(cubin_wheel(synthetic.VERSION)), "--no-cache", "--json")
     assert result.returncode == 0, result.stderr
     return Path(json.loads(result.stdout)["artifacts"][0]["path"])
 
@@ -215,7 +219,7 @@ def built_package(tmp_path_factory, cubin_wheel) -> Path:
 def full_prefix(tmp_path_factory, built_package) -> Path:
     """Our package with its run requirements, as conda-build's test environment holds it."""
     tmp = tmp_path_factory.mktemp("meta-test-env")
-    standins = run_dependency_standins(tmp / "standins")
+    standins = run_dependency_standins(tmp / "standins", synthetic.VERSION)
     return installed_prefix(tmp, [*standins, built_package], ["flashinfer-cubin-headers", f"python {PYTHON_VERSION}.*"])
 
 

@@ -19,8 +19,11 @@ from conda_package_streaming.package_streaming import stream_conda_info
 
 from repack.build.sbom import SBOM_NAME
 from repack.fetch.digest import file_sha256
+from tests.support import synthetic
 
-VERSION = "0.6.6"
+VERSION = synthetic.VERSION  # the fast tier's flashinfer; its pin is synthetic.checksums_sha256()
+REAL = "0.6.6"
+REAL_PIN = "0af823880730c4f0b3832d2208fab035946694b83444410b9309db5613d60195"  # CheckSumHash.TRTLLM_GEN_BMM
 SBOM = f"flashinfer_cubin_headers-{VERSION}.dist-info/sboms/{SBOM_NAME}"
 
 
@@ -60,7 +63,7 @@ def test_the_sbom_validates_and_names_the_local_wheel(run_cli, small_cubin_wheel
     assert cubin["props"]["source-kind"] == "wheel" and cubin["props"]["wheel"] == source.name
     assert cubin["hashes"] == [{"alg": "SHA-256", "content": file_sha256(source)}]
     pins = component(doc, "flashinfer-python")
-    assert (pins["version"], pins["props"]["checksum-hash"]) == (VERSION, "0af823880730c4f0b3832d2208fab035946694b83444410b9309db5613d60195")
+    assert (pins["version"], pins["props"]["checksum-hash"]) == (VERSION, synthetic.checksums_sha256())
     files = {c["name"]: c["hashes"][0]["content"] for c in doc["components"] if c["type"] == "file"}
     assert len(files) == 18  # 17 headers and the marker
     with zipfile.ZipFile(wheel) as zf:
@@ -141,7 +144,7 @@ def test_doctor_shows_the_installed_packages_provenance(run_cli, small_cubin_whe
     provenance = json.loads(result.stdout)["provenance"]
     assert provenance == {"source_kind": "wheel", "source": str(source.parent.resolve()), "wheel": source.name,
                           "wheel_sha256": file_sha256(source),
-                          "checksums_sha256": "0af823880730c4f0b3832d2208fab035946694b83444410b9309db5613d60195",
+                          "checksums_sha256": synthetic.checksums_sha256(),
                           "files": 18}
     text = run_cli("doctor", "--python", sys.executable, env={"PYTHONPATH": str(target)})
     assert f"flashinfer-cubin-headers provenance: 18 files from wheel {source.parent.resolve()}, wheel {source.name}" \
@@ -170,18 +173,21 @@ def test_a_damaged_provenance_record_in_the_cache_costs_only_the_provenance(run_
     assert (cubin["props"]["source-kind"], "hashes" in cubin) == ("cache", False)
 
 
-def test_the_sbom_says_whether_the_pins_were_checked_against_the_code(run_cli, small_cubin_wheel, tmp_path):
-    """A build from a local wheel with no flashinfer-python code at hand uses the shipped plan unchecked: the
-    SBOM says so rather than claiming what was not done; a plan read from the code says that."""
-    from tests.support import synthetic
-
-    shipped = sbom_of(build(run_cli, tmp_path / "shipped", str(small_cubin_wheel(VERSION)), "--no-cache")["wheel"])
-    assert "NOT checked" in component(shipped, "flashinfer-python")["props"]["pins-from"]
-    result = run_cli("build", synthetic.VERSION, "-o", str(tmp_path / "derived"), "--json", "--no-cache",
-                     "--from", str(small_cubin_wheel(synthetic.VERSION)))
-    assert result.returncode == 0, result.stderr
-    wheel = Path(json.loads(result.stdout)["artifacts"][0]["path"])
-    with zipfile.ZipFile(wheel) as zf:
-        name = next(n for n in zf.namelist() if n.endswith("/sboms/" + SBOM_NAME))
-        derived = json.loads(zf.read(name))
+def test_the_sbom_says_the_pins_were_read_from_the_code(run_cli, small_cubin_wheel, tmp_path):
+    """A version with no shipped plan is built from a plan read from flashinfer-python's code: the SBOM says that."""
+    derived = sbom_of(build(run_cli, tmp_path / "derived", str(small_cubin_wheel(VERSION)), "--no-cache")["wheel"])
     assert component(derived, "flashinfer-python")["props"]["pins-from"].startswith("flashinfer-python's own code")
+
+
+@pytest.mark.real  # only a released version has a shipped plan, and only its real files match it
+def test_the_sbom_says_when_the_shipped_pins_were_not_checked(run_cli, small_cubin_wheel, tmp_path):
+    """A build from a local wheel with no flashinfer-python code at hand uses the shipped plan unchecked: the
+    SBOM says so rather than claiming what was not done."""
+    result = run_cli("build", REAL, "-o", str(tmp_path / "shipped"), "--json", "--no-cache",
+                     "--from", str(small_cubin_wheel(REAL)))
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(json.loads(result.stdout)["artifacts"][0]["path"]) as zf:
+        shipped = json.loads(zf.read(f"flashinfer_cubin_headers-{REAL}.dist-info/sboms/{SBOM_NAME}"))
+    pins = component(shipped, "flashinfer-python")
+    assert "NOT checked" in pins["props"]["pins-from"]
+    assert (pins["version"], pins["props"]["checksum-hash"]) == (REAL, REAL_PIN)

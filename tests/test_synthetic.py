@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,115 @@ def test_the_synthetic_wheels_have_the_shape_of_the_real_0_6_6(python_wheel, cub
     assert all(LINE.fullmatch(line) for line in real_lines + fake_lines)
     include = lambda lines: sorted(line.split()[1] for line in lines if line.split()[1].startswith("include/"))  # noqa: E731
     assert include(fake_lines) == include(real_lines)
+
+
+# -- the fast tier never reaches a real wheel, whether or not the store holds it ----------------------
+
+REAL = "0.6.6"
+
+
+@pytest.fixture
+def warm_store(tmp_path, monkeypatch):
+    """A store that holds a file of the right name for every real accessor (the bytes do not matter:
+    the guard must refuse before it looks)."""
+    from tests.support import envs
+
+    names = [f"wheels/flashinfer_cubin-{REAL}-py3-none-any.whl", f"wheels/flashinfer_python-{REAL}-py3-none-any.whl",
+             f"trimmed/flashinfer_cubin-{REAL}-py3-none-any.whl"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"not a wheel")
+    monkeypatch.setattr(envs, "STORE", tmp_path)
+    return tmp_path
+
+
+def test_a_warm_store_does_not_open_real_wheels_to_the_fast_tier(warm_store, monkeypatch):
+    from tests.support import envs
+
+    assert envs.REAL_ALLOWED is False  # this test has no ``real`` marker
+    with pytest.raises(envs.RealWheelInFastTier, match=rf"flashinfer-cubin=={REAL} is a real wheel"):
+        envs.trimmed_cubin_wheel(REAL)
+    with pytest.raises(envs.RealWheelInFastTier, match=rf"flashinfer-cubin=={REAL} is a real wheel"):
+        envs.real_wheel("flashinfer-cubin", REAL)
+    with pytest.raises(envs.RealWheelInFastTier, match=rf"flashinfer-python=={REAL} is a real wheel"):
+        envs.real_wheel("flashinfer-python", REAL)
+    monkeypatch.setattr(envs, "REAL_ALLOWED", True)  # the real tier still gets the store's files
+    assert envs.trimmed_cubin_wheel(REAL) == warm_store / "trimmed" / f"flashinfer_cubin-{REAL}-py3-none-any.whl"
+    assert envs.real_wheel("flashinfer-python", REAL) == warm_store / "wheels" / f"flashinfer_python-{REAL}-py3-none-any.whl"
+
+
+@pytest.mark.parametrize("fixture", ["cubin_wheel", "python_wheel", "small_cubin_wheel", "artifactory_tree",
+                                     "headers_wheel"])
+def test_the_wheel_fixtures_refuse_a_real_version_to_the_fast_tier(fixture, warm_store, request):
+    from tests.support.envs import RealWheelInFastTier
+
+    make = request.getfixturevalue(fixture)
+    with pytest.raises(RealWheelInFastTier, match=rf"=={REAL} is a real wheel"):
+        make(REAL)
+    assert make(synthetic.VERSION).exists()  # the synthetic version is what the fast tier uses
+
+
+def test_what_a_real_test_made_stays_closed_to_the_fast_tier(monkeypatch):
+    """The session fixtures keep what they made; a real test's real wheel must not reach a later fast test
+    through that memo."""
+    from tests.conftest import per_version
+    from tests.support import envs
+
+    made = []
+    get = per_version("flashinfer-cubin", lambda version: made.append(version) or Path(version))
+    monkeypatch.setattr(envs, "REAL_ALLOWED", True)
+    assert get(REAL) == Path(REAL)
+    monkeypatch.setattr(envs, "REAL_ALLOWED", False)
+    with pytest.raises(envs.RealWheelInFastTier, match=rf"flashinfer-cubin=={REAL} is a real wheel"):
+        get(REAL)
+    assert get(synthetic.VERSION) == Path(synthetic.VERSION) and made == [REAL, synthetic.VERSION]
+
+
+INNER_TESTS = '''
+import pytest
+from tests.support import envs
+
+
+@pytest.fixture(scope="module")
+def made_from_real():
+    envs.require_real("flashinfer-cubin==0.6.6")  # as a fixture that reads a real wheel does
+    return "made"
+
+
+@pytest.mark.real
+def test_a_real_test_makes_it(made_from_real):
+    assert made_from_real == "made"
+
+
+def test_a_fast_test_reuses_it(made_from_real):
+    assert made_from_real == "made"
+
+
+def test_a_fast_test_without_it():
+    pass
+'''
+
+
+def test_a_fixture_a_real_test_made_is_closed_to_a_later_fast_test(tmp_path):
+    """pytest keeps a module fixture's value: the fast test gets it without a call to any accessor, so
+    conftest remembers which fixtures were made from a real wheel.  Run in a pytest of its own, with
+    this suite's conftest."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    real: the real tier\n")
+    (tmp_path / "conftest.py").write_text("from tests.conftest import *  # noqa: F403 (its hooks and fixtures)\n")
+    (tmp_path / "test_inner.py").write_text(INNER_TESTS)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:randomly", "-p", "no:cacheprovider",
+                             "--rootdir", str(tmp_path), str(tmp_path / "test_inner.py")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "PASSED test_inner.py::test_a_real_test_makes_it" in result.stdout
+    assert "PASSED test_inner.py::test_a_fast_test_without_it" in result.stdout
+    assert "ERROR test_inner.py::test_a_fast_test_reuses_it - tests.support.envs.RealWhee" in result.stdout
+    assert ("RealWheelInFastTier: fixture made_from_real was made from a real wheel (for a real test)"
+            in result.stdout), result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("2 passed, 1 error in ")

@@ -41,17 +41,28 @@ PYPI = "https://pypi.org/simple/"
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
 #: set per test by conftest: only tests marked ``real`` may fetch a real wheel
 REAL_ALLOWED = True
+#: how many times a real wheel was given out (conftest tells from it which fixtures were made from one)
+REAL_GIVEN = 0
 
 
 class RealWheelInFastTier(RuntimeError):
     """A test without the ``real`` marker asked for a real flashinfer wheel."""
 
 
+def require_real(what: str) -> None:
+    """Refuse a real wheel (or anything made from one) to a test without the ``real`` marker.
+    Every accessor calls it first, before it looks in the store or in a memo: whether the store
+    is warm must not decide whether the fast tier passes."""
+    if not REAL_ALLOWED:
+        raise RealWheelInFastTier(f"{what} is a real wheel: mark the test "
+                                  "@pytest.mark.real, or use tests.support.synthetic's version")
+    global REAL_GIVEN
+    REAL_GIVEN += 1
+
+
 def real_wheel(project: str, version: str) -> Path:
     """The real wheel of ``project==version`` from PyPI, downloaded once."""
-    if not REAL_ALLOWED:
-        raise RealWheelInFastTier(f"{project}=={version} is a real wheel: mark the test "
-                                  "@pytest.mark.real, or use tests.support.synthetic's version")
+    require_real(f"{project}=={version}")
     dest = STORE / "wheels"
     prefix = f"{project.replace('-', '_')}-{version}-"
     found = sorted(dest.glob(prefix + "*.whl")) if dest.is_dir() else []
@@ -74,12 +85,10 @@ def trimmed_cubin_wheel(version: str) -> Path:
     when it checks the headers) or builds from it; flashinfer itself then checks each header it
     uses against checksums.txt, and checksums.txt against the sha256 its code pins.
     """
+    require_real(f"flashinfer-cubin=={version}")  # before the store: a warm store must not hide the test
     dest = STORE / "trimmed" / f"flashinfer_cubin-{version}-py3-none-any.whl"
     if dest.is_file():
         return dest
-    if not REAL_ALLOWED:
-        raise RealWheelInFastTier(f"flashinfer-cubin=={version} is a real wheel: mark the test "
-                                  "@pytest.mark.real, or use tests.support.synthetic's version")
     members = _cubin_members_without_kernels(version)
     info = f"flashinfer_cubin-{version}.dist-info/"
     members.pop(info + "RECORD")
