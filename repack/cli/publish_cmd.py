@@ -81,7 +81,7 @@ def register_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def cmd_publish(args: argparse.Namespace) -> int:
     if args.channel is not None:
         return publish_to_channel(args)
-    from repack.publish.distfile import check_record, read_distfile, with_upload_digests
+    from repack.publish.distfile import check_record, read_distfile, ready_to_upload
 
     progress = progress_printer(args)
     # every file's identity and metadata is checked before anything is sent; its sha256 decides whether
@@ -95,7 +95,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                             retries=args.retries, progress=progress)
         for i, dist in enumerate(dists):
             if uploader.listed(dist) is None:  # a file listed already is skipped or refused, never sent
-                dists[i] = with_upload_digests(check_record(dist, progress))
+                dists[i] = ready_to_upload(dist, progress)
         destination = uploader.server
         results: Sequence[UploadResult | Added] = uploader.publish(dists)
     else:

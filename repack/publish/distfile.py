@@ -29,6 +29,7 @@ from packaging.version import InvalidVersion, Version
 
 from repack.errors import InputError, IntegrityError
 from repack.fetch.digest import file_digests
+from repack.publish.members import DamagedMember, member_chunks
 from repack.wheelfile import RecordRow, dist_info_dir, read_member, read_record, urlsafe_b64
 
 CHUNK = 1 << 20
@@ -110,21 +111,22 @@ def check_record(dist: DistFile, progress: Progress | None = None) -> DistFile:
     return replace(dist, record_checked=True)
 
 
-def with_upload_digests(dist: DistFile) -> DistFile:
-    """``dist`` with the md5 and blake2_256 the upload form asks for, computed only now that it will be sent.
+def ready_to_upload(dist: DistFile, progress: Progress | None = None) -> DistFile:
+    """``dist`` checked against its RECORD and with all three upload digests: what a file to be sent needs.
 
-    A publish that skips the file needs its sha256 alone; a sent file gets the other two in one more
-    pass, so no digest is computed twice.
+    The upload form's md5 and blake2_256 (and the sha256 again, so that a file rewritten since it was
+    first hashed is caught) come from one pass over the file, on its own thread beside the RECORD
+    check's: both are hashing and inflating that release the GIL, so the two overlap on a second core.
+    A publish that skips the file needs its sha256 alone and never comes here.
     """
-    missing = tuple(n for n in UPLOAD_DIGESTS if not getattr(dist, n))
-    if not missing:
-        return dist
-    found = file_digests(dist.path, missing)
-    if found.get("sha256", dist.sha256) != dist.sha256:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        hashing = pool.submit(file_digests, dist.path, UPLOAD_DIGESTS)
+        checked = check_record(dist, progress)
+        found = hashing.result()
+    if found["sha256"] != dist.sha256:
         raise IntegrityError(f"{dist.filename} changed while it was being published (sha256 {found['sha256']}, "
                              f"was {dist.sha256})", "publish it again once nothing writes to it")
-    return replace(dist, sha256=found.get("sha256", dist.sha256), md5=found.get("md5", dist.md5),
-                   blake2_256=found.get("blake2_256", dist.blake2_256))
+    return replace(checked, md5=found["md5"], blake2_256=found["blake2_256"])
 
 
 def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None) -> bytes:
@@ -167,41 +169,40 @@ class _Counter:
 def _record_problems(zf: zipfile.ZipFile, path: Path, dist_info: str, counter: _Counter) -> list[str]:
     """Every RECORD entry whose hash or size disagrees, and every file RECORD omits.
 
-    Members are inflated and hashed on a few threads, each with its own handle on the file (zlib and
-    hashlib release the GIL): a 268 MB wheel of 9,764 members is the slow step of a publish.
+    Members are inflated and hashed on one thread per core from one descriptor (see
+    :mod:`repack.publish.members`): a 268 MB wheel of 9,764 members is the slow step of a publish.
     """
     listed, entries = set(), []
     for row in read_record(read_member(zf, dist_info + "RECORD", path.name), dist_info + "RECORD"):
         listed.add(row.name)
         if row.name != dist_info + "RECORD" and row.algorithm:
             entries.append(row)
-    workers = max(1, min(4, os.cpu_count() or 1, len(entries) // 64 or 1))
-    shares = [entries[i::workers] for i in range(workers)]
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        found = list(pool.map(lambda share: _share_problems(path, share, counter), shares))
-    order = {row.name: i for i, row in enumerate(entries)}
-    problems = sorted((p for share in found for p in share), key=lambda p: order.get(p[0], -1))
+    infos = {i.filename: i for i in zf.infolist()}  # the last of a repeated name, as zipfile.open takes it
+    workers = max(1, min(8, os.cpu_count() or 1, len(entries) // 64 or 1))
+    shares = [entries[i::workers] for i in range(workers)]  # interleaved: big and small members spread evenly
+    with open(path, "rb") as fh, concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        found = pool.map(lambda share: [(row.name, text) for row in share
+                                        for text in _entry_problem(fh.fileno(), infos.get(row.name), row, counter)],
+                         shares)
+        order = {row.name: i for i, row in enumerate(entries)}
+        problems = sorted((p for share in found for p in share), key=lambda p: order.get(p[0], -1))
     return [text for _, text in problems] + [
         f"{n} is not in RECORD" for n in zf.namelist() if not n.endswith("/") and n not in listed]
 
 
-def _share_problems(path: Path, share: list[RecordRow], counter: _Counter) -> list[tuple[str, str]]:
-    with zipfile.ZipFile(path) as zf:
-        return [(row.name, text) for row in share for text in _entry_problem(zf, row, counter)]
-
-
-def _entry_problem(zf: zipfile.ZipFile, row: RecordRow, counter: _Counter) -> list[str]:
+def _entry_problem(fd: int, info: zipfile.ZipInfo | None, row: RecordRow, counter: _Counter) -> list[str]:
     if row.algorithm not in ("sha256", "sha384", "sha512"):
         return [f"{row.name}: RECORD uses the weak or unknown hash {row.algorithm!r}"]
-    try:
-        h, n = hashlib.new(row.algorithm), 0
-        with zf.open(row.name) as fh:
-            for chunk in iter(lambda: fh.read(CHUNK), b""):
-                h.update(chunk)
-                n += len(chunk)
-                counter.add(len(chunk))
-    except KeyError:
+    if info is None:
         return [f"{row.name} is in RECORD but not in the wheel"]
+    h, n = hashlib.new(row.algorithm), 0
+    try:
+        for chunk in member_chunks(fd, info):
+            h.update(chunk)
+            n += len(chunk)
+            counter.add(len(chunk))
+    except DamagedMember as exc:
+        return [f"{exc} (damaged)"]
     got = urlsafe_b64(h.digest())
     if got != row.digest:
         return [f"{row.name}: {row.algorithm} {got}, RECORD says {row.digest}"]

@@ -23,10 +23,10 @@ is skipped.  One writer at a time (an advisory lock on ``DIR/.lock``).
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
-import shutil
 import tempfile
 import urllib.parse
 from collections.abc import Sequence
@@ -123,16 +123,22 @@ def _add(root: Path, dist: DistFile, link: bool) -> Added:
     if target.exists():  # _check_free saw the same bytes there
         _write_metadata(target, dist.metadata)
         return Added(dist.filename, "skipped", dist.sha256, target)
-    _place(dist.path, target, link)
+    copied = _place(dist.path, target, link)
     _write_metadata(target, dist.metadata)
+    if copied is not None:  # hashed while copying: the pages need not read the file again
+        _remember(target, copied, dist)
     return Added(dist.filename, "added", dist.sha256, target)
 
 
-def _place(source: Path, target: Path, link: bool) -> None:
-    """Put ``source`` at ``target`` through a temporary name beside it: never a partial file."""
+def _place(source: Path, target: Path, link: bool) -> str | None:
+    """Put ``source`` at ``target`` through a temporary name beside it: never a partial file.
+
+    Returns the sha256 of a copy (hashed as it is written), None for a hard link.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
+    digest = None
     try:
         if link:
             try:
@@ -141,13 +147,35 @@ def _place(source: Path, target: Path, link: bool) -> None:
             except OSError:
                 link = False
         if not link:
-            shutil.copyfile(source, tmp)
-            os.chmod(tmp, 0o644)
+            digest = _copy_hashing(source, Path(tmp))
         os.replace(tmp, target)
     except OSError as exc:
         raise PublishError(f"cannot write {target}: {exc.strerror}", "choose a writable directory") from exc
     finally:
         Path(tmp).unlink(missing_ok=True)
+    return digest
+
+
+def _copy_hashing(source: Path, tmp: Path) -> str:
+    h = hashlib.sha256()
+    with open(source, "rb") as src, open(tmp, "wb") as dst:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            h.update(chunk)
+            dst.write(chunk)
+    os.chmod(tmp, 0o644)
+    return h.hexdigest()
+
+
+def _remember(target: Path, sha256: str, dist: DistFile) -> None:
+    """Record the copy's sha256 for the pages; refuse a source that changed since it was checked."""
+    if sha256 != dist.sha256:
+        target.unlink(missing_ok=True)
+        raise PublishError(f"{dist.path} changed while it was being published (sha256 {sha256}, was {dist.sha256})",
+                           "publish it again once nothing writes to it")
+    state = _read_state(target.parent / STATE)
+    state[target.name] = {"stamp": _stamp(target), "sha256": sha256, "size": target.stat().st_size,
+                          "requires_python": dist.requires_python, "metadata_sha256": dist.metadata_sha256}
+    atomic_write(target.parent / STATE, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _write_metadata(target: Path, metadata: bytes) -> None:
@@ -182,7 +210,7 @@ def project_entries(root: Path, project: str) -> list[Entry]:
         metadata = path.with_name(path.name + ".metadata")
         if not (isinstance(known, dict) and known.get("stamp") == stamp and known.keys() >= _FIELDS
                 and metadata.is_file()):
-            dist = read_distfile(path, check_record=False)
+            dist = read_distfile(path, check_record=False, digests=("sha256",))
             _write_metadata(path, dist.metadata)
             known = {"stamp": stamp, "sha256": dist.sha256, "size": dist.size,
                      "requires_python": dist.requires_python, "metadata_sha256": dist.metadata_sha256}
