@@ -16,16 +16,25 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
+from types import ModuleType
 
-try:  # an optional accelerator: the same inflate, the same results, faster
-    from isal import isal_zlib as _inflate
-except ImportError:  # pragma: no cover - depends on what is installed
-    import zlib as _inflate
+
+def _inflate_module() -> ModuleType:
+    """ISA-L's zlib-compatible module when installed (an optional accelerator, the same results), else zlib."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover - depends on what is installed
+        return zlib
+    return isal_zlib
+
+
+_inflate = _inflate_module()
 
 CHUNK = 1 << 20
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, (versions, flags, method, times, crc, sizes), name, extra
-_DEFLATE_ERRORS = (getattr(_inflate, "error", ValueError), ValueError)
+_DEFLATE_ERRORS = (zlib.error, getattr(_inflate, "error", zlib.error), ValueError)
 
 
 class DamagedMember(Exception):
@@ -58,7 +67,7 @@ def _data_offset(fd: int, info: zipfile.ZipInfo) -> int:
     expected = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
     if name != expected:  # zipfile refuses this too: two names for one member
         raise DamagedMember(f"{info.filename}: its local header names {name!r}")
-    return info.header_offset + LOCAL_HEADER.size + name_len + extra_len
+    return int(info.header_offset + LOCAL_HEADER.size + name_len + extra_len)
 
 
 def _raw(fd: int, start: int, size: int, name: str) -> Iterator[bytes]:
