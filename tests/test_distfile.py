@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from repack.errors import IntegrityError
+from repack.publish.checked import CheckedWheels
 from repack.publish.distfile import check_record, read_distfile, ready_to_upload
+from tests.support.tinywheel import tamper
 
 MEMBER = "demo/data.bin"
 CONTENT = bytes(range(256)) * 4096  # 1 MiB that deflate shrinks well: a forged size is easy to make
@@ -113,3 +115,36 @@ def test_a_file_rewritten_after_it_was_hashed_is_not_sent(tmp_path):
     with pytest.raises(IntegrityError, match="changed while it was being published"):
         ready_to_upload(dist)
     assert check_record(dist).record_checked  # the new bytes are a sound wheel: only the digest told
+
+
+# -- a pass is remembered by sha256, so the same bytes are not inflated again -------------------------
+
+def test_a_pass_is_remembered_and_the_same_bytes_are_not_inflated_again(tmp_path):
+    path = wheel(tmp_path, {MEMBER: CONTENT})
+    checked = CheckedWheels(tmp_path / "checked")
+    inflated: list[int] = []
+    first = check_record(read_distfile(path, check_record=False), lambda _l, done, _t: inflated.append(done),
+                         checked)
+    assert first.record_checked and inflated
+    inflated.clear()
+    again = check_record(read_distfile(path, check_record=False), lambda _l, done, _t: inflated.append(done),
+                         checked)
+    assert again.record_checked and not inflated
+    assert checked.passed(first.sha256, first.size) and not checked.passed(first.sha256, first.size + 1)
+
+
+def test_a_failure_is_never_remembered_and_a_bad_entry_counts_for_nothing(tmp_path):
+    good = wheel(tmp_path, {MEMBER: CONTENT})
+    bad = tamper(good, tmp_path / "bad" / good.name, "data.bin")
+    checked = CheckedWheels(tmp_path / "checked")
+    dist = read_distfile(bad, check_record=False)
+    for _ in range(2):
+        with pytest.raises(IntegrityError, match="does not match its own RECORD"):
+            check_record(dist, None, checked)
+    assert not list((tmp_path / "checked").glob("*"))
+    # entries that are not a pass of these bytes: another size, other JSON, not JSON, a directory
+    for text in (f'{{"sha256": "{dist.sha256}", "size": 1}}', "[]", "not json"):
+        (tmp_path / "checked").mkdir(exist_ok=True)
+        (tmp_path / "checked" / f"{dist.sha256}.json").write_text(text)
+        with pytest.raises(IntegrityError, match="does not match its own RECORD"):
+            check_record(dist, None, checked)

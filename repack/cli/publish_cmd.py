@@ -11,6 +11,7 @@ from repack.cli.common import (
     EXIT_OK,
     EXIT_TABLE,
     _clear_progress,
+    cache_dir,
     common_options,
     emit_json,
     positive_seconds,
@@ -71,6 +72,9 @@ def register_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="the index's simple API, read to skip files already there (default: URL/simple/, "
                         "then URL/+simple/)")
     common_options(p, network=False)
+    p.add_argument("--cache-dir", metavar="DIR", type=Path,
+                   help="cache directory: wheels that passed their RECORD check are remembered there by sha256")
+    p.add_argument("--no-cache", action="store_true", help="check every wheel's RECORD, remembering nothing")
     p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S",
                    help="connect/read timeout (default 60)")
     p.add_argument("--retries", type=retry_count, default=3, metavar="N",
@@ -81,9 +85,11 @@ def register_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def cmd_publish(args: argparse.Namespace) -> int:
     if args.channel is not None:
         return publish_to_channel(args)
+    from repack.publish.checked import CheckedWheels
     from repack.publish.distfile import check_record, read_distfile, ready_to_upload
 
     progress = progress_printer(args)
+    checked = CheckedWheels(None if (root := cache_dir(args)) is None else root / "record-checked")
     # every file's identity and metadata is checked before anything is sent; its sha256 decides whether
     # it will be sent, and only then are its RECORD read and the upload form's other digests computed
     dists = [read_distfile(f, check_record=False, digests=("sha256",)) for f in args.files]
@@ -95,7 +101,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                             retries=args.retries, progress=progress)
         for i, dist in enumerate(dists):
             if uploader.listed(dist) is None:  # a file listed already is skipped or refused, never sent
-                dists[i] = ready_to_upload(dist, progress)
+                dists[i] = ready_to_upload(dist, progress, checked)
         destination = uploader.server
         results: Sequence[UploadResult | Added] = uploader.publish(dists)
     else:
@@ -103,7 +109,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
         for i, dist in enumerate(dists):
             if not already_there(args.simple, dist):
-                dists[i] = check_record(dist, progress)
+                dists[i] = check_record(dist, progress, checked)
         destination, results = str(args.simple), publish_simple(args.simple, dists)
     _clear_progress()
     if args.json:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import logging
 import os
 import threading
 import zipfile
@@ -29,8 +30,11 @@ from packaging.version import InvalidVersion, Version
 
 from repack.errors import InputError, IntegrityError
 from repack.fetch.digest import file_digests
+from repack.publish.checked import CheckedWheels
 from repack.publish.members import DamagedMember, member_chunks
 from repack.wheelfile import RecordRow, dist_info_dir, read_member, read_record, urlsafe_b64
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 #: ``progress(label, done_bytes, total_bytes)``
@@ -104,14 +108,25 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
                     found.get("blake2_256", ""), path.stat().st_size, metadata, check_record)
 
 
-def check_record(dist: DistFile, progress: Progress | None = None) -> DistFile:
-    """``dist``, marked checked; IntegrityError unless every member matches its RECORD (the deferred check)."""
-    if not dist.record_checked:
+def check_record(dist: DistFile, progress: Progress | None = None, checked: CheckedWheels | None = None) -> DistFile:
+    """``dist``, marked checked; IntegrityError unless every member matches its RECORD (the deferred check).
+
+    A wheel whose sha256 passed before (``checked``) is not inflated again: the verdict is the same for
+    the same bytes.  The caller hashes what it publishes, and refuses bytes that are not these.
+    """
+    if dist.record_checked:
+        return dist
+    if checked is not None and checked.passed(dist.sha256, dist.size):
+        log.info("%s: RECORD checked before (sha256 %s): not inflated again", dist.filename, dist.sha256)
+    else:
         _check_wheel(dist.path, dist.project, True, progress)
+        if checked is not None:
+            checked.remember(dist.sha256, dist.size, dist.filename)
     return replace(dist, record_checked=True)
 
 
-def ready_to_upload(dist: DistFile, progress: Progress | None = None) -> DistFile:
+def ready_to_upload(dist: DistFile, progress: Progress | None = None,
+                    checked: CheckedWheels | None = None) -> DistFile:
     """``dist`` checked against its RECORD and with all three upload digests: what a file to be sent needs.
 
     The upload form's md5 and blake2_256 (and the sha256 again, so that a file rewritten since it was
@@ -121,12 +136,12 @@ def ready_to_upload(dist: DistFile, progress: Progress | None = None) -> DistFil
     """
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         hashing = pool.submit(file_digests, dist.path, UPLOAD_DIGESTS)
-        checked = check_record(dist, progress)
+        sound = check_record(dist, progress, checked)
         found = hashing.result()
     if found["sha256"] != dist.sha256:
         raise IntegrityError(f"{dist.filename} changed while it was being published (sha256 {found['sha256']}, "
                              f"was {dist.sha256})", "publish it again once nothing writes to it")
-    return replace(checked, md5=found["md5"], blake2_256=found["blake2_256"])
+    return replace(sound, md5=found["md5"], blake2_256=found["blake2_256"])
 
 
 def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None) -> bytes:
