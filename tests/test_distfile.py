@@ -98,14 +98,13 @@ def test_stored_deflated_and_empty_members_of_a_sound_wheel_pass(tmp_path):
         assert read_distfile(wheel(folder, many, compression)).record_checked
 
 
-def test_ready_to_upload_gives_the_three_digests_of_the_file(tmp_path):
+def test_ready_to_upload_gives_the_digests_of_the_file(tmp_path):
     path = wheel(tmp_path, {MEMBER: CONTENT})
     dist = ready_to_upload(read_distfile(path, check_record=False, digests=("sha256",)))
     data = path.read_bytes()
     assert dist.record_checked
-    assert (dist.sha256, dist.md5, dist.blake2_256) == (
-        hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest(),
-        hashlib.blake2b(data, digest_size=32).hexdigest())
+    assert (dist.sha256, dist.blake2_256) == (hashlib.sha256(data).hexdigest(),
+                                              hashlib.blake2b(data, digest_size=32).hexdigest())
 
 
 def test_a_file_rewritten_after_it_was_hashed_is_not_sent(tmp_path):

@@ -48,7 +48,6 @@ class DistFile:
     name: str             # as METADATA spells it
     version: str
     sha256: str
-    md5: str
     blake2_256: str
     size: int
     metadata: bytes       # the .dist-info/METADATA file, byte for byte (PEP 658)
@@ -72,7 +71,8 @@ class DistFile:
         return None if value is None else str(value)
 
 
-UPLOAD_DIGESTS = ("sha256", "md5", "blake2_256")  # the upload API asks for all three
+#: What the upload form carries, as twine 7 sends it (no md5_digest: PyPI deprecated it, and no index needs it)
+UPLOAD_DIGESTS = ("sha256", "blake2_256")
 
 
 def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, ...] = UPLOAD_DIGESTS,
@@ -104,7 +104,7 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
     if not same_version:
         raise IntegrityError(f"{path.name}: METADATA says version {headers.get('Version')!r}, the file name {version}",
                              "the wheel was renamed or altered; rebuild it")
-    return DistFile(path, str(name), meta_name or str(name), str(version), found["sha256"], found.get("md5", ""),
+    return DistFile(path, str(name), meta_name or str(name), str(version), found["sha256"],
                     found.get("blake2_256", ""), path.stat().st_size, metadata, check_record)
 
 
@@ -127,9 +127,9 @@ def check_record(dist: DistFile, progress: Progress | None = None, checked: Chec
 
 def ready_to_upload(dist: DistFile, progress: Progress | None = None,
                     checked: CheckedWheels | None = None) -> DistFile:
-    """``dist`` checked against its RECORD and with all three upload digests: what a file to be sent needs.
+    """``dist`` checked against its RECORD and with the upload digests: what a file to be sent needs.
 
-    The upload form's md5 and blake2_256 (and the sha256 again, so that a file rewritten since it was
+    The upload form's blake2_256 (and the sha256 again, so that a file rewritten since it was
     first hashed is caught) come from one pass over the file, on its own thread beside the RECORD
     check's: both are hashing and inflating that release the GIL, so the two overlap on a second core.
     A publish that skips the file needs its sha256 alone and never comes here.
@@ -141,7 +141,7 @@ def ready_to_upload(dist: DistFile, progress: Progress | None = None,
     if found["sha256"] != dist.sha256:
         raise IntegrityError(f"{dist.filename} changed while it was being published (sha256 {found['sha256']}, "
                              f"was {dist.sha256})", "publish it again once nothing writes to it")
-    return replace(sound, md5=found["md5"], blake2_256=found["blake2_256"])
+    return replace(sound, blake2_256=found["blake2_256"])
 
 
 def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None) -> bytes:

@@ -141,10 +141,10 @@ def _netrc_entry(host: str, path: Path | None) -> tuple[str, str] | None:
 def form_fields(dist: DistFile) -> list[tuple[str, str]]:
     """The upload form as twine sends it, from the wheel's own METADATA.
 
-    Only a wheel checked against its RECORD, with all three digests, may be sent (fail closed: a
+    Only a wheel checked against its RECORD, with both digests, may be sent (fail closed: a
     caller that deferred those steps and then sends anyway is refused here).
     """
-    if not (dist.record_checked and dist.md5 and dist.blake2_256):
+    if not (dist.record_checked and dist.blake2_256):
         raise PublishError(f"{dist.filename} was not checked against its RECORD and hashed before sending",
                            "this is a bug in the caller; nothing was sent")
     meta = dist.headers()
@@ -153,7 +153,7 @@ def form_fields(dist: DistFile) -> list[tuple[str, str]]:
               ("name", dist.name), ("version", dist.version), ("filetype", "bdist_wheel"),
               ("pyversion", sorted({t.interpreter for t in python_tag})[0]),
               ("metadata_version", meta.get("Metadata-Version", "2.1")),
-              ("sha256_digest", dist.sha256), ("md5_digest", dist.md5), ("blake2_256_digest", dist.blake2_256)]
+              ("sha256_digest", dist.sha256), ("blake2_256_digest", dist.blake2_256)]  # no md5: as twine 7
     for header, name in SINGLE_FIELDS.items():
         if meta.get(header):
             fields.append((name, meta[header]))
