@@ -90,12 +90,21 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     progress = progress_printer(args)
     checked = CheckedWheels(None if (root := cache_dir(args)) is None else root / "record-checked")
-    # every file's identity and metadata is checked before anything is sent; its sha256 decides whether
-    # it will be sent, and only then are its RECORD read and the upload form's other digests computed
-    dists = [read_distfile(f, check_record=False, digests=("sha256",)) for f in args.files]
-    if args.index or args.repository:
+    if args.simple is not None:
+        from repack.publish.simple import publish_simple
+
+        # identity and metadata checked here; each new file is hashed and its RECORD checked as copied into
+        # the tree, before any is placed; a file the tree holds already is hashed only to compare
+        dists = [read_distfile(f, check_record=False, digests=()) for f in args.files]
+        results: Sequence[UploadResult | Added] = publish_simple(
+            args.simple, dists, check=lambda dist, copy: check_record(dist, progress, checked, at=copy))
+        destination = str(args.simple)
+    else:
         from repack.publish.upload import Uploader
 
+        # every file's identity and metadata is checked before anything is sent; its sha256 decides whether
+        # it will be sent, and only then are its RECORD read and the upload form's other digest computed
+        dists = [read_distfile(f, check_record=False, digests=("sha256",)) for f in args.files]
         url, credentials = upload_target(args)
         uploader = Uploader(url, credentials, simple_url=args.simple_url, timeout=args.timeout,
                             retries=args.retries, progress=progress)
@@ -103,14 +112,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             if uploader.listed(dist) is None:  # a file listed already is skipped or refused, never sent
                 dists[i] = ready_to_upload(dist, progress, checked)
         destination = uploader.server
-        results: Sequence[UploadResult | Added] = uploader.publish(dists)
-    else:
-        from repack.publish.simple import already_there, publish_simple
-
-        for i, dist in enumerate(dists):
-            if not already_there(args.simple, dist):
-                dists[i] = check_record(dist, progress, checked)
-        destination, results = str(args.simple), publish_simple(args.simple, dists)
+        results = uploader.publish(dists)
     _clear_progress()
     if args.json:
         emit_json({"ok": True, "destination": destination, "files": [r.to_json() for r in results]})

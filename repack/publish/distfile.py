@@ -47,7 +47,7 @@ class DistFile:
     project: str          # canonical (PEP 503) name
     name: str             # as METADATA spells it
     version: str
-    sha256: str
+    sha256: str           # empty until hashed (read_distfile with digests=())
     blake2_256: str
     size: int
     metadata: bytes       # the .dist-info/METADATA file, byte for byte (PEP 658)
@@ -81,7 +81,9 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
 
     ``check_record`` False leaves the RECORD check (a read of every member: seconds for a 268 MB
     wheel) to :func:`check_record`, for the callers that learn first whether the file will be sent.
-    ``digests`` names the hashes computed in the one pass over the file (others are left empty).
+    ``digests`` names the hashes computed in the one pass over the file (others are left empty; none at
+    all for a caller that hashes the bytes it publishes itself, as :func:`repack.publish.simple.publish_simple`
+    hashes its staged copy).
     """
     path = Path(path)
     if not path.name.endswith(".whl"):
@@ -93,7 +95,7 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
                          value=path.name, path=str(path)) from exc
     if not path.is_file():
         raise InputError(f"{path}: no such file", "give the path of a built wheel")
-    found = file_digests(path, digests)
+    found = file_digests(path, digests) if digests else {}
     metadata = _check_wheel(path, str(name), check_record, progress)
     headers = HeaderParser().parsestr(metadata.decode("utf-8", "replace"))
     meta_name = headers.get("Name", "")
@@ -104,24 +106,29 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
     if not same_version:
         raise IntegrityError(f"{path.name}: METADATA says version {headers.get('Version')!r}, the file name {version}",
                              "the wheel was renamed or altered; rebuild it")
-    return DistFile(path, str(name), meta_name or str(name), str(version), found["sha256"],
+    return DistFile(path, str(name), meta_name or str(name), str(version), found.get("sha256", ""),
                     found.get("blake2_256", ""), path.stat().st_size, metadata, check_record)
 
 
-def check_record(dist: DistFile, progress: Progress | None = None, checked: CheckedWheels | None = None) -> DistFile:
+def check_record(dist: DistFile, progress: Progress | None = None, checked: CheckedWheels | None = None,
+                 at: Path | None = None) -> DistFile:
     """``dist``, marked checked; IntegrityError unless every member matches its RECORD (the deferred check).
 
-    A wheel whose sha256 passed before (``checked``) is not inflated again: the verdict is the same for
-    the same bytes.  The caller hashes what it publishes, and refuses bytes that are not these.
+    ``at`` reads a copy of the wheel (staged where it is published, ``dist.sha256`` its hash) in place of
+    ``dist.path``, so that the bytes checked are the bytes published.  A wheel whose sha256 passed before
+    (``checked``) is not inflated again: the verdict is the same for the same bytes.
     """
     if dist.record_checked:
         return dist
     if checked is not None and checked.passed(dist.sha256, dist.size):
         log.info("%s: RECORD checked before (sha256 %s): not inflated again", dist.filename, dist.sha256)
-    else:
-        _check_wheel(dist.path, dist.project, True, progress)
-        if checked is not None:
-            checked.remember(dist.sha256, dist.size, dist.filename)
+        return replace(dist, record_checked=True)
+    metadata = _check_wheel(at or dist.path, dist.project, True, progress, dist.filename)
+    if metadata != dist.metadata:
+        raise IntegrityError(f"{dist.filename} changed while it was being published (its METADATA differs)",
+                             "publish it again once nothing writes to it")
+    if checked is not None:
+        checked.remember(dist.sha256, dist.size, dist.filename)
     return replace(dist, record_checked=True)
 
 
@@ -144,24 +151,26 @@ def ready_to_upload(dist: DistFile, progress: Progress | None = None,
     return replace(sound, blake2_256=found["blake2_256"])
 
 
-def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None) -> bytes:
+def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None,
+                 label: str | None = None) -> bytes:
+    name = label or path.name  # a staged copy is read, the wheel's own name is reported
     try:
         with zipfile.ZipFile(path) as zf:
-            dist_info = dist_info_dir(zf.namelist(), path.name)
-            metadata = read_member(zf, dist_info + "METADATA", path.name)
+            dist_info = dist_info_dir(zf.namelist(), name)
+            metadata = read_member(zf, dist_info + "METADATA", name)
             if check_record:
-                problems = _record_problems(zf, path, dist_info, _Counter(zf, path.name, progress))
+                problems = _record_problems(zf, path, dist_info, _Counter(zf, name, progress), name)
                 if problems:
-                    raise IntegrityError(f"{path.name} does not match its own RECORD: {problems[0]}"
+                    raise IntegrityError(f"{name} does not match its own RECORD: {problems[0]}"
                                          + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
                                          "the wheel was altered after it was built; rebuild it, do not publish it",
                                          problems=tuple(problems))
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
-        raise IntegrityError(f"{path.name} is not a readable wheel: {exc}",
+        raise IntegrityError(f"{name} is not a readable wheel: {exc}",
                              "the file is damaged or truncated; rebuild or download it again") from exc
     meta_name = HeaderParser().parsestr(metadata.decode("utf-8", "replace")).get("Name", "")
     if canonicalize_name(meta_name) != canonicalize_name(project):
-        raise IntegrityError(f"{path.name}: METADATA names the project {meta_name!r}, the file name {project!r}",
+        raise IntegrityError(f"{name}: METADATA names the project {meta_name!r}, the file name {project!r}",
                              "the wheel was renamed or altered; rebuild it")
     return metadata
 
@@ -181,14 +190,14 @@ class _Counter:
                 self.progress(self.label, self.done, self.total)
 
 
-def _record_problems(zf: zipfile.ZipFile, path: Path, dist_info: str, counter: _Counter) -> list[str]:
+def _record_problems(zf: zipfile.ZipFile, path: Path, dist_info: str, counter: _Counter, label: str) -> list[str]:
     """Every RECORD entry whose hash or size disagrees, and every file RECORD omits.
 
     Members are inflated and hashed on one thread per core from one descriptor (see
     :mod:`repack.publish.members`): a 268 MB wheel of 9,764 members is the slow step of a publish.
     """
     listed, entries = set(), []
-    for row in read_record(read_member(zf, dist_info + "RECORD", path.name), dist_info + "RECORD"):
+    for row in read_record(read_member(zf, dist_info + "RECORD", label), dist_info + "RECORD"):
         listed.add(row.name)
         if row.name != dist_info + "RECORD" and row.algorithm:
             entries.append(row)
