@@ -346,3 +346,35 @@ def test_a_gateway_error_is_retried(run_cli, tmp_path):
     assert json.loads(result.stdout)["files"][0] == {"filename": wheel.name, "action": "uploaded",
                                                      "sha256": sha256(wheel), "verified": False}
     assert len(server.posts) == 2 and server.form(1)["content"] == [wheel.read_bytes()]
+
+
+def test_a_file_rewritten_while_it_is_sent_never_reaches_the_index_whole(tmp_path):
+    """The upload hashes what it sends and holds its last chunk until the hash is known."""
+    import os
+
+    from repack.errors import IntegrityError
+    from repack.publish.distfile import read_distfile, ready_to_upload
+    from repack.publish.upload import Credentials, Uploader
+
+    wheel = make_wheel(tmp_path, "fi-upload-demo", "1.0", files={"fi_upload_demo/blob.bin": os.urandom(1 << 20)})
+    dist = ready_to_upload(read_distfile(wheel, check_record=False, digests=("sha256",)))
+    rewritten = []
+
+    def rewrite_once(_label, _done, _total):
+        if not rewritten:  # the first chunk is on its way: change the file's tail, size kept
+            with open(wheel, "r+b") as fh:
+                fh.seek(-200, os.SEEK_END)
+                tail = fh.read()
+                fh.seek(-200, os.SEEK_END)
+                fh.write(bytes(b ^ 0xFF for b in tail))
+            rewritten.append(True)
+
+    server = Misbehaving(200)
+    try:
+        uploader = Uploader(server.url, Credentials(USER, PASSWORD, "test"), retries=0, progress=rewrite_once)
+        with pytest.raises(IntegrityError, match="changed while it was being sent"):
+            uploader.publish([dist])
+    finally:
+        server.close()  # joins the handler threads: every post has arrived
+    assert rewritten
+    assert all(len(body) < int(headers["Content-Length"]) for headers, body in server.posts)
