@@ -40,7 +40,15 @@ from packaging.version import Version
 
 from repack.errors import PublishError
 from repack.fetch.digest import file_sha256
-from repack.fs import NotRegularFileError, atomic_write, check_filename, locked, read_regular, safe_join
+from repack.fs import (
+    NotRegularFileError,
+    atomic_write,
+    check_filename,
+    locked,
+    read_regular,
+    remove_stale_temporaries,
+    safe_join,
+)
 from repack.publish.distfile import DistFile, read_distfile
 
 API_VERSION = "1.1"
@@ -89,6 +97,7 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False,
         raise PublishError(f"{twice} is given more than once", "give each file once")
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):
+        remove_stale_temporaries(root)  # copies staged by a run that was killed (none is live: the lock)
         staged: list[tuple[DistFile, Path | None]] = []
         try:
             for d in dists:
