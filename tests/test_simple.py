@@ -180,3 +180,18 @@ def test_same_files_give_the_same_pages(tmp_path, run_cli, headers_wheel, demo_w
     pages = sorted(p.relative_to(one) for p in one.rglob("*") if p.name.startswith("index.") or p.suffix == ".metadata")
     assert len(pages) == 2 + 2 * 2 + 3
     assert all((one / p).read_bytes() == (two / p).read_bytes() for p in pages)
+
+
+def test_a_wheel_checked_once_is_not_inflated_again_for_another_tree(tmp_path, run_cli, headers_wheel):
+    """The RECORD check's pass is remembered by sha256 in the cache; --no-cache checks again."""
+    wheel = headers_wheel(synthetic.VERSION)
+    cache = str(tmp_path / "cache")
+    runs = {}
+    for tree, extra in (("a", ["--cache-dir", cache]), ("b", ["--cache-dir", cache]), ("c", ["--no-cache"])):
+        runs[tree] = run_cli("publish", "--simple", str(tmp_path / tree), str(wheel), "-v", *extra)
+        assert runs[tree].returncode == 0, runs[tree].stderr
+        assert sha256(tmp_path / tree / PROJECT / wheel.name) == sha256(wheel)
+    assert "RECORD checked before" not in runs["a"].stderr
+    assert f"{wheel.name}: RECORD checked before" in runs["b"].stderr
+    assert "RECORD checked before" not in runs["c"].stderr
+    assert [p.name for p in (tmp_path / "cache" / "record-checked").iterdir()] == [f"{sha256(wheel)}.json"]

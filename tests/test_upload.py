@@ -328,7 +328,8 @@ def test_refusals_name_server_and_file_and_never_the_password(status, words, run
     assert form["name"] == [b"fi-upload-demo"] and form["version"] == [b"1.0"]
     assert form["filetype"] == [b"bdist_wheel"] and form["pyversion"] == [b"py3"]
     assert form["sha256_digest"] == [sha256(wheel).encode()]
-    assert form["md5_digest"] == [hashlib.md5(wheel.read_bytes()).hexdigest().encode()]
+    assert form["blake2_256_digest"] == [hashlib.blake2b(wheel.read_bytes(), digest_size=32).hexdigest().encode()]
+    assert "md5_digest" not in form  # deprecated by PyPI; twine 7 does not send it
     assert form["requires_python"] == [b">=3.9"] and form["requires_dist"] == [b"packaging>=20"]
     assert form["content"] == [wheel.read_bytes()]
 
@@ -345,3 +346,35 @@ def test_a_gateway_error_is_retried(run_cli, tmp_path):
     assert json.loads(result.stdout)["files"][0] == {"filename": wheel.name, "action": "uploaded",
                                                      "sha256": sha256(wheel), "verified": False}
     assert len(server.posts) == 2 and server.form(1)["content"] == [wheel.read_bytes()]
+
+
+def test_a_file_rewritten_while_it_is_sent_never_reaches_the_index_whole(tmp_path):
+    """The upload hashes what it sends and holds its last chunk until the hash is known."""
+    import os
+
+    from repack.errors import IntegrityError
+    from repack.publish.distfile import read_distfile, ready_to_upload
+    from repack.publish.upload import Credentials, Uploader
+
+    wheel = make_wheel(tmp_path, "fi-upload-demo", "1.0", files={"fi_upload_demo/blob.bin": os.urandom(1 << 20)})
+    dist = ready_to_upload(read_distfile(wheel, check_record=False, digests=("sha256",)))
+    rewritten = []
+
+    def rewrite_once(_label, _done, _total):
+        if not rewritten:  # the first chunk is on its way: change the file's tail, size kept
+            with open(wheel, "r+b") as fh:
+                fh.seek(-200, os.SEEK_END)
+                tail = fh.read()
+                fh.seek(-200, os.SEEK_END)
+                fh.write(bytes(b ^ 0xFF for b in tail))
+            rewritten.append(True)
+
+    server = Misbehaving(200)
+    try:
+        uploader = Uploader(server.url, Credentials(USER, PASSWORD, "test"), retries=0, progress=rewrite_once)
+        with pytest.raises(IntegrityError, match="changed while it was being sent"):
+            uploader.publish([dist])
+    finally:
+        server.close()  # joins the handler threads: every post has arrived
+    assert rewritten
+    assert all(len(body) < int(headers["Content-Length"]) for headers, body in server.posts)

@@ -11,6 +11,7 @@ from repack.cli.common import (
     EXIT_OK,
     EXIT_TABLE,
     _clear_progress,
+    cache_dir,
     common_options,
     emit_json,
     positive_seconds,
@@ -42,6 +43,8 @@ credentials for --index or --repository, first found wins (never printed, logged
   6. keyring, when installed, for a username from 1-5 without a password (as twine asks it)
   7. the entry for the host in $NETRC or ~/.netrc
 a file already there with the same sha256 is skipped; the same name with other bytes is refused.
+every wheel placed or sent is checked against its RECORD first; one that passed is remembered by its sha256
+in the cache (--cache-dir; --no-cache checks again), so the same bytes are not inflated twice.
 --simple writes a static PEP 503/691 tree (see 'pydoc repack.publish.simple'): serve it with any web server,
 or point pip at it directly: pip install --index-url file:///path/to/DIR ...
 """
@@ -71,6 +74,9 @@ def register_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="the index's simple API, read to skip files already there (default: URL/simple/, "
                         "then URL/+simple/)")
     common_options(p, network=False)
+    p.add_argument("--cache-dir", metavar="DIR", type=Path,
+                   help="cache directory: wheels that passed their RECORD check are remembered there by sha256")
+    p.add_argument("--no-cache", action="store_true", help="check every wheel's RECORD, remembering nothing")
     p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S",
                    help="connect/read timeout (default 60)")
     p.add_argument("--retries", type=retry_count, default=3, metavar="N",
@@ -81,30 +87,34 @@ def register_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def cmd_publish(args: argparse.Namespace) -> int:
     if args.channel is not None:
         return publish_to_channel(args)
-    from repack.publish.distfile import check_record, read_distfile, with_upload_digests
+    from repack.publish.checked import CheckedWheels
+    from repack.publish.distfile import check_record, read_distfile, ready_to_upload
 
     progress = progress_printer(args)
-    # every file's identity and metadata is checked before anything is sent; its sha256 decides whether
-    # it will be sent, and only then are its RECORD read and the upload form's other digests computed
-    dists = [read_distfile(f, check_record=False, digests=("sha256",)) for f in args.files]
-    if args.index or args.repository:
+    checked = CheckedWheels(None if (root := cache_dir(args)) is None else root / "record-checked")
+    if args.simple is not None:
+        from repack.publish.simple import publish_simple
+
+        # identity and metadata checked here; each new file is hashed and its RECORD checked as copied into
+        # the tree, before any is placed; a file the tree holds already is hashed only to compare
+        dists = [read_distfile(f, check_record=False, digests=()) for f in args.files]
+        results: Sequence[UploadResult | Added] = publish_simple(
+            args.simple, dists, check=lambda dist, copy: check_record(dist, progress, checked, at=copy))
+        destination = str(args.simple)
+    else:
         from repack.publish.upload import Uploader
 
+        # every file's identity and metadata is checked before anything is sent; its sha256 decides whether
+        # it will be sent, and only then are its RECORD read and the upload form's other digest computed
+        dists = [read_distfile(f, check_record=False, digests=("sha256",)) for f in args.files]
         url, credentials = upload_target(args)
         uploader = Uploader(url, credentials, simple_url=args.simple_url, timeout=args.timeout,
                             retries=args.retries, progress=progress)
         for i, dist in enumerate(dists):
             if uploader.listed(dist) is None:  # a file listed already is skipped or refused, never sent
-                dists[i] = with_upload_digests(check_record(dist, progress))
+                dists[i] = ready_to_upload(dist, progress, checked)
         destination = uploader.server
-        results: Sequence[UploadResult | Added] = uploader.publish(dists)
-    else:
-        from repack.publish.simple import already_there, publish_simple
-
-        for i, dist in enumerate(dists):
-            if not already_there(args.simple, dist):
-                dists[i] = check_record(dist, progress)
-        destination, results = str(args.simple), publish_simple(args.simple, dists)
+        results = uploader.publish(dists)
     _clear_progress()
     if args.json:
         emit_json({"ok": True, "destination": destination, "files": [r.to_json() for r in results]})

@@ -53,6 +53,7 @@ def project_url(index_url: str, project: str) -> str:
 def project_files(transport: Transport, index_url: str, project: str) -> list[IndexFile]:
     """Every file the index lists for ``project`` (absolute URLs)."""
     url = project_url(index_url, project)
+    transport.add_index(index_url)  # keyring is asked under the index URL first, as pip asks it
     try:
         resp = transport.get(url, headers={"Accept": ACCEPT}, limit=PAGE_LIMIT)
     except HTTPStatusError as exc:

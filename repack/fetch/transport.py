@@ -130,8 +130,9 @@ class Transport:
 
     def __init__(self, *, timeout: float = 20.0, retries: int = 3, backoff: float = 0.5,
                  sleep: Callable[[float], None] = time.sleep, progress: Progress | None = None,
-                 trust_env: bool = True) -> None:
+                 trust_env: bool = True, keyring_provider: str = "auto") -> None:
         self.timeout = timeout
+        self.keyring_provider = keyring_provider
         self.retries = retries
         self.backoff = backoff
         self.sleep = sleep
@@ -140,6 +141,7 @@ class Transport:
         self.stats = Stats()
         self._session: Any = None
         self._credentials: dict[str, tuple[str, str]] = {}
+        self._index_urls: list[str] = []
 
     # -- public calls ---------------------------------------------------------
 
@@ -147,6 +149,12 @@ class Transport:
         """Send ``username:password`` to ``url``'s host (and only there, only over https or loopback)."""
         check_credentials_allowed(url)
         self._credentials[_host_key(url)] = (username, password)
+
+    def add_index(self, index_url: str) -> None:
+        """Note an index URL: keyring is asked for its username's password under it first (as pip asks)."""
+        plain = redact(index_url).rstrip("/") + "/"
+        if plain not in self._index_urls:
+            self._index_urls.append(plain)
 
     def get(self, url: str, headers: Mapping[str, str] | None = None, *, limit: int = PAGE_LIMIT) -> Response:
         """GET the whole body (at most ``limit`` bytes), checked against Content-Length."""
@@ -244,13 +252,30 @@ class Transport:
                          "or use another source")
 
     def _take_userinfo(self, url: str) -> str:
-        """Credentials in a URL become credentials for its host; the URL goes on without them."""
+        """Credentials in a URL become credentials for its host; the URL goes on without them.
+
+        A username without a password is completed as pip completes it: ``~/.netrc``, then keyring.
+        """
         parts = urllib.parse.urlsplit(url)
         if parts.username is None and parts.password is None:
             return url
-        self.add_credentials(url, urllib.parse.unquote(parts.username or ""),
-                             urllib.parse.unquote(parts.password or ""))
+        username = urllib.parse.unquote(parts.username or "")
+        if parts.password is not None:
+            self.add_credentials(url, username, urllib.parse.unquote(parts.password))
+        elif self._credentials.get(_host_key(url), (None, ""))[0] != username:  # once per host and username
+            self.add_credentials(url, *self._complete(url, username))
         return redact(url)
+
+    def _complete(self, url: str, username: str) -> tuple[str, str]:
+        found = _netrc_for(url) if self.trust_env else None
+        if found is not None:
+            return found
+        plain = redact(url)
+        host = urllib.parse.urlsplit(plain).netloc
+        services = [u for u in self._index_urls if plain.startswith(u)] + [host]  # the index first, as pip
+        from repack.fetch.keyringauth import keyring_password
+
+        return username, keyring_password(services, username, self.keyring_provider) or ""
 
     def _with_retries(self, url: str, attempt: Callable[[], _T]) -> _T:
         last: BaseException | None = None

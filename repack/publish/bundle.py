@@ -211,8 +211,9 @@ def _write_simple(root: Path, wheels: list[Path]) -> None:
     from repack.publish.distfile import read_distfile
     from repack.publish.simple import publish_simple
 
-    # the downloads were verified against the index's sha256 and ours was just built: no RECORD pass
-    publish_simple(root, [read_distfile(w, check_record=False) for w in wheels], link=True)
+    # the downloads were verified against the index's sha256 and ours was just built: no RECORD pass;
+    # publish_simple hashes each file as it links it in
+    publish_simple(root, [read_distfile(w, check_record=False, digests=()) for w in wheels], link=True)
 
 
 def _write_channel(channel: Path, payload: Payload, wheels: list[Path], names: Mapping[str, str | None],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import logging
 import os
 import threading
 import zipfile
@@ -29,7 +30,11 @@ from packaging.version import InvalidVersion, Version
 
 from repack.errors import InputError, IntegrityError
 from repack.fetch.digest import file_digests
+from repack.publish.checked import CheckedWheels
+from repack.publish.members import DamagedMember, member_chunks
 from repack.wheelfile import RecordRow, dist_info_dir, read_member, read_record, urlsafe_b64
+
+log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 #: ``progress(label, done_bytes, total_bytes)``
@@ -42,8 +47,7 @@ class DistFile:
     project: str          # canonical (PEP 503) name
     name: str             # as METADATA spells it
     version: str
-    sha256: str
-    md5: str
+    sha256: str           # empty until hashed (read_distfile with digests=())
     blake2_256: str
     size: int
     metadata: bytes       # the .dist-info/METADATA file, byte for byte (PEP 658)
@@ -67,7 +71,8 @@ class DistFile:
         return None if value is None else str(value)
 
 
-UPLOAD_DIGESTS = ("sha256", "md5", "blake2_256")  # the upload API asks for all three
+#: What the upload form carries, as twine 7 sends it (no md5_digest: PyPI deprecated it, and no index needs it)
+UPLOAD_DIGESTS = ("sha256", "blake2_256")
 
 
 def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, ...] = UPLOAD_DIGESTS,
@@ -76,7 +81,9 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
 
     ``check_record`` False leaves the RECORD check (a read of every member: seconds for a 268 MB
     wheel) to :func:`check_record`, for the callers that learn first whether the file will be sent.
-    ``digests`` names the hashes computed in the one pass over the file (others are left empty).
+    ``digests`` names the hashes computed in the one pass over the file (others are left empty; none at
+    all for a caller that hashes the bytes it publishes itself, as :func:`repack.publish.simple.publish_simple`
+    hashes its staged copy).
     """
     path = Path(path)
     if not path.name.endswith(".whl"):
@@ -88,7 +95,7 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
                          value=path.name, path=str(path)) from exc
     if not path.is_file():
         raise InputError(f"{path}: no such file", "give the path of a built wheel")
-    found = file_digests(path, digests)
+    found = file_digests(path, digests) if digests else {}
     metadata = _check_wheel(path, str(name), check_record, progress)
     headers = HeaderParser().parsestr(metadata.decode("utf-8", "replace"))
     meta_name = headers.get("Name", "")
@@ -99,52 +106,71 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
     if not same_version:
         raise IntegrityError(f"{path.name}: METADATA says version {headers.get('Version')!r}, the file name {version}",
                              "the wheel was renamed or altered; rebuild it")
-    return DistFile(path, str(name), meta_name or str(name), str(version), found["sha256"], found.get("md5", ""),
+    return DistFile(path, str(name), meta_name or str(name), str(version), found.get("sha256", ""),
                     found.get("blake2_256", ""), path.stat().st_size, metadata, check_record)
 
 
-def check_record(dist: DistFile, progress: Progress | None = None) -> DistFile:
-    """``dist``, marked checked; IntegrityError unless every member matches its RECORD (the deferred check)."""
-    if not dist.record_checked:
-        _check_wheel(dist.path, dist.project, True, progress)
+def check_record(dist: DistFile, progress: Progress | None = None, checked: CheckedWheels | None = None,
+                 at: Path | None = None) -> DistFile:
+    """``dist``, marked checked; IntegrityError unless every member matches its RECORD (the deferred check).
+
+    ``at`` reads a copy of the wheel (staged where it is published, ``dist.sha256`` its hash) in place of
+    ``dist.path``, so that the bytes checked are the bytes published.  A wheel whose sha256 passed before
+    (``checked``) is not inflated again: the verdict is the same for the same bytes.
+    """
+    if dist.record_checked:
+        return dist
+    if checked is not None and checked.passed(dist.sha256, dist.size):
+        log.info("%s: RECORD checked before (sha256 %s): not inflated again", dist.filename, dist.sha256)
+        return replace(dist, record_checked=True)
+    metadata = _check_wheel(at or dist.path, dist.project, True, progress, dist.filename)
+    if metadata != dist.metadata:
+        raise IntegrityError(f"{dist.filename} changed while it was being published (its METADATA differs)",
+                             "publish it again once nothing writes to it")
+    if checked is not None:
+        checked.remember(dist.sha256, dist.size, dist.filename)
     return replace(dist, record_checked=True)
 
 
-def with_upload_digests(dist: DistFile) -> DistFile:
-    """``dist`` with the md5 and blake2_256 the upload form asks for, computed only now that it will be sent.
+def ready_to_upload(dist: DistFile, progress: Progress | None = None,
+                    checked: CheckedWheels | None = None) -> DistFile:
+    """``dist`` checked against its RECORD and with the upload digests: what a file to be sent needs.
 
-    A publish that skips the file needs its sha256 alone; a sent file gets the other two in one more
-    pass, so no digest is computed twice.
+    The upload form's blake2_256 (and the sha256 again, so that a file rewritten since it was
+    first hashed is caught) come from one pass over the file, on its own thread beside the RECORD
+    check's: both are hashing and inflating that release the GIL, so the two overlap on a second core.
+    A publish that skips the file needs its sha256 alone and never comes here.
     """
-    missing = tuple(n for n in UPLOAD_DIGESTS if not getattr(dist, n))
-    if not missing:
-        return dist
-    found = file_digests(dist.path, missing)
-    if found.get("sha256", dist.sha256) != dist.sha256:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        hashing = pool.submit(file_digests, dist.path, UPLOAD_DIGESTS)
+        sound = check_record(dist, progress, checked)
+        found = hashing.result()
+    if found["sha256"] != dist.sha256:
         raise IntegrityError(f"{dist.filename} changed while it was being published (sha256 {found['sha256']}, "
                              f"was {dist.sha256})", "publish it again once nothing writes to it")
-    return replace(dist, sha256=found.get("sha256", dist.sha256), md5=found.get("md5", dist.md5),
-                   blake2_256=found.get("blake2_256", dist.blake2_256))
+    return replace(sound, blake2_256=found["blake2_256"])
 
 
-def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None) -> bytes:
+def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None,
+                 label: str | None = None) -> bytes:
+    name = label or path.name  # a staged copy is read, the wheel's own name is reported
     try:
         with zipfile.ZipFile(path) as zf:
-            dist_info = dist_info_dir(zf.namelist(), path.name)
-            metadata = read_member(zf, dist_info + "METADATA", path.name)
+            dist_info = dist_info_dir(zf.namelist(), name)
+            metadata = read_member(zf, dist_info + "METADATA", name)
             if check_record:
-                problems = _record_problems(zf, path, dist_info, _Counter(zf, path.name, progress))
+                problems = _record_problems(zf, path, dist_info, _Counter(zf, name, progress), name)
                 if problems:
-                    raise IntegrityError(f"{path.name} does not match its own RECORD: {problems[0]}"
+                    raise IntegrityError(f"{name} does not match its own RECORD: {problems[0]}"
                                          + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
                                          "the wheel was altered after it was built; rebuild it, do not publish it",
                                          problems=tuple(problems))
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
-        raise IntegrityError(f"{path.name} is not a readable wheel: {exc}",
+        raise IntegrityError(f"{name} is not a readable wheel: {exc}",
                              "the file is damaged or truncated; rebuild or download it again") from exc
     meta_name = HeaderParser().parsestr(metadata.decode("utf-8", "replace")).get("Name", "")
     if canonicalize_name(meta_name) != canonicalize_name(project):
-        raise IntegrityError(f"{path.name}: METADATA names the project {meta_name!r}, the file name {project!r}",
+        raise IntegrityError(f"{name}: METADATA names the project {meta_name!r}, the file name {project!r}",
                              "the wheel was renamed or altered; rebuild it")
     return metadata
 
@@ -164,44 +190,43 @@ class _Counter:
                 self.progress(self.label, self.done, self.total)
 
 
-def _record_problems(zf: zipfile.ZipFile, path: Path, dist_info: str, counter: _Counter) -> list[str]:
+def _record_problems(zf: zipfile.ZipFile, path: Path, dist_info: str, counter: _Counter, label: str) -> list[str]:
     """Every RECORD entry whose hash or size disagrees, and every file RECORD omits.
 
-    Members are inflated and hashed on a few threads, each with its own handle on the file (zlib and
-    hashlib release the GIL): a 268 MB wheel of 9,764 members is the slow step of a publish.
+    Members are inflated and hashed on one thread per core from one descriptor (see
+    :mod:`repack.publish.members`): a 268 MB wheel of 9,764 members is the slow step of a publish.
     """
     listed, entries = set(), []
-    for row in read_record(read_member(zf, dist_info + "RECORD", path.name), dist_info + "RECORD"):
+    for row in read_record(read_member(zf, dist_info + "RECORD", label), dist_info + "RECORD"):
         listed.add(row.name)
         if row.name != dist_info + "RECORD" and row.algorithm:
             entries.append(row)
-    workers = max(1, min(4, os.cpu_count() or 1, len(entries) // 64 or 1))
-    shares = [entries[i::workers] for i in range(workers)]
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        found = list(pool.map(lambda share: _share_problems(path, share, counter), shares))
-    order = {row.name: i for i, row in enumerate(entries)}
-    problems = sorted((p for share in found for p in share), key=lambda p: order.get(p[0], -1))
+    infos = {i.filename: i for i in zf.infolist()}  # the last of a repeated name, as zipfile.open takes it
+    workers = max(1, min(8, os.cpu_count() or 1, len(entries) // 64 or 1))
+    shares = [entries[i::workers] for i in range(workers)]  # interleaved: big and small members spread evenly
+    with open(path, "rb") as fh, concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        found = pool.map(lambda share: [(row.name, text) for row in share
+                                        for text in _entry_problem(fh.fileno(), infos.get(row.name), row, counter)],
+                         shares)
+        order = {row.name: i for i, row in enumerate(entries)}
+        problems = sorted((p for share in found for p in share), key=lambda p: order.get(p[0], -1))
     return [text for _, text in problems] + [
         f"{n} is not in RECORD" for n in zf.namelist() if not n.endswith("/") and n not in listed]
 
 
-def _share_problems(path: Path, share: list[RecordRow], counter: _Counter) -> list[tuple[str, str]]:
-    with zipfile.ZipFile(path) as zf:
-        return [(row.name, text) for row in share for text in _entry_problem(zf, row, counter)]
-
-
-def _entry_problem(zf: zipfile.ZipFile, row: RecordRow, counter: _Counter) -> list[str]:
+def _entry_problem(fd: int, info: zipfile.ZipInfo | None, row: RecordRow, counter: _Counter) -> list[str]:
     if row.algorithm not in ("sha256", "sha384", "sha512"):
         return [f"{row.name}: RECORD uses the weak or unknown hash {row.algorithm!r}"]
-    try:
-        h, n = hashlib.new(row.algorithm), 0
-        with zf.open(row.name) as fh:
-            for chunk in iter(lambda: fh.read(CHUNK), b""):
-                h.update(chunk)
-                n += len(chunk)
-                counter.add(len(chunk))
-    except KeyError:
+    if info is None:
         return [f"{row.name} is in RECORD but not in the wheel"]
+    h, n = hashlib.new(row.algorithm), 0
+    try:
+        for chunk in member_chunks(fd, info):
+            h.update(chunk)
+            n += len(chunk)
+            counter.add(len(chunk))
+    except DamagedMember as exc:
+        return [f"{exc} (damaged)"]
     got = urlsafe_b64(h.digest())
     if got != row.digest:
         return [f"{row.name}: {row.algorithm} {got}, RECORD says {row.digest}"]

@@ -67,20 +67,7 @@ def read_repository(path: Path, name: str) -> Repository:
 
 
 def keyring_password(url: str, username: str) -> str | None:
-    """keyring's password for (``url``, ``username``) when keyring is installed; None otherwise.
+    """keyring's password for (``url``, ``username``) as twine asks it; None without keyring or a password."""
+    from repack.fetch.keyringauth import keyring_password as ask
 
-    A keyring that fails (no backend, a locked store) is logged and treated as empty: the
-    credentials may still come from netrc, and the upload then says what was missing.
-    """
-    try:
-        import keyring
-    except ImportError:
-        log.debug("keyring is not installed: not asked")
-        return None
-    try:
-        password = keyring.get_password(url, username)
-    except Exception as exc:  # keyring backends raise anything; none of it may stop a publish here
-        log.info("keyring gave no password for %s (%s)", username, type(exc).__name__)
-        return None
-    log.info("password for %s from keyring" if password else "keyring has no password for %s", username)
-    return password
+    return ask([url], username)

@@ -29,9 +29,9 @@ import os
 import shutil
 import tempfile
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,15 @@ from packaging.version import Version
 
 from repack.errors import PublishError
 from repack.fetch.digest import file_sha256
-from repack.fs import NotRegularFileError, atomic_write, check_filename, locked, read_regular, safe_join
+from repack.fs import (
+    NotRegularFileError,
+    atomic_write,
+    check_filename,
+    locked,
+    read_regular,
+    remove_stale_temporaries,
+    safe_join,
+)
 from repack.publish.distfile import DistFile, read_distfile
 
 API_VERSION = "1.1"
@@ -68,22 +76,60 @@ class Entry:
     metadata_sha256: str | None
 
 
-def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False) -> list[Added]:
+#: ``check(dist, staged_copy)``: the checked ``dist``, or an error; run on the copy before it is placed.
+Check = Callable[[DistFile, Path], DistFile]
+
+
+def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False,
+                   check: Check | None = None) -> list[Added]:
     """Add ``dists`` to the tree at ``root`` and regenerate its pages.
 
-    ``link`` hard-links files into the tree where the filesystem allows (a bundle
-    keeps one copy of a 270 MB wheel), copying otherwise.
+    Each new file is first copied beside its place under a temporary name and hashed there, so the
+    sha256 on the pages (and ``check``, the RECORD check of a publish) is of the bytes served.  Only
+    when every file is staged, checked and free of conflict is any of them renamed into place: a
+    failed publish leaves the tree as it was.  ``link`` hard-links files into the tree where the
+    filesystem allows (a bundle keeps one copy of a 270 MB wheel), copying otherwise.
     """
     root = Path(root)
+    names = [d.filename for d in dists]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:  # two files, one name: the second would replace the first unseen
+        raise PublishError(f"{twice} is given more than once", "give each file once")
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):
-        for d in dists:  # refuse before placing anything: a failed publish leaves the tree as it was
-            _check_free(root, d)
-        results = [_add(root, d, link) for d in dists]
+        remove_stale_temporaries(root)  # copies staged by a run that was killed (none is live: the lock)
+        staged: list[tuple[DistFile, Path | None]] = []
+        try:
+            for d in dists:
+                staged.append(_stage(root, d, link, check))
+            results = [_commit(root, d, tmp) for d, tmp in staged]
+        finally:
+            for _, tmp in staged:  # renamed into place already, unless something failed
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
         for project in sorted({d.project for d in dists}):
             write_project_pages(root, project)
         write_root_pages(root)
     return results
+
+
+def _stage(root: Path, dist: DistFile, link: bool, check: Check | None) -> tuple[DistFile, Path | None]:
+    """``dist`` as it will be published, and its staged copy (None when the tree has these bytes)."""
+    target = _target(root, dist)
+    if target.exists():
+        hashed = dist if dist.sha256 else replace(dist, sha256=file_sha256(dist.path))
+        _check_free(root, hashed)
+        return hashed, None
+    tmp = _copy_beside(dist.path, root, link)
+    try:
+        staged = replace(dist, sha256=file_sha256(tmp), size=tmp.stat().st_size)
+        if dist.sha256 and staged.sha256 != dist.sha256:
+            raise PublishError(f"{dist.path} changed while it was being published (sha256 {staged.sha256}, "
+                               f"was {dist.sha256})", "publish it again once nothing writes to it")
+        return (check(staged, tmp) if check else staged), tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def already_there(root: Path, dist: DistFile) -> bool:
@@ -118,36 +164,52 @@ def _target(root: Path, dist: DistFile) -> Path:
     return safe_join(root, f"{check_filename(dist.project, 'project name')}/{check_filename(dist.filename)}")
 
 
-def _add(root: Path, dist: DistFile, link: bool) -> Added:
+def _commit(root: Path, dist: DistFile, tmp: Path | None) -> Added:
     target = _target(root, dist)
-    if target.exists():  # _check_free saw the same bytes there
+    if tmp is None:  # _stage saw the same bytes there
         _write_metadata(target, dist.metadata)
         return Added(dist.filename, "skipped", dist.sha256, target)
-    _place(dist.path, target, link)
+    try:
+        target.parent.mkdir(exist_ok=True)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise PublishError(f"cannot write {target}: {exc.strerror}", "choose a writable directory") from exc
     _write_metadata(target, dist.metadata)
+    _remember(target, dist.sha256, dist)  # hashed when staged: the pages need not read the file again
     return Added(dist.filename, "added", dist.sha256, target)
 
 
-def _place(source: Path, target: Path, link: bool) -> None:
-    """Put ``source`` at ``target`` through a temporary name beside it: never a partial file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+def _copy_beside(source: Path, root: Path, link: bool) -> Path:
+    """A copy (or hard link) of ``source`` under a temporary name in ``root``: never a partial file.
+
+    In the tree's root, so that the rename into place stays on one filesystem, and a refused publish
+    leaves no new project directory behind.
+    """
+    fd, name = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".tmp", dir=root)
     os.close(fd)
+    tmp = Path(name)
     try:
         if link:
             try:
-                os.unlink(tmp)
+                tmp.unlink()
                 os.link(source, tmp)
             except OSError:
                 link = False
         if not link:
-            shutil.copyfile(source, tmp)
+            shutil.copyfile(source, tmp)  # the kernel's copy (copy_file_range/sendfile): no bytes through Python
             os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
     except OSError as exc:
-        raise PublishError(f"cannot write {target}: {exc.strerror}", "choose a writable directory") from exc
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+        raise PublishError(f"cannot write in {root}: {exc.strerror}", "choose a writable directory") from exc
+    return tmp
+
+
+def _remember(target: Path, sha256: str, dist: DistFile) -> None:
+    """Record the placed file's sha256 and stamp, so that the pages reuse it."""
+    state = _read_state(target.parent / STATE)
+    state[target.name] = {"stamp": _stamp(target), "sha256": sha256, "size": target.stat().st_size,
+                          "requires_python": dist.requires_python, "metadata_sha256": dist.metadata_sha256}
+    atomic_write(target.parent / STATE, (json.dumps(state, indent=1, sort_keys=True) + "\n").encode())
 
 
 def _write_metadata(target: Path, metadata: bytes) -> None:
@@ -182,7 +244,7 @@ def project_entries(root: Path, project: str) -> list[Entry]:
         metadata = path.with_name(path.name + ".metadata")
         if not (isinstance(known, dict) and known.get("stamp") == stamp and known.keys() >= _FIELDS
                 and metadata.is_file()):
-            dist = read_distfile(path, check_record=False)
+            dist = read_distfile(path, check_record=False, digests=("sha256",))
             _write_metadata(path, dist.metadata)
             known = {"stamp": stamp, "sha256": dist.sha256, "size": dist.size,
                      "requires_python": dist.requires_python, "metadata_sha256": dist.metadata_sha256}

@@ -14,6 +14,7 @@ server echoes one back.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import netrc
 import os
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from packaging.utils import parse_wheel_filename
 
-from repack.errors import FetchError, InputError, PublishError, RepackError
+from repack.errors import FetchError, InputError, IntegrityError, PublishError, RepackError
 from repack.fetch.index import ACCEPT, IndexFile, parse_html_page, parse_json_page
 from repack.fetch.transport import (
     PAGE_LIMIT,
@@ -141,10 +142,10 @@ def _netrc_entry(host: str, path: Path | None) -> tuple[str, str] | None:
 def form_fields(dist: DistFile) -> list[tuple[str, str]]:
     """The upload form as twine sends it, from the wheel's own METADATA.
 
-    Only a wheel checked against its RECORD, with all three digests, may be sent (fail closed: a
+    Only a wheel checked against its RECORD, with both digests, may be sent (fail closed: a
     caller that deferred those steps and then sends anyway is refused here).
     """
-    if not (dist.record_checked and dist.md5 and dist.blake2_256):
+    if not (dist.record_checked and dist.blake2_256):
         raise PublishError(f"{dist.filename} was not checked against its RECORD and hashed before sending",
                            "this is a bug in the caller; nothing was sent")
     meta = dist.headers()
@@ -153,7 +154,7 @@ def form_fields(dist: DistFile) -> list[tuple[str, str]]:
               ("name", dist.name), ("version", dist.version), ("filetype", "bdist_wheel"),
               ("pyversion", sorted({t.interpreter for t in python_tag})[0]),
               ("metadata_version", meta.get("Metadata-Version", "2.1")),
-              ("sha256_digest", dist.sha256), ("md5_digest", dist.md5), ("blake2_256_digest", dist.blake2_256)]
+              ("sha256_digest", dist.sha256), ("blake2_256_digest", dist.blake2_256)]  # no md5: as twine 7
     for header, name in SINGLE_FIELDS.items():
         if meta.get(header):
             fields.append((name, meta[header]))
@@ -165,9 +166,15 @@ def form_fields(dist: DistFile) -> list[tuple[str, str]]:
 
 
 class MultipartBody:
-    """A multipart/form-data body streamed from disk, so a 300 MB wheel is never held in memory."""
+    """A multipart/form-data body streamed from disk, so a 300 MB wheel is never held in memory.
 
-    def __init__(self, fields: Sequence[tuple[str, str]], path: Path, progress: Progress | None = None) -> None:
+    The file is hashed as it is sent and its last chunk held back until the hash is known: bytes that
+    are not ``sha256`` (the file changed since it was checked) raise IntegrityError before the body is
+    complete, so the connection drops and the index never receives a whole upload.
+    """
+
+    def __init__(self, fields: Sequence[tuple[str, str]], path: Path, progress: Progress | None = None,
+                 sha256: str | None = None) -> None:
         self.boundary = uuid.uuid4().hex
         head = b"".join(self._part(name, value.encode("utf-8")) for name, value in fields)
         head += (f'--{self.boundary}\r\nContent-Disposition: form-data; name="content"; filename="{path.name}"\r\n'
@@ -177,6 +184,7 @@ class MultipartBody:
         self._chunks = self._iterate()
         self._pending = b""
         self._done, self._progress, self._label = 0, progress, path.name
+        self._sha256 = sha256
 
     @property
     def content_type(self) -> str:
@@ -196,13 +204,25 @@ class MultipartBody:
         for segment in self._segments:
             if isinstance(segment, bytes):
                 yield segment
-                continue
-            with open(segment, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 16), b""):
-                    self._done += len(chunk)
-                    if self._progress:
-                        self._progress(f"upload {self._label}", self._done, self._length)
-                    yield chunk
+            else:
+                yield from self._file(segment)
+
+    def _file(self, path: Path) -> Iterator[bytes]:
+        digest, held = hashlib.sha256(), b""
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 16), b""):
+                digest.update(chunk)
+                if held:
+                    yield held
+                held = chunk
+                self._done += len(chunk)
+                if self._progress:
+                    self._progress(f"upload {self._label}", self._done, self._length)
+        if self._sha256 is not None and digest.hexdigest() != self._sha256:
+            raise IntegrityError(f"{path.name} changed while it was being sent (sha256 {digest.hexdigest()}, "
+                                 f"checked as {self._sha256}); the upload was broken off before its end",
+                                 "publish it again once nothing writes to it")
+        yield held
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self._pending) < size:
@@ -315,7 +335,7 @@ class Uploader:
     def _post(self, dist: DistFile) -> Response:
         fields = form_fields(dist)
         for number in range(self.retries + 1):
-            body = MultipartBody(fields, dist.path, self.progress)
+            body = MultipartBody(fields, dist.path, self.progress, dist.sha256)
             resp = self._request("POST", self.url, data=body, what=dist.filename,
                                  headers={"Content-Type": body.content_type})
             if resp.status not in RETRY_STATUSES or number == self.retries:

@@ -1,0 +1,107 @@
+"""The index that build and plan read: a username without a password is completed as pip completes it
+(``~/.netrc``, then keyring under the index URL, then under the host), against a local server that
+needs the password.  keyring is real, with a tiny backend chosen by ``PYTHON_KEYRING_BACKEND``."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+import sys
+import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from repack.fetch.keyringauth import keyring_password
+from tests.conftest import cli
+
+PASSWORD = "k3y/r1ng:p@ss"
+
+
+@pytest.fixture
+def auth_index():
+    """A server on 127.0.0.1 that answers 401 to any request without bob's password (all it serves)."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            sent = self.headers.get("Authorization", "")
+            seen.append(base64.b64decode(sent.split()[-1]).decode() if sent else "")
+            self.send_response(404 if seen[-1] == f"bob:{PASSWORD}" else 401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.seen = seen
+    httpd.host = f"127.0.0.1:{httpd.server_address[1]}"
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def backend(tmp_path, service: str, password: str = PASSWORD) -> dict[str, str]:
+    """The environment that makes keyring answer ``password`` for (``service``, bob) and nothing else."""
+    (tmp_path / "fixedkeyring.py").write_text(textwrap.dedent(f"""
+        import keyring.backend
+        class Fixed(keyring.backend.KeyringBackend):
+            priority = 1
+            def get_password(self, service, username):
+                return {password!r} if (service, username) == ({service!r}, "bob") else None
+            def set_password(self, service, username, password):
+                raise NotImplementedError
+            def delete_password(self, service, username):
+                raise NotImplementedError
+        """))
+    return {"PYTHON_KEYRING_BACKEND": "fixedkeyring.Fixed", "PYTHONPATH": str(tmp_path), "NETRC": "/nonexistent"}
+
+
+def plan(index: str, env: dict[str, str]):
+    return cli("plan", "0.6.9", "--no-cache", "--retries", "0", "--index-url", index, env=env)
+
+
+@pytest.mark.parametrize("stored_under", ["index URL", "host"])
+def test_plan_completes_a_username_from_keyring_as_pip_does(auth_index, tmp_path, stored_under):
+    index = f"http://{auth_index.host}/simple/"
+    service = index if stored_under == "index URL" else auth_index.host
+    result = plan(f"http://bob@{auth_index.host}/simple/", backend(tmp_path, service))
+    # the page is then a 404 (no such project): what matters is what was sent, and that it is not shown
+    assert auth_index.seen and set(auth_index.seen) == {f"bob:{PASSWORD}"}, result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr and PASSWORD not in result.stderr
+
+
+def test_without_a_keyring_password_the_username_goes_alone_and_the_refusal_is_shown(auth_index, tmp_path):
+    result = plan(f"http://bob@{auth_index.host}/simple/", backend(tmp_path, "http://elsewhere/simple/"))
+    assert set(auth_index.seen) == {"bob:"}
+    assert result.returncode != 0 and "401" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_netrc_comes_before_keyring_as_in_pip(auth_index, tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login bob password {PASSWORD}\n")
+    netrc.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    env = {**backend(tmp_path, f"http://{auth_index.host}/simple/", "not-this-one"), "NETRC": str(netrc)}
+    plan(f"http://bob@{auth_index.host}/simple/", env)
+    assert set(auth_index.seen) == {f"bob:{PASSWORD}"}
+
+
+def test_the_keyring_command_is_asked_when_the_package_is_not_used(tmp_path, monkeypatch):
+    """pip's subprocess provider: ``keyring get SERVICE USER`` on PATH, its one line the password."""
+    command = tmp_path / "bin" / "keyring"
+    command.parent.mkdir()
+    command.write_text(f"#!{sys.executable}\nimport sys\n"
+                       f"sys.exit(print({PASSWORD!r}) if sys.argv[1:] == ['get', 'https://h/simple/', 'bob'] else 1)\n")
+    command.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{command.parent}{os.pathsep}{os.environ['PATH']}")
+    assert keyring_password(["https://h/simple/"], "bob", "subprocess") == PASSWORD
+    assert keyring_password(["https://other/simple/", "h"], "bob", "subprocess") is None
+    assert keyring_password(["https://h/simple/"], "bob", "disabled") is None
+    with pytest.raises(ValueError, match="not one of"):
+        keyring_password(["https://h/simple/"], "bob", "sometimes")
