@@ -16,6 +16,18 @@ from repack.publish.checked import CheckedWheels
 from repack.publish.distfile import check_record, read_distfile, ready_to_upload
 from tests.support.tinywheel import tamper
 
+
+@pytest.fixture(autouse=True, params=["installed", "zlib"])
+def inflater(request, monkeypatch):
+    """Every check runs with the inflater this venv has (ISA-L, when installed) and with plain zlib."""
+    import zlib
+
+    from repack.publish import members
+
+    if request.param == "zlib":
+        monkeypatch.setattr(members, "_inflate", zlib)
+    return members._inflate
+
 MEMBER = "demo/data.bin"
 CONTENT = bytes(range(256)) * 4096  # 1 MiB that deflate shrinks well: a forged size is easy to make
 
