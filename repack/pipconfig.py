@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from repack.errors import InputError
+from repack.fetch.keyringauth import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class IndexSettings:
     extra_index_urls: tuple[str, ...] = ()
     extra_origin: str = ""
     files_read: tuple[str, ...] = ()
+    #: pip's keyring-provider: where a password for an index URL that names only a user comes from
+    keyring_provider: str = "auto"
 
 
 def config_files(environ: Mapping[str, str], site_prefix: str | None) -> list[ConfigFile]:
@@ -86,7 +89,12 @@ def resolve_index(environ: Mapping[str, str], site_prefix: str | None) -> IndexS
                        if k.startswith("PIP_") and k[4:].lower() not in ("version", "help")}
     index, index_origin = _pick(values, "index-url") or (PYPI, "pip's default (PyPI)")
     extra, extra_origin = _pick(values, "extra-index-url") or ("", "")
-    settings = IndexSettings(index, index_origin, tuple(extra.split()), extra_origin, tuple(read))
+    provider, provider_origin = _pick(values, "keyring-provider") or ("auto", "pip's default")
+    if provider not in PROVIDERS:
+        raise InputError(f"pip's keyring-provider {provider!r} (from {provider_origin}) is not one of "
+                         f"{', '.join(PROVIDERS)}", "set it to a value pip accepts; pip refuses this one too",
+                         value=provider, expected=" or ".join(PROVIDERS))
+    settings = IndexSettings(index, index_origin, tuple(extra.split()), extra_origin, tuple(read), provider)
     log.debug("pip config files read: %s", ", ".join(read) or "none")
     return settings
 

@@ -105,3 +105,23 @@ def test_the_keyring_command_is_asked_when_the_package_is_not_used(tmp_path, mon
     assert keyring_password(["https://h/simple/"], "bob", "disabled") is None
     with pytest.raises(ValueError, match="not one of"):
         keyring_password(["https://h/simple/"], "bob", "sometimes")
+
+
+@pytest.mark.parametrize("where", ["PIP_KEYRING_PROVIDER", "pip.conf"])
+def test_pips_keyring_provider_setting_is_followed(auth_index, tmp_path, where):
+    """``keyring-provider = disabled`` (pip's option, from its variable or its config) keeps keyring out."""
+    env = backend(tmp_path, f"http://{auth_index.host}/simple/")
+    if where == "pip.conf":
+        conf = tmp_path / "pip.conf"
+        conf.write_text("[global]\nkeyring-provider = disabled\n")
+        env["PIP_CONFIG_FILE"] = str(conf)
+    else:
+        env["PIP_KEYRING_PROVIDER"] = "disabled"
+    plan(f"http://bob@{auth_index.host}/simple/", env)
+    assert set(auth_index.seen) == {"bob:"}
+
+
+def test_a_keyring_provider_pip_does_not_know_is_a_usage_error(tmp_path):
+    result = cli("plan", "0.6.9", "--no-cache", "--index-url", "http://127.0.0.1:9/simple/",
+                 env={"PIP_KEYRING_PROVIDER": "sometimes"})
+    assert result.returncode == 2 and "keyring-provider 'sometimes'" in result.stderr and "PIP_KEYRING_PROVIDER" in result.stderr

@@ -293,7 +293,8 @@ def make_transport(args: argparse.Namespace) -> Transport | None:
 
     if getattr(args, "offline", False):
         return None
-    return Transport(timeout=args.timeout, retries=args.retries, progress=progress_printer(args))
+    return Transport(timeout=args.timeout, retries=args.retries, progress=progress_printer(args),
+                     keyring_provider=index_settings(args).keyring_provider)
 
 
 def human_size(size: int) -> str:
