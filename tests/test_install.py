@@ -152,6 +152,24 @@ def test_install_refuses_a_python_of_another_version(run_cli, tmp_path):
     assert result.returncode == 2 and "not 0.6.6" in result.stderr
 
 
+def test_install_with_python_reads_the_plan_from_that_environments_own_code(python_wheel, cubin_wheel, run_cli,
+                                                                           tmp_path):
+    """The headers go where the flashinfer of --python looks, by the plan its own code gives: no index
+    and no flashinfer in the tool's environment are needed (here: offline, a version with no shipped plan)."""
+    from tests.support.installs import fresh_venv, pip_into
+
+    python = fresh_venv(tmp_path / "venv")
+    assert pip_into(python, "install", "--no-deps", "--no-index", str(python_wheel(VERSION))).returncode == 0
+    home = tmp_path / "home"
+    result = run_cli("install", VERSION, "--python", str(tmp_path / "venv"), "--offline", "--no-cache",
+                     "--from", str(cubin_wheel(VERSION)), "--json", env={"HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["plan_checked"] and f"flashinfer-python in python {python}" in report["plan_check"]
+    assert report["cubin_dir"] == str(home / ".cache" / "flashinfer" / "cubins")
+    assert (Path(report["cubin_dir"]) / DEST / PLAN.marker_name).read_bytes() == PLAN.marker_bytes
+
+
 @pytest.mark.parametrize("record", [True, False], ids=["with-RECORD", "without-RECORD"])
 def test_doctor_and_install_on_a_conda_prefix_without_python(record, python_wheel, cubin_wheel, run_cli, tmp_path):
     """A prefix is read from its files: conda-meta and site-packages; install --target is the fix it names.

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repack.cli.common import (
     EPILOG,
@@ -20,6 +21,9 @@ from repack.cli.common import (
     source_option,
 )
 from repack.cli.settings import source_settings
+
+if TYPE_CHECKING:
+    from repack.rules.resolve import PlanCheck
 
 # -- install -------------------------------------------------------------------------
 
@@ -59,9 +63,12 @@ def cmd_install(args: argparse.Namespace) -> int:
     version = check_version(args.version)
     transport = make_transport(args)
     settings = source_settings(args)
-    check = pipeline.checked_plan_for(version, settings, transport)
+    if args.target:
+        cubin_dir, with_extras, owned = args.target, True, False
+        check = pipeline.checked_plan_for(version, settings, transport)
+    else:  # the plan is the one that environment's own flashinfer code gives (checked against a shipped one)
+        cubin_dir, with_extras, owned, check = install_destination(args, version)
     plan = require_needed(check.plan)
-    cubin_dir, with_extras, owned = (args.target, True, False) if args.target else install_destination(args, version)
     payload, report = pipeline.verified_payload(plan, settings, transport, with_extras)
     written = install(payload, cubin_dir)
     _clear_progress()
@@ -85,9 +92,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def install_destination(args: argparse.Namespace, version: str) -> tuple[Path, bool, bool]:
+def install_destination(args: argparse.Namespace, version: str) -> tuple[Path, bool, bool, PlanCheck]:
     """The cubin dir of the environment of --python (default: this one), whether it lacks flashinfer-cubin,
-    and whether our package of this version is installed there (so pip owns the files)."""
+    whether our package of this version is installed there (so pip owns the files), and the plan read
+    from that environment's own flashinfer code (so the headers go exactly where it looks)."""
     from packaging.version import Version
 
     from repack.environment.probe import snapshot
@@ -105,10 +113,10 @@ def install_destination(args: argparse.Namespace, version: str) -> tuple[Path, b
         raise PlanError(env.unknown or f"where {env.target}'s flashinfer looks is unknown",
                         "the headers are not placed where that flashinfer may not look")
     from repack.rules.resolve import checked_plan
-    checked_plan(version, [(f"flashinfer-python in {env.target}", lambda: rules)])  # refuses a disagreement
+    check = checked_plan(version, [(f"flashinfer-python in {env.target}", lambda: rules)])  # refuses a disagreement
     if cubin_dir.import_error:
         raise BuildError(f"`import flashinfer` fails in {env.target}: {cubin_dir.import_error}",
                          f"run 'flashinfer-repack doctor --python {env.interpreter.python}' for the fix")
     ours = env.dist("flashinfer-cubin-headers")
     owned = ours is not None and Version(ours.version) == Version(version)
-    return Path(cubin_dir.path), env.dist("flashinfer-cubin") is None, owned
+    return Path(cubin_dir.path), env.dist("flashinfer-cubin") is None, owned, check
