@@ -170,6 +170,12 @@ def test_exit_codes_come_from_the_one_table(exc, code):
     assert ERROR_EXIT_CODES[-1] == (RepackError, EXIT_FAIL)  # the last row catches every library error
 
 
+def _empty_venv(tmp: Path) -> Path:
+    from tests.support.installs import fresh_venv
+
+    return fresh_venv(tmp / "empty-venv").parent.parent
+
+
 def _mistakes(tmp: Path) -> dict[str, list[list[str]]]:
     """The same kind of mistake, made on each command that can meet it."""
     wheel = make_wheel(tmp, "fi-boundary-demo", "1.0")
@@ -199,6 +205,10 @@ def _mistakes(tmp: Path) -> dict[str, list[list[str]]]:
             ["build", "0.6.6", "--index-url", "http://alice:s3cret@192.0.2.1/simple/", "--timeout", "3", *out],
             ["build", "0.6.6", "--from", "index+http://alice:s3cret@192.0.2.1/simple/", "--timeout", "3", *out],
         ],
+        "an environment without that flashinfer-python": [
+            ["plan", "0.6.6", "--installed"],  # the tests' own environment has no flashinfer-python
+            ["install", "0.6.6", "--python", str(_empty_venv(tmp)), "--offline"],
+        ],
         "a port out of range": [
             ["publish", "--index", "http://127.0.0.1:99999/", str(wheel)],
             ["build", "0.6.6", "--index-url", "http://127.0.0.1:99999/", *out],
@@ -209,7 +219,8 @@ def _mistakes(tmp: Path) -> dict[str, list[list[str]]]:
 
 @pytest.mark.parametrize("mistake", ["not a package of the kind published", "no such file",
                                      "a URL that is not http(s)", "a port out of range",
-                                     "credentials over plain http to another machine"])
+                                     "credentials over plain http to another machine",
+                                     "an environment without that flashinfer-python"])
 def test_the_same_mistake_gives_the_same_exit_code_everywhere(mistake, tmp_path):
     results = {" ".join(a[:2]): cli(*a, "--json") for a in _mistakes(tmp_path)[mistake]}
     codes = {what: r.returncode for what, r in results.items()}

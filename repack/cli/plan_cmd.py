@@ -10,6 +10,7 @@ from repack.cli.common import (
     EXIT_FAIL,
     EXIT_OK,
     EXIT_TABLE,
+    UsageError,
     _clear_progress,
     cache_dir,
     common_options,
@@ -72,7 +73,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     elif args.python_wheel:
         plan, origin = resolve.plan_from_wheel(args.python_wheel, version), str(args.python_wheel)
     elif args.installed:
-        plan, origin = resolve.plan_from_installed(version), "installed flashinfer-python"
+        from repack.errors import SourceError, UnknownVersionError
+
+        try:
+            plan, origin = resolve.plan_from_installed(version), "installed flashinfer-python"
+        except (SourceError, UnknownVersionError) as exc:  # the source the user named lacks it: as install --python says, exit 2
+            raise UsageError(str(exc), exc.hint) from exc
     else:
         transport = make_transport(args)
         url = index_url(args)
