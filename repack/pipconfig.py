@@ -23,7 +23,6 @@ Credentials are not looked up here: they stay in the URL (``user:password@``) or
 from __future__ import annotations
 
 import configparser
-import locale
 import logging
 import os
 import posixpath
@@ -103,6 +102,8 @@ def _read_into(f: ConfigFile, values: dict[str, dict[str, tuple[str, str]]]) -> 
     if not os.path.exists(f.path):
         return False
     parser = configparser.RawConfigParser()  # pip's parser: a '%' is data, not interpolation
+    import locale  # why here: only a config file that exists is decoded
+
     encoding = locale.getpreferredencoding(False)
     try:
         parser.read(f.path, encoding=encoding)

@@ -18,7 +18,6 @@ from repack.cli.common import (
     index_settings,
     resolve_python,
 )
-from repack.fs import NotRegularFileError, read_regular
 
 if TYPE_CHECKING:
     from repack.environment.doctor import Advice, Diagnosis
@@ -226,6 +225,8 @@ def _prefix_of(env: Environment) -> str | None:
 def _by_conda(env: Environment) -> bool:
     """flashinfer-python came from conda (its INSTALLER says so), so conda, not pip, should add to it."""
     import glob
+
+    from repack.fs import NotRegularFileError, read_regular
 
     site = env.interpreter.site_packages or ""
     for installer in glob.glob(os.path.join(site, "flashinfer_python-*.dist-info", "INSTALLER")):

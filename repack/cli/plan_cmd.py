@@ -77,7 +77,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         try:
             plan, origin = resolve.plan_from_installed(version), "installed flashinfer-python"
-        except (SourceError, UnknownVersionError) as exc:  # the source the user named lacks it: as install --python says, exit 2
+        except (SourceError, UnknownVersionError) as exc:  # the source named lacks it: exit 2, as install --python
             raise UsageError(str(exc), exc.hint) from exc
     else:
         transport = make_transport(args)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from email.parser import HeaderParser
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -240,6 +239,8 @@ def _not_needed(code: Codebase, common: dict[str, Any]) -> Plan:
 def _requires_python(metadata: str | None) -> str | None:
     if not metadata:
         return None
+    from email.parser import HeaderParser  # why here: a plan from the cache reads no METADATA
+
     return HeaderParser().parsestr(metadata).get("Requires-Python")
 
 
