@@ -34,7 +34,7 @@ from repack.fetch.cache import Cache
 from repack.fetch.download import DOWNLOADED, PRESENT, fetch_verified
 from repack.fetch.index import IndexFile, find_wheel, parse_html_page, parse_json_page, wheel_filename
 from repack.fetch.transport import Transport
-from repack.fetch.urlpolicy import scrub, secret_forms
+from repack.fetch.urlpolicy import redact, scrub, secret_forms
 from repack.fs import UnsafePathError
 from tests.support.hostile import HostileServer, self_signed_cert
 from tests.support.tinywheel import make_wheel
@@ -387,6 +387,41 @@ def test_credentials_go_only_to_the_host_they_were_given_for(hostile):
 def test_credentials_are_never_sent_over_plain_http_to_another_machine():
     with pytest.raises(InputError, match=r"refusing to send credentials to http://192\.0\.2\.1/simple/ over plain http"):
         Transport(retries=0, timeout=1).get("http://bob:pw@192.0.2.1/simple/")
+
+
+def test_credentials_for_this_machine_never_go_through_a_proxy_in_clear(hostile, tmp_path, monkeypatch):
+    """Plain http to loopback may carry a password only when the request goes there directly."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine localhost login bob password from-netrc\n")
+    netrc.chmod(0o600)
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, hostile.url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("NETRC", str(netrc))
+    with pytest.raises(InputError, match="through a proxy"):
+        Transport(retries=0, timeout=5).get("http://alice:s3cret@localhost:9/simple/x/")
+    with pytest.raises(FetchError):  # the proxy answers 404: what matters is what it was sent
+        Transport(retries=0, timeout=5).get("http://localhost:9/simple/x/")
+    assert hostile.seen and all(s.authorization is None for s in hostile.seen)
+
+
+@pytest.mark.parametrize(("url", "code"), [("https://alice:s3cr#etPass@pypi.example/simple/", 2),
+                                           ("https://alice:hunter2/xyz@pypi.example/simple/", 2),
+                                           ("https://alice:a?b@pypi.example/simple/", 2),
+                                           ("https://alice:s3cr@t@192.0.2.1:9/simple/", 1)])
+def test_a_password_with_url_delimiters_is_never_shown(url, code, run_cli):
+    """'#', '/', '?' end the netloc for urlsplit, so the password looks like a host or a path: never shown."""
+    secret = url.split("alice:", 1)[1].rsplit("@", 1)[0]
+    assert secret not in redact(url) and "alice" not in redact(url)
+    args = ("plan", "0.6.9", "--no-cache", "--retries", "0", "--timeout", "1")
+    given = run_cli(*args, "--index-url", url)
+    from_pip = run_cli(*args, env={"PIP_INDEX_URL": url})
+    for result in (given, from_pip):
+        assert result.returncode == code and secret not in result.stdout + result.stderr, result.stderr
+    if code == 2:  # the caller's mistake, named where it was made
+        assert "(--index-url)" in given.stderr
+        assert "PIP_INDEX_URL" in from_pip.stderr and "--index-url" not in from_pip.stderr
 
 
 # -- 4. secrets never printed ---------------------------------------------------------------------

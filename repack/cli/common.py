@@ -158,7 +158,13 @@ def index_url(args: argparse.Namespace) -> str:
 
     if getattr(args, "index_url", None):
         return check_url(args.index_url, "index_url")
-    return check_url(index_settings(args).index_url, "index_url")
+    settings = index_settings(args)
+    try:
+        return check_url(settings.index_url)
+    except InputError as exc:  # pip's setting, not our option: say where it came from
+        raise InputError(f"{exc} (pip's index, from {settings.index_origin})",
+                         "fix that setting, or give the index as an option", value=exc.value,
+                         expected=exc.expected) from None
 
 
 def index_settings(args: argparse.Namespace, site_prefix: str | None = None) -> IndexSettings:

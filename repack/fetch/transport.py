@@ -147,8 +147,16 @@ class Transport:
 
     def add_credentials(self, url: str, username: str, password: str) -> None:
         """Send ``username:password`` to ``url``'s host (and only there, only over https or loopback)."""
-        check_credentials_allowed(url)
+        check_credentials_allowed(url, self._proxied(url))
         self._credentials[_host_key(url)] = (username, password)
+
+    def _proxied(self, url: str) -> bool:
+        """Whether requests would send ``url`` through a proxy (HTTP_PROXY and NO_PROXY, as requests reads them)."""
+        if not self.trust_env:
+            return False
+        from requests.utils import get_environ_proxies, select_proxy
+
+        return select_proxy(url, get_environ_proxies(url, no_proxy=None)) is not None
 
     def add_index(self, index_url: str) -> None:
         """Note an index URL: keyring is asked for its username's password under it first (as pip asks)."""
@@ -427,7 +435,7 @@ class _HostAuth:
         found = self.transport._credentials.get(_host_key(url))
         if found is None and self.transport.trust_env:
             found = _netrc_for(url)
-        if found is not None and may_carry_credentials(url):
+        if found is not None and may_carry_credentials(url, self.transport._proxied(url)):
             token = base64.b64encode(f"{found[0]}:{found[1]}".encode()).decode()
             request.headers["Authorization"] = f"Basic {token}"
         return request

@@ -27,20 +27,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def may_carry_credentials(url: str) -> bool:
+def may_carry_credentials(url: str, proxied: bool = False) -> bool:
+    """https always; plain http only straight to this machine (through a proxy it would travel in clear)."""
     parts = urllib.parse.urlsplit(url)
-    return parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname or ""))
+    return parts.scheme == "https" or (parts.scheme == "http" and not proxied and is_loopback(parts.hostname or ""))
 
 
-def check_credentials_allowed(url: str) -> None:
+def check_credentials_allowed(url: str, proxied: bool = False) -> None:
     """A password may travel only over https, or over plain http to this machine.
 
     The URL is the caller's (credentials are given with the URL they are for), so a refusal is the
     caller's mistake: an InputError, the same exit code whichever command it was given to.
     """
-    if not may_carry_credentials(url):
+    if not may_carry_credentials(url, proxied):
         shown = redact(url)
-        raise InputError(f"refusing to send credentials to {shown} over plain http",
+        how = "through a proxy, over plain http" if proxied and is_loopback(urllib.parse.urlsplit(url).hostname or "") \
+            else "over plain http"
+        raise InputError(f"refusing to send credentials to {shown} {how}",
                          "use an https URL for a server that needs a password (plain http only on this machine)",
                          value=shown, expected="an https URL, or plain http to this machine")
 
@@ -92,11 +95,19 @@ def check_link(page_url: str, link: str) -> None:
 
 
 def redact(url: str) -> str:
-    """Drop userinfo so that credentials never reach a message or a log (even from a malformed URL)."""
+    """Drop userinfo so that credentials never reach a message or a log (even from a malformed URL).
+
+    A password holding '#', '/' or '?' ends the netloc early for urlsplit, so it would look like a
+    path: wherever a ``user:...@`` shape follows the scheme, everything up to the last '@' is dropped.
+    """
     parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    if "@" in parts.netloc:
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, after = rest.rpartition("@")
+    if sep and at and ":" in userinfo:
+        return f"{scheme}://{after}"
+    return url
 
 
 def secret_forms(username: str, password: str) -> list[str]:
