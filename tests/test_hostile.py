@@ -185,6 +185,17 @@ def test_a_trickled_reply_to_an_upload_cannot_hang_publish(run_cli, tmp_path, ho
     assert result.returncode == 1 and "timed out" in result.stderr, result.stderr
 
 
+def test_headers_trickled_through_a_proxy_are_bounded_too(hostile, monkeypatch):
+    """The bound lives in the connections, whichever pool makes them: a plain proxy's included."""
+    hostile.routes["http://proxied.invalid/simple/x/"] = lambda h: h.send_trickled_headers(0.5)
+    for name in ("HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(name, hostile.url)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "")
+    with pytest.raises(FetchError, match="timed out"):  # the test would hang without the bound
+        Transport(retries=0, timeout=1).get("http://proxied.invalid/simple/x/")
+
+
 def test_a_server_that_ignores_ranges_and_streams_forever_is_cut_at_the_index_size(run_cli, tmp_path, hostile,
                                                                                    small):
     url = hostile.endless("files/w.whl")

@@ -10,6 +10,7 @@ import stat
 import sys
 import textwrap
 import threading
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -125,3 +126,34 @@ def test_a_keyring_provider_pip_does_not_know_is_a_usage_error(tmp_path):
     result = cli("plan", "0.6.9", "--no-cache", "--index-url", "http://127.0.0.1:9/simple/",
                  env={"PIP_KEYRING_PROVIDER": "sometimes"})
     assert result.returncode == 2 and "keyring-provider 'sometimes'" in result.stderr and "PIP_KEYRING_PROVIDER" in result.stderr
+
+
+def _keyring_command(tmp_path, monkeypatch, body: str) -> Path:
+    command = tmp_path / "bin" / "keyring"
+    command.parent.mkdir(exist_ok=True)
+    command.write_text(f"#!/bin/sh\n{body}\n")
+    command.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{command.parent}{os.pathsep}{os.environ['PATH']}")
+    return command
+
+
+def test_a_keyring_command_that_never_stops_talking_is_cut_off(tmp_path, monkeypatch):
+    from repack.fetch import keyringauth
+
+    _keyring_command(tmp_path, monkeypatch, "exec yes AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+    monkeypatch.setattr(keyringauth, "COMMAND_TIMEOUT", 20.0)
+    assert keyring_password(["https://h/simple/"], "bob", "subprocess") is None  # cut at 64 KiB, not at 20 s
+
+
+def test_a_hung_keyring_command_is_killed_with_its_children_and_asked_once(tmp_path, monkeypatch):
+    from repack.fetch import keyringauth
+
+    asked = tmp_path / "asked"
+    child_pid = tmp_path / "child.pid"
+    _keyring_command(tmp_path, monkeypatch, f'echo "$2" >> {asked}; sleep 300 & echo $! > {child_pid}; wait')
+    monkeypatch.setattr(keyringauth, "COMMAND_TIMEOUT", 1.0)
+    assert keyring_password(["https://h/simple/", "h"], "bob", "subprocess") is None
+    assert asked.read_text().split() == ["https://h/simple/"]  # the host is not asked of a command that hung
+    stat_file = Path(f"/proc/{int(child_pid.read_text())}/stat")
+    # gone, or a zombie that its new parent has yet to reap: not running either way
+    assert not stat_file.exists() or stat_file.read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -13,14 +13,20 @@ goes on without one, and the server's refusal then says what was missing.  Passw
 from __future__ import annotations
 
 import logging
+import os
+import selectors
 import shutil
+import signal
 import subprocess
+import time
 
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("auto", "import", "subprocess", "disabled")
 #: A keyring command that hangs (a locked store waiting for a prompt no one sees) is given up on.
 COMMAND_TIMEOUT = 30.0
+#: A password is one line; more than this is not a password (and is never held whole).
+COMMAND_OUTPUT_LIMIT = 64 << 10
 _NOT_INSTALLED = object()
 
 
@@ -29,7 +35,10 @@ def keyring_password(services: list[str], username: str, provider: str = "auto")
     if provider not in PROVIDERS:
         raise ValueError(f"keyring provider {provider!r} is not one of {', '.join(PROVIDERS)}")
     for service in services:
-        password = _ask(service, username, provider)
+        try:
+            password = _ask(service, username, provider)
+        except _KeyringHung:
+            return None  # a command that hung once is not asked again for the next service
         if password:
             log.info("password for %s at %s from keyring", username, service)
             return password
@@ -62,16 +71,67 @@ def _imported(service: str, username: str) -> object:
 
 
 def _command(service: str, username: str) -> str | None:
-    """``keyring get SERVICE USER`` as pip's subprocess provider runs it: the password, one line."""
+    """``keyring get SERVICE USER`` as pip's subprocess provider runs it: the password, one line.
+
+    Bounded like every input: at most :data:`COMMAND_OUTPUT_LIMIT` bytes and :data:`COMMAND_TIMEOUT`
+    seconds, after which the command and every process it started (its own session) are killed.
+    A command that hangs raises :class:`_KeyringHung`, so that no further service is asked of it.
+    """
     command = shutil.which("keyring")
     if command is None:
         return None
     try:
-        done = subprocess.run([command, "get", service, username], stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=COMMAND_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.info("the keyring command gave no password for %s (%s)", username, type(exc).__name__)
+        proc = subprocess.Popen([command, "get", service, username], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        log.info("the keyring command could not start (%s)", exc.strerror)
         return None
-    if done.returncode != 0:
+    try:
+        output = _read_bounded(proc, time.monotonic() + COMMAND_TIMEOUT)
+    finally:
+        _kill_group(proc)
+    if output is None:
+        log.warning("the keyring command did not answer within %.0f s (or said too much): going on without "
+                    "a password", COMMAND_TIMEOUT)
+        raise _KeyringHung
+    if proc.returncode != 0:
         return None
-    return done.stdout.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r") or None
+    return output.decode("utf-8", "replace").removesuffix("\n").removesuffix("\r") or None
+
+
+class _KeyringHung(Exception):
+    """The keyring command overran its time or output bound."""
+
+
+def _read_bounded(proc: subprocess.Popen[bytes], deadline: float) -> bytes | None:
+    """The command's stdout once it exits; None past the deadline or past the output limit."""
+    assert proc.stdout is not None
+    out = bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                return None
+            chunk = os.read(proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                break
+            out += chunk
+            if len(out) > COMMAND_OUTPUT_LIMIT:
+                return None
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return None
+    return bytes(out)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """The command and what it started, gone (a keyring backend may leave helpers behind)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        pass  # already gone
+    proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()

@@ -8,8 +8,8 @@ The only module that imports ``requests``.  It decides, for every caller (fetch,
 * **time**: ``timeout`` bounds the connection and each read, and a whole transfer must also keep
   pace: its first bytes within ``timeout``, then :data:`MIN_RATE` on average (a server that trickles
   a byte every half second fails after ``timeout`` seconds, not never); the reply's headers are bounded
-  the same way (a status line, then a header byte every half second, fails, on every plain connection;
-  a connection through a proxy has the per-read bound only);
+  the same way (a status line, then a header byte every half second, fails), directly and through an
+  HTTP proxy (a SOCKS proxy, or https tunnelled in an https proxy, has the per-read bound only);
 * **schemes and redirects**: http(s) only on the wire, redirects followed by hand and an
   https -> http one refused; ``file://`` read only when it names a regular file;
 * **credentials**: sent only to the host they were given for (userinfo in a URL, ``~/.netrc``,
@@ -532,10 +532,18 @@ def _header_bounded_adapter() -> Any:
     class _HttpsPool(connectionpool.HTTPSConnectionPool):
         ConnectionCls = _Https
 
+    pools = {"http": _HttpPool, "https": _HttpsPool}
+
     class _Adapter(requests.adapters.HTTPAdapter):
         def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             super().init_poolmanager(*args, **kwargs)
-            self.poolmanager.pool_classes_by_scheme = {"http": _HttpPool, "https": _HttpsPool}
+            self.poolmanager.pool_classes_by_scheme = dict(pools)
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            if not proxy.lower().startswith("socks"):  # SOCKS pools are their own classes: per-read bound only
+                manager.pool_classes_by_scheme = dict(pools)
+            return manager
 
     return _Adapter()
 
