@@ -10,8 +10,8 @@ import stat
 import sys
 import textwrap
 import threading
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
