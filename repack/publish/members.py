@@ -5,10 +5,13 @@ slow step of a publish.  ``zipfile`` adds a CRC pass and a Python-level read loo
 one handle (and one seek position) per thread; here every member is read with ``os.pread`` from one
 descriptor shared by the threads, and inflated by ISA-L (``isal``, 2-3x zlib's speed) when installed,
 else zlib.  Both release the GIL, so members are inflated and hashed on as many threads as there are
-cores.  The CRC is not checked: RECORD's sha256 covers the same bytes and is what the check compares.
+cores.  Each member's CRC-32 is kept as it is read (ISA-L's or zlib's, both fast) and compared with
+the central directory's: pip's installer (zipfile) refuses a wheel whose CRC is wrong, so it is not published.
 
 The local header is checked as ``zipfile`` checks it (signature, name equal to the central directory's),
-no member inflates past its declared size, and a stream that ends early or not at all is damaged.
+no member inflates past its declared size, and a stream that ends early or not at all is damaged.  The
+layout is checked as Python 3.13's zipfile checks it: no name twice in the central directory, and no
+member's data reaching into the next local header or the central directory ("Overlapped entries").
 """
 
 from __future__ import annotations
@@ -41,9 +44,47 @@ class DamagedMember(Exception):
     """The member cannot be read as its central directory entry says."""
 
 
-def member_chunks(fd: int, info: zipfile.ZipInfo) -> Iterator[bytes]:
-    """The member's bytes in chunks, never more than its declared ``file_size`` (DamagedMember otherwise)."""
+def member_ends(infos: list[zipfile.ZipInfo], central_start: int) -> dict[str, int]:
+    """Where each member's data must end: its next local header, or the central directory for the last.
+
+    DamagedMember for a name the central directory gives twice (which of the two would be installed
+    depends on the reader) or a local header placed inside the central directory.
+    """
+    seen: set[str] = set()
+    for info in infos:
+        if info.filename in seen:
+            raise DamagedMember(f"{info.filename} is in the central directory twice")
+        seen.add(info.filename)
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    bounds = [i.header_offset for i in ordered[1:]] + [central_start]
+    ends = {}
+    for info, end in zip(ordered, bounds, strict=True):
+        if info.header_offset >= central_start:
+            raise DamagedMember(f"{info.filename}: its local header is at {info.header_offset}, inside the "
+                                f"central directory at {central_start}")
+        ends[info.filename] = end
+    return ends
+
+
+def member_chunks(fd: int, info: zipfile.ZipInfo, end: int) -> Iterator[bytes]:
+    """The member's bytes in chunks, never more than its declared ``file_size`` (DamagedMember otherwise).
+
+    ``end`` is where its data must end (:func:`member_ends`); the CRC-32 must be the central directory's.
+    """
+    crc32 = getattr(_inflate, "crc32", zlib.crc32)
+    crc = 0
+    for chunk in _chunks(fd, info, end):
+        crc = crc32(chunk, crc)
+        yield chunk
+    if crc != info.CRC:
+        raise DamagedMember(f"{info.filename}: CRC-32 {crc:08x}, the central directory says {info.CRC:08x}")
+
+
+def _chunks(fd: int, info: zipfile.ZipInfo, end: int) -> Iterator[bytes]:
     start = _data_offset(fd, info)
+    if start + info.compress_size > end:  # zipfile (3.13) says "Overlapped entries"
+        raise DamagedMember(f"{info.filename}: its data ({start}+{info.compress_size}) overlaps what follows "
+                            f"at {end}")
     if info.compress_type == zipfile.ZIP_STORED:
         if info.compress_size != info.file_size:
             raise DamagedMember(f"{info.filename}: stored, yet {info.compress_size} bytes hold {info.file_size}")
