@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from packaging.utils import (
     InvalidWheelFilename,
@@ -212,7 +212,7 @@ def fd_digests(fd: int, size: int, names: tuple[str, ...]) -> dict[str, str]:
     return {name: h.hexdigest() for name, h in hashes.items()}
 
 
-_DIGEST_MAKERS = {"sha256": hashlib.sha256, "blake2_256": lambda: hashlib.blake2b(digest_size=32),
+_DIGEST_MAKERS: dict[str, Callable[[], Any]] = {"sha256": hashlib.sha256, "blake2_256": lambda: hashlib.blake2b(digest_size=32),
                   "md5": lambda: hashlib.md5(usedforsecurity=False)}
 
 
