@@ -212,8 +212,9 @@ def fd_digests(fd: int, size: int, names: tuple[str, ...]) -> dict[str, str]:
     return {name: h.hexdigest() for name, h in hashes.items()}
 
 
-_DIGEST_MAKERS: dict[str, Callable[[], Any]] = {"sha256": hashlib.sha256, "blake2_256": lambda: hashlib.blake2b(digest_size=32),
-                  "md5": lambda: hashlib.md5(usedforsecurity=False)}
+_DIGEST_MAKERS: dict[str, Callable[[], Any]] = {
+    "sha256": hashlib.sha256, "blake2_256": lambda: hashlib.blake2b(digest_size=32),
+    "md5": lambda: hashlib.md5(usedforsecurity=False)}
 
 
 def _check_open(fh: BinaryIO, path: Path, project: str, check_record: bool, progress: Progress | None,
