@@ -32,7 +32,7 @@ from packaging.version import InvalidVersion, Version
 from repack.errors import InputError, IntegrityError
 from repack.fetch.digest import file_digests
 from repack.publish.checked import CheckedWheels
-from repack.publish.members import DamagedMember, member_chunks, member_ends
+from repack.publish.members import DamagedMember, check_layout, member_chunks
 from repack.wheelfile import RecordRow, dist_info_dir, read_member, read_record, urlsafe_b64
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ def _record_problems(zf: zipfile.ZipFile, fd: int, dist_info: str, counter: _Cou
     Members are inflated and hashed on one thread per core from one descriptor (see
     :mod:`repack.publish.members`): a 268 MB wheel of 9,764 members is the slow step of a publish.
     """
-    ends = member_ends(zf.infolist(), zf.start_dir)  # DamagedMember: a name twice, overlapping data
+    check_layout(fd, zf.infolist(), zf.start_dir)  # DamagedMember: a name twice, overlapping data
     listed, entries, unhashed = set(), [], []
     for row in read_record(read_member(zf, dist_info + "RECORD", label), dist_info + "RECORD"):
         listed.add(row.name)
@@ -275,7 +275,7 @@ def _record_problems(zf: zipfile.ZipFile, fd: int, dist_info: str, counter: _Cou
     shares = [entries[i::workers] for i in range(workers)]  # interleaved: big and small members spread evenly
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         found = pool.map(lambda share: [(row.name, text) for row in share
-                                        for text in _entry_problem(fd, infos.get(row.name), row, counter, ends)],
+                                        for text in _entry_problem(fd, infos.get(row.name), row, counter)],
                          shares)
         order = {row.name: i for i, row in enumerate(entries)}
         problems = sorted((p for share in found for p in share), key=lambda p: order.get(p[0], -1))
@@ -283,15 +283,14 @@ def _record_problems(zf: zipfile.ZipFile, fd: int, dist_info: str, counter: _Cou
         f"{n} is not in RECORD" for n in zf.namelist() if not n.endswith("/") and n not in listed]
 
 
-def _entry_problem(fd: int, info: zipfile.ZipInfo | None, row: RecordRow, counter: _Counter,
-                   ends: dict[str, int]) -> list[str]:
+def _entry_problem(fd: int, info: zipfile.ZipInfo | None, row: RecordRow, counter: _Counter) -> list[str]:
     if row.algorithm not in ("sha256", "sha384", "sha512"):
         return [f"{row.name}: RECORD uses the weak or unknown hash {row.algorithm!r}"]
     if info is None:
         return [f"{row.name} is in RECORD but not in the wheel"]
     h, n = hashlib.new(row.algorithm), 0
     try:
-        for chunk in member_chunks(fd, info, ends[info.filename]):
+        for chunk in member_chunks(fd, info):
             h.update(chunk)
             n += len(chunk)
             counter.add(len(chunk))

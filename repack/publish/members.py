@@ -44,11 +44,12 @@ class DamagedMember(Exception):
     """The member cannot be read as its central directory entry says."""
 
 
-def member_ends(infos: list[zipfile.ZipInfo], central_start: int) -> dict[str, int]:
-    """Where each member's data must end: its next local header, or the central directory for the last.
+def check_layout(fd: int, infos: list[zipfile.ZipInfo], central_start: int) -> None:
+    """DamagedMember for a name the central directory gives twice, or data that overlap (as zipfile 3.13).
 
-    DamagedMember for a name the central directory gives twice (which of the two would be installed
-    depends on the reader) or a local header placed inside the central directory.
+    Every member counts, those RECORD lists and those it does not: each member's data must end before
+    the next local header, the last one's before the central directory.  Which of two entries of one
+    name is installed, or what overlapping members hold, depends on the reader.
     """
     seen: set[str] = set()
     for info in infos:
@@ -57,34 +58,29 @@ def member_ends(infos: list[zipfile.ZipInfo], central_start: int) -> dict[str, i
         seen.add(info.filename)
     ordered = sorted(infos, key=lambda i: i.header_offset)
     bounds = [i.header_offset for i in ordered[1:]] + [central_start]
-    ends = {}
     for info, end in zip(ordered, bounds, strict=True):
-        if info.header_offset >= central_start:
-            raise DamagedMember(f"{info.filename}: its local header is at {info.header_offset}, inside the "
-                                f"central directory at {central_start}")
-        ends[info.filename] = end
-    return ends
+        start = _data_offset(fd, info)
+        if start + info.compress_size > end:  # zipfile (3.13) says "Overlapped entries"
+            raise DamagedMember(f"{info.filename}: its data ({start}+{info.compress_size}) overlaps what "
+                                f"follows at {end}")
 
 
-def member_chunks(fd: int, info: zipfile.ZipInfo, end: int) -> Iterator[bytes]:
+def member_chunks(fd: int, info: zipfile.ZipInfo) -> Iterator[bytes]:
     """The member's bytes in chunks, never more than its declared ``file_size`` (DamagedMember otherwise).
 
-    ``end`` is where its data must end (:func:`member_ends`); the CRC-32 must be the central directory's.
+    Its CRC-32 must be the central directory's.  The layout is :func:`check_layout`'s to check.
     """
     crc32 = getattr(_inflate, "crc32", zlib.crc32)
     crc = 0
-    for chunk in _chunks(fd, info, end):
+    for chunk in _chunks(fd, info):
         crc = crc32(chunk, crc)
         yield chunk
     if crc != info.CRC:
         raise DamagedMember(f"{info.filename}: CRC-32 {crc:08x}, the central directory says {info.CRC:08x}")
 
 
-def _chunks(fd: int, info: zipfile.ZipInfo, end: int) -> Iterator[bytes]:
+def _chunks(fd: int, info: zipfile.ZipInfo) -> Iterator[bytes]:
     start = _data_offset(fd, info)
-    if start + info.compress_size > end:  # zipfile (3.13) says "Overlapped entries"
-        raise DamagedMember(f"{info.filename}: its data ({start}+{info.compress_size}) overlaps what follows "
-                            f"at {end}")
     if info.compress_type == zipfile.ZIP_STORED:
         if info.compress_size != info.file_size:
             raise DamagedMember(f"{info.filename}: stored, yet {info.compress_size} bytes hold {info.file_size}")
