@@ -45,7 +45,8 @@ credentials for --index or --repository, first found wins (never printed, logged
   7. the entry for the host in $NETRC or ~/.netrc
 a file already there with the same sha256 is skipped; the same name with other bytes is refused.
 every wheel placed or sent is checked against its RECORD first; one that passed is remembered by its sha256
-in the cache (--cache-dir; --no-cache checks again), so the same bytes are not inflated twice.
+in the cache (--cache-dir; --no-cache checks again), so the same bytes are not inflated twice; a verdict
+counts only in a folder of yours (0700) as a file of yours that no one else can write.
 --simple writes a static PEP 503/691 tree (see 'pydoc repack.publish.simple'): serve it with any web server,
 or point pip at it directly: pip install --index-url file:///path/to/DIR ...
 """
