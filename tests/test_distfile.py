@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import os
+import shutil
+import stat
+import struct
 import zipfile
 from pathlib import Path
 
@@ -125,7 +130,9 @@ def test_a_file_rewritten_after_it_was_hashed_is_not_sent(tmp_path):
     wheel(tmp_path, {MEMBER: CONTENT[::-1]})  # the same name, other bytes, a RECORD right for them
     with pytest.raises(IntegrityError, match="changed while it was being published"):
         ready_to_upload(dist)
-    assert check_record(dist).record_checked  # the new bytes are a sound wheel: only the digest told
+    with pytest.raises(IntegrityError, match="changed while it was being published"):
+        check_record(dist)  # the check itself hashes what it reads: never a pass for bytes of another sha256
+    assert check_record(read_distfile(path, check_record=False, digests=("sha256",))).record_checked
 
 
 # -- a pass is remembered by sha256, so the same bytes are not inflated again -------------------------
@@ -159,3 +166,172 @@ def test_a_failure_is_never_remembered_and_a_bad_entry_counts_for_nothing(tmp_pa
         (tmp_path / "checked" / f"{dist.sha256}.json").write_text(text)
         with pytest.raises(IntegrityError, match="does not match its own RECORD"):
             check_record(dist, None, checked)
+
+
+# -- a pass is remembered only for the bytes checked, and only from private state ----------------------
+
+def test_a_wheel_swapped_between_its_hash_and_its_check_is_never_remembered(tmp_path):
+    """The sha256 of bad bytes must not be remembered because good bytes were checked (the file swapped)."""
+    (tmp_path / "g").mkdir()
+    good = wheel(tmp_path / "g", {MEMBER: CONTENT})
+    bad = tamper(good, tmp_path / "b" / good.name, "data.bin")
+    published = tmp_path / good.name
+    published.write_bytes(bad.read_bytes())
+    checked = CheckedWheels(tmp_path / "checked")
+    dist = read_distfile(published, check_record=False, digests=("sha256",))  # the bad bytes' sha256
+    os.replace(shutil.copy(good, tmp_path / "swap"), published)               # a writer swaps a good wheel in
+    for verify in (lambda: ready_to_upload(dist, None, checked), lambda: check_record(dist, None, checked)):
+        with pytest.raises(IntegrityError, match="changed while it was being published"):
+            verify()
+    assert not checked.passed(dist.sha256, dist.size) and not (tmp_path / "checked").exists()
+    published.write_bytes(bad.read_bytes())  # the bad bytes again: checked in full, and refused
+    with pytest.raises(IntegrityError, match="does not match its own RECORD"):
+        ready_to_upload(read_distfile(published, check_record=False, digests=("sha256",)), None, checked)
+
+
+def test_a_file_written_to_during_its_check_is_refused_and_not_remembered(tmp_path):
+    path = wheel(tmp_path, {MEMBER: CONTENT})
+    os.utime(path, ns=(10**18, 10**18))  # any write from now on changes the mtime, however coarse the clock
+    dist = read_distfile(path, check_record=False, digests=("sha256",))
+    checked = CheckedWheels(tmp_path / "checked")
+
+    def rewrite(_label: str, _done: int, _total: int | None) -> None:
+        with open(path, "r+b") as fh:  # the same bytes, in place: the inode stays, the times do not
+            fh.write(fh.read(4))
+
+    with pytest.raises(IntegrityError, match="written to during its check"):
+        ready_to_upload(dist, rewrite, checked)
+    assert not checked.passed(dist.sha256, dist.size)
+
+
+def test_a_pass_is_kept_in_a_private_folder_as_a_private_file(tmp_path):
+    path = wheel(tmp_path, {MEMBER: CONTENT})
+    checked = CheckedWheels(tmp_path / "cache" / "checked")
+    dist = check_record(read_distfile(path, check_record=False), None, checked)
+    entry = tmp_path / "cache" / "checked" / f"{dist.sha256}.json"
+    assert stat.S_IMODE(entry.parent.stat().st_mode) == 0o700 and stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert checked.passed(dist.sha256, dist.size)
+
+
+def _plant(folder: Path, dist) -> Path:
+    folder.mkdir(mode=0o700, exist_ok=True)
+    entry = folder / f"{dist.sha256}.json"
+    entry.write_text(json.dumps({"sha256": dist.sha256, "size": dist.size}))
+    entry.chmod(0o600)
+    return entry
+
+
+def _untrusted_group_writable_folder(folder: Path, entry: Path) -> None:
+    folder.chmod(0o770)
+
+
+def _untrusted_symlinked_entry(folder: Path, entry: Path) -> None:
+    real = folder.parent / "elsewhere.json"
+    os.replace(entry, real)
+    entry.symlink_to(real)
+
+
+def _untrusted_group_writable_entry(folder: Path, entry: Path) -> None:
+    entry.chmod(0o620)
+
+
+def _untrusted_entry_of_another_user(folder: Path, entry: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    os.chown(entry, 12345, 12345)
+
+
+def _untrusted_folder_of_another_user(folder: Path, entry: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder to another user needs root")
+    os.chown(folder, 12345, 12345)
+
+
+def _untrusted_symlinked_folder(folder: Path, entry: Path) -> None:
+    os.replace(folder, folder.with_name("real"))
+    folder.symlink_to(folder.with_name("real"))
+
+
+@pytest.mark.parametrize("untrust", [_untrusted_group_writable_folder, _untrusted_symlinked_entry,
+                                     _untrusted_group_writable_entry, _untrusted_entry_of_another_user,
+                                     _untrusted_folder_of_another_user, _untrusted_symlinked_folder])
+def test_a_planted_pass_outside_private_state_counts_for_nothing(tmp_path, untrust):
+    """Whoever can write the cache could plant a pass for a tampered wheel: only private state is trusted."""
+    good = wheel(tmp_path, {MEMBER: CONTENT})
+    bad = tamper(good, tmp_path / "bad" / good.name, "data.bin")
+    dist = read_distfile(bad, check_record=False, digests=("sha256",))
+    folder = tmp_path / "checked"
+    checked = CheckedWheels(folder)
+    entry = _plant(folder, dist)
+    assert checked.passed(dist.sha256, dist.size)  # the same entry, private: trusted (the control)
+    untrust(folder, entry)
+    assert not checked.passed(dist.sha256, dist.size)
+    for verify in (lambda: check_record(dist, None, checked), lambda: ready_to_upload(dist, None, checked)):
+        with pytest.raises(IntegrityError, match="does not match its own RECORD"):
+            verify()
+
+
+# -- what pip's installer (zipfile) refuses is refused here too ----------------------------------------
+
+def test_a_wrong_crc32_is_refused(tmp_path):
+    path = wheel(tmp_path, {MEMBER: CONTENT})
+    patch(path, MEMBER, 14, 16, b"\xde\xad\xbe\xef")  # CRC-32, local and central: RECORD's sha256 still matches
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() == MEMBER  # zipfile (pip's installer) cannot read it
+    assert f"{MEMBER}: CRC-32 " in refusal(path) and "the central directory says efbeadde" in refusal(path)
+
+
+def _central(path: Path) -> tuple[bytearray, int, int, int, int]:
+    data = bytearray(path.read_bytes())
+    eocd = data.rindex(b"PK\x05\x06")
+    count, size, offset = struct.unpack("<HII", data[eocd + 10: eocd + 20])
+    return data, eocd, count, size, offset
+
+
+def test_a_name_twice_in_the_central_directory_is_refused(tmp_path):
+    path = wheel(tmp_path, {MEMBER: CONTENT})
+    data, eocd, count, size, offset = _central(path)
+    cd = data[offset: offset + size]
+    at = cd.index(MEMBER.encode()) - 46
+    entry = cd[at: at + 46 + sum(struct.unpack("<HHH", cd[at + 28: at + 34]))]
+    end = bytearray(data[eocd:])
+    end[8:16] = struct.pack("<HHI", count + 1, count + 1, size + len(entry))
+    path.write_bytes(bytes(data[:offset] + cd + entry + end))
+    message = refusal(path)
+    assert "is not a sound zip" in message and f"{MEMBER} is in the central directory twice" in message
+
+
+def test_a_member_whose_data_overlaps_the_next_local_header_is_refused(tmp_path):
+    path = wheel(tmp_path, {MEMBER: CONTENT, "demo/other.bin": CONTENT[:1000]})
+    with zipfile.ZipFile(path) as zf:
+        longer = zf.getinfo(MEMBER).compress_size + 40  # deflate ends where it ends: the rest is never read
+    patch(path, MEMBER, 18, 20, longer.to_bytes(4, "little"))
+    assert f"{MEMBER}: its data" in refusal(path) and "overlaps what follows" in refusal(path)
+
+
+def test_the_last_member_may_not_reach_into_the_central_directory(tmp_path):
+    path = wheel(tmp_path, {MEMBER: CONTENT})
+    with zipfile.ZipFile(path) as zf:
+        last = max(zf.infolist(), key=lambda i: i.header_offset)
+        longer = last.compress_size + 20
+    patch(path, last.filename, 18, 20, longer.to_bytes(4, "little"))
+    assert f"{last.filename}: its data" in refusal(path)
+
+
+def test_a_row_without_a_hash_is_refused_except_record_and_its_signatures(tmp_path):
+    info = "demo-1.0.dist-info/"
+    files = {"demo/__init__.py": b"import os\n", info + "METADATA": b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n",
+             info + "RECORD.jws": b"{}"}
+    for unhashed in ("demo/__init__.py", None):
+        path = tmp_path / str(unhashed is None) / "demo-1.0-py3-none-any.whl"
+        path.parent.mkdir()
+        rows = [f"{n},,\n" if n in (unhashed, info + "RECORD.jws") else f"{n},sha256={b64(d)},{len(d)}\n"
+                for n, d in files.items()]
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in files.items():
+                zf.writestr(name, data)
+            zf.writestr(info + "RECORD", "".join(rows) + f"{info}RECORD,,\n{info}RECORD.p7s,,\n")
+        if unhashed:
+            assert "demo/__init__.py: RECORD gives it no hash" in refusal(path)
+        else:
+            assert read_distfile(path).record_checked

@@ -195,3 +195,32 @@ def test_a_wheel_checked_once_is_not_inflated_again_for_another_tree(tmp_path, r
     assert f"{wheel.name}: RECORD checked before" in runs["b"].stderr
     assert "RECORD checked before" not in runs["c"].stderr
     assert [p.name for p in (tmp_path / "cache" / "record-checked").iterdir()] == [f"{sha256(wheel)}.json"]
+
+
+def test_a_verdict_planted_in_a_cache_others_can_write_does_not_let_a_tampered_wheel_through(tmp_path, run_cli):
+    """A pass for the tampered bytes, written where the group can write: the full check runs and refuses."""
+    good = make_wheel(tmp_path / "good", "fi-demo", "1.0", files={"fi_demo/__init__.py": b"A = 1\n"})
+    bad = tamper(good, tmp_path / "bad" / good.name, "__init__.py")
+    folder = tmp_path / "cache" / "record-checked"
+    folder.mkdir(parents=True)
+    entry = folder / f"{sha256(bad)}.json"
+    entry.write_text(json.dumps({"sha256": sha256(bad), "size": bad.stat().st_size}))
+    entry.chmod(0o600)
+    folder.chmod(0o770)
+    result = run_cli("publish", "--simple", str(tmp_path / "tree"), str(bad), "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 1, result.stderr
+    assert "does not match its own RECORD" in result.stderr
+    assert not (tmp_path / "tree" / "fi-demo").exists()
+
+
+def test_a_file_where_the_tree_should_be_or_a_wheel_given_twice_is_a_usage_error(tmp_path, run_cli):
+    wheel = make_wheel(tmp_path / "w", "fi-demo", "1.0", files={"fi_demo/__init__.py": b"A = 1\n"})
+    tree = tmp_path / "tree"
+    assert publish(run_cli, tree, wheel)[0].returncode == 0
+    for where in (tree / "index.html", tree / "index.html" / "deeper"):
+        result, _ = publish(run_cli, where, wheel)
+        assert result.returncode == 2, result.stderr
+        assert "is not a directory" in result.stderr and "File exists" not in result.stderr
+    twice, _ = publish(run_cli, tmp_path / "other", wheel, wheel)
+    assert twice.returncode == 2 and f"{wheel.name} is given more than once" in twice.stderr
+    assert not (tmp_path / "other").exists()

@@ -18,6 +18,7 @@ from repack.cli.common import (
     progress_printer,
     retry_count,
 )
+from repack.errors import InputError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -44,7 +45,8 @@ credentials for --index or --repository, first found wins (never printed, logged
   7. the entry for the host in $NETRC or ~/.netrc
 a file already there with the same sha256 is skipped; the same name with other bytes is refused.
 every wheel placed or sent is checked against its RECORD first; one that passed is remembered by its sha256
-in the cache (--cache-dir; --no-cache checks again), so the same bytes are not inflated twice.
+in the cache (--cache-dir; --no-cache checks again), so the same bytes are not inflated twice; a verdict
+counts only in a folder of yours (0700) as a file of yours that no one else can write.
 --simple writes a static PEP 503/691 tree (see 'pydoc repack.publish.simple'): serve it with any web server,
 or point pip at it directly: pip install --index-url file:///path/to/DIR ...
 """
@@ -90,6 +92,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from repack.publish.checked import CheckedWheels
     from repack.publish.distfile import check_record, read_distfile, ready_to_upload
 
+    _each_once(args.files)
     progress = progress_printer(args)
     checked = CheckedWheels(None if (root := cache_dir(args)) is None else root / "record-checked")
     if args.simple is not None:
@@ -123,6 +126,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
             note = " (already there, same sha256)" if r.action == "skipped" else ""
             print(f"{r.action} {r.filename}{note} -> {destination}")
     return EXIT_OK
+
+
+def _each_once(files: Sequence[Path]) -> None:
+    """A wheel named twice is a mistake in the command line, refused before anything is read."""
+    names = [Path(f).name for f in files]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise InputError(f"{twice} is given more than once", "give each wheel once", value=twice)
 
 
 def upload_target(args: argparse.Namespace) -> tuple[str, Credentials | None]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import HeaderParser
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from packaging.utils import (
     InvalidWheelFilename,
@@ -31,7 +32,7 @@ from packaging.version import InvalidVersion, Version
 from repack.errors import InputError, IntegrityError
 from repack.fetch.digest import file_digests
 from repack.publish.checked import CheckedWheels
-from repack.publish.members import DamagedMember, member_chunks
+from repack.publish.members import DamagedMember, check_layout, member_chunks
 from repack.wheelfile import RecordRow, dist_info_dir, read_member, read_record, urlsafe_b64
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,7 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
                          value=path.name, path=str(path)) from exc
     if not path.is_file():
         raise InputError(f"{path}: no such file", "give the path of a built wheel")
-    found = file_digests(path, digests) if digests else {}
-    metadata = _check_wheel(path, str(name), check_record, progress)
+    metadata, found, size = _check_wheel(path, str(name), check_record, progress, digests=digests)
     headers = HeaderParser().parsestr(metadata.decode("utf-8", "replace"))
     meta_name = headers.get("Name", "")
     try:
@@ -107,7 +107,7 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
         raise IntegrityError(f"{path.name}: METADATA says version {headers.get('Version')!r}, the file name {version}",
                              "the wheel was renamed or altered; rebuild it")
     return DistFile(path, str(name), meta_name or str(name), str(version), found.get("sha256", ""),
-                    found.get("blake2_256", ""), path.stat().st_size, metadata, check_record)
+                    found.get("blake2_256", ""), size, metadata, check_record)
 
 
 def check_record(dist: DistFile, progress: Progress | None = None, checked: CheckedWheels | None = None,
@@ -120,16 +120,7 @@ def check_record(dist: DistFile, progress: Progress | None = None, checked: Chec
     """
     if dist.record_checked:
         return dist
-    if checked is not None and checked.passed(dist.sha256, dist.size):
-        log.info("%s: RECORD checked before (sha256 %s): not inflated again", dist.filename, dist.sha256)
-        return replace(dist, record_checked=True)
-    metadata = _check_wheel(at or dist.path, dist.project, True, progress, dist.filename)
-    if metadata != dist.metadata:
-        raise IntegrityError(f"{dist.filename} changed while it was being published (its METADATA differs)",
-                             "publish it again once nothing writes to it")
-    if checked is not None:
-        checked.remember(dist.sha256, dist.size, dist.filename)
-    return replace(dist, record_checked=True)
+    return _verified(dist, at or dist.path, progress, checked, ("sha256",) if dist.sha256 else ())[0]
 
 
 def ready_to_upload(dist: DistFile, progress: Progress | None = None,
@@ -137,37 +128,107 @@ def ready_to_upload(dist: DistFile, progress: Progress | None = None,
     """``dist`` checked against its RECORD and with the upload digests: what a file to be sent needs.
 
     The upload form's blake2_256 (and the sha256 again, so that a file rewritten since it was
-    first hashed is caught) come from one pass over the file, on its own thread beside the RECORD
-    check's: both are hashing and inflating that release the GIL, so the two overlap on a second core.
+    first hashed is caught) come from one pass over the descriptor the RECORD check reads, on its own
+    thread beside the check's: both are hashing and inflating that release the GIL.
     A publish that skips the file needs its sha256 alone and never comes here.
     """
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        hashing = pool.submit(file_digests, dist.path, UPLOAD_DIGESTS)
-        sound = check_record(dist, progress, checked)
-        found = hashing.result()
-    if found["sha256"] != dist.sha256:
-        raise IntegrityError(f"{dist.filename} changed while it was being published (sha256 {found['sha256']}, "
-                             f"was {dist.sha256})", "publish it again once nothing writes to it")
+    sound, found = _verified(dist, dist.path, progress, checked, UPLOAD_DIGESTS)
     return replace(sound, blake2_256=found["blake2_256"])
 
 
+def _verified(dist: DistFile, path: Path, progress: Progress | None, checked: CheckedWheels | None,
+              digests: tuple[str, ...]) -> tuple[DistFile, dict[str, str]]:
+    """``dist`` checked, and ``digests`` of the bytes at ``path``, which must be ``dist``'s bytes.
+
+    A pass is remembered only when the sha256 was taken from the descriptor the check read, the file
+    unchanged throughout (:func:`_check_wheel`): never for bytes other than the ones checked.
+    """
+    if checked is not None and dist.sha256 and checked.passed(dist.sha256, dist.size):
+        log.info("%s: RECORD checked before (sha256 %s): not inflated again", dist.filename, dist.sha256)
+        found = file_digests(path, digests) if digests else {}
+        _same_bytes(dist, found, dist.size)
+        return replace(dist, record_checked=True), found
+    metadata, found, size = _check_wheel(path, dist.project, True, progress, dist.filename, digests)
+    if metadata != dist.metadata:
+        raise IntegrityError(f"{dist.filename} changed while it was being published (its METADATA differs)",
+                             "publish it again once nothing writes to it")
+    _same_bytes(dist, found, size)
+    if checked is not None and found.get("sha256"):
+        checked.remember(dist.sha256, dist.size, dist.filename)
+    return replace(dist, record_checked=True), found
+
+
+def _same_bytes(dist: DistFile, found: dict[str, str], size: int) -> None:
+    sha256 = found.get("sha256", dist.sha256)
+    if sha256 != dist.sha256 or size != dist.size:
+        raise IntegrityError(f"{dist.filename} changed while it was being published (sha256 {sha256}, "
+                             f"{size} bytes; was {dist.sha256}, {dist.size} bytes)",
+                             "publish it again once nothing writes to it")
+
+
 def _check_wheel(path: Path, project: str, check_record: bool, progress: Progress | None = None,
-                 label: str | None = None) -> bytes:
+                 label: str | None = None, digests: tuple[str, ...] = ()) -> tuple[bytes, dict[str, str], int]:
+    """METADATA, the ``digests`` and the size of the bytes checked: all read from one descriptor.
+
+    The digests are taken on a second thread with ``pread`` beside the check; the file's identity
+    (inode, size, mtime, ctime) must be the same at the end as at the start, so that the digests name
+    exactly the bytes that were checked (a writer in between makes it IntegrityError).
+    """
     name = label or path.name  # a staged copy is read, the wheel's own name is reported
     try:
-        with zipfile.ZipFile(path) as zf:
-            dist_info = dist_info_dir(zf.namelist(), name)
-            metadata = read_member(zf, dist_info + "METADATA", name)
-            if check_record:
-                problems = _record_problems(zf, path, dist_info, _Counter(zf, name, progress), name)
-                if problems:
-                    raise IntegrityError(f"{name} does not match its own RECORD: {problems[0]}"
-                                         + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
-                                         "the wheel was altered after it was built; rebuild it, do not publish it",
-                                         problems=tuple(problems))
+        with open(path, "rb") as fh, concurrent.futures.ThreadPoolExecutor(1) as pool:
+            before = _identity(fh.fileno())
+            hashing = pool.submit(fd_digests, fh.fileno(), before[1], digests)
+            metadata = _check_open(fh, path, project, check_record, progress, name)
+            found = hashing.result()
+            if _identity(fh.fileno()) != before:
+                raise IntegrityError(f"{name} changed while it was being published (written to during its check)",
+                                     "publish it again once nothing writes to it")
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
         raise IntegrityError(f"{name} is not a readable wheel: {exc}",
                              "the file is damaged or truncated; rebuild or download it again") from exc
+    except DamagedMember as exc:
+        raise IntegrityError(f"{name} is not a sound zip: {exc}", "the file is damaged or was crafted to "
+                             "read differently in different tools; rebuild or download it again") from exc
+    return metadata, found, before[1]
+
+
+def _identity(fd: int) -> tuple[int, int, int, int]:
+    st = os.fstat(fd)
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def fd_digests(fd: int, size: int, names: tuple[str, ...]) -> dict[str, str]:
+    """``{name: hexdigest}`` of the first ``size`` bytes of ``fd``, read with ``pread`` (no shared offset)."""
+    hashes = {name: _DIGEST_MAKERS[name]() for name in names}
+    offset = 0
+    while hashes and offset < size:
+        chunk = os.pread(fd, min(CHUNK, size - offset), offset)
+        if not chunk:
+            raise EOFError(f"the file ends at {offset} bytes, {size} expected")
+        for h in hashes.values():
+            h.update(chunk)
+        offset += len(chunk)
+    return {name: h.hexdigest() for name, h in hashes.items()}
+
+
+_DIGEST_MAKERS: dict[str, Callable[[], Any]] = {
+    "sha256": hashlib.sha256, "blake2_256": lambda: hashlib.blake2b(digest_size=32),
+    "md5": lambda: hashlib.md5(usedforsecurity=False)}
+
+
+def _check_open(fh: BinaryIO, path: Path, project: str, check_record: bool, progress: Progress | None,
+                name: str) -> bytes:
+    with zipfile.ZipFile(fh) as zf:
+        dist_info = dist_info_dir(zf.namelist(), name)
+        metadata = read_member(zf, dist_info + "METADATA", name)
+        if check_record:
+            problems = _record_problems(zf, fh.fileno(), dist_info, _Counter(zf, name, progress), name)
+            if problems:
+                raise IntegrityError(f"{name} does not match its own RECORD: {problems[0]}"
+                                     + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                                     "the wheel was altered after it was built; rebuild it, do not publish it",
+                                     problems=tuple(problems))
     meta_name = HeaderParser().parsestr(metadata.decode("utf-8", "replace")).get("Name", "")
     if canonicalize_name(meta_name) != canonicalize_name(project):
         raise IntegrityError(f"{name}: METADATA names the project {meta_name!r}, the file name {project!r}",
@@ -190,27 +251,35 @@ class _Counter:
                 self.progress(self.label, self.done, self.total)
 
 
-def _record_problems(zf: zipfile.ZipFile, path: Path, dist_info: str, counter: _Counter, label: str) -> list[str]:
-    """Every RECORD entry whose hash or size disagrees, and every file RECORD omits.
+#: RECORD cannot hash itself, nor the signatures made of it; every other row must have a hash (as pypa/installer)
+UNHASHED = ("RECORD", "RECORD.jws", "RECORD.p7s")
+
+
+def _record_problems(zf: zipfile.ZipFile, fd: int, dist_info: str, counter: _Counter, label: str) -> list[str]:
+    """Every RECORD entry whose hash or size disagrees or is missing, and every file RECORD omits.
 
     Members are inflated and hashed on one thread per core from one descriptor (see
     :mod:`repack.publish.members`): a 268 MB wheel of 9,764 members is the slow step of a publish.
     """
-    listed, entries = set(), []
+    check_layout(fd, zf.infolist(), zf.start_dir)  # DamagedMember: a name twice, overlapping data
+    listed, entries, unhashed = set(), [], []
     for row in read_record(read_member(zf, dist_info + "RECORD", label), dist_info + "RECORD"):
         listed.add(row.name)
-        if row.name != dist_info + "RECORD" and row.algorithm:
-            entries.append(row)
-    infos = {i.filename: i for i in zf.infolist()}  # the last of a repeated name, as zipfile.open takes it
+        if row.algorithm:
+            if row.name != dist_info + "RECORD":
+                entries.append(row)
+        elif row.name not in {dist_info + n for n in UNHASHED}:
+            unhashed.append(f"{row.name}: RECORD gives it no hash")
+    infos = {i.filename: i for i in zf.infolist()}
     workers = max(1, min(8, os.cpu_count() or 1, len(entries) // 64 or 1))
     shares = [entries[i::workers] for i in range(workers)]  # interleaved: big and small members spread evenly
-    with open(path, "rb") as fh, concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         found = pool.map(lambda share: [(row.name, text) for row in share
-                                        for text in _entry_problem(fh.fileno(), infos.get(row.name), row, counter)],
+                                        for text in _entry_problem(fd, infos.get(row.name), row, counter)],
                          shares)
         order = {row.name: i for i, row in enumerate(entries)}
         problems = sorted((p for share in found for p in share), key=lambda p: order.get(p[0], -1))
-    return [text for _, text in problems] + [
+    return unhashed + [text for _, text in problems] + [
         f"{n} is not in RECORD" for n in zf.namelist() if not n.endswith("/") and n not in listed]
 
 

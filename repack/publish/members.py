@@ -5,10 +5,13 @@ slow step of a publish.  ``zipfile`` adds a CRC pass and a Python-level read loo
 one handle (and one seek position) per thread; here every member is read with ``os.pread`` from one
 descriptor shared by the threads, and inflated by ISA-L (``isal``, 2-3x zlib's speed) when installed,
 else zlib.  Both release the GIL, so members are inflated and hashed on as many threads as there are
-cores.  The CRC is not checked: RECORD's sha256 covers the same bytes and is what the check compares.
+cores.  Each member's CRC-32 is kept as it is read (ISA-L's or zlib's, both fast) and compared with
+the central directory's: pip's installer (zipfile) refuses a wheel whose CRC is wrong, so it is not published.
 
 The local header is checked as ``zipfile`` checks it (signature, name equal to the central directory's),
-no member inflates past its declared size, and a stream that ends early or not at all is damaged.
+no member inflates past its declared size, and a stream that ends early or not at all is damaged.  The
+layout is checked as Python 3.13's zipfile checks it: no name twice in the central directory, and no
+member's data reaching into the next local header or the central directory ("Overlapped entries").
 """
 
 from __future__ import annotations
@@ -41,8 +44,42 @@ class DamagedMember(Exception):
     """The member cannot be read as its central directory entry says."""
 
 
+def check_layout(fd: int, infos: list[zipfile.ZipInfo], central_start: int) -> None:
+    """DamagedMember for a name the central directory gives twice, or data that overlap (as zipfile 3.13).
+
+    Every member counts, those RECORD lists and those it does not: each member's data must end before
+    the next local header, the last one's before the central directory.  Which of two entries of one
+    name is installed, or what overlapping members hold, depends on the reader.
+    """
+    seen: set[str] = set()
+    for info in infos:
+        if info.filename in seen:
+            raise DamagedMember(f"{info.filename} is in the central directory twice")
+        seen.add(info.filename)
+    ordered = sorted(infos, key=lambda i: i.header_offset)
+    bounds = [i.header_offset for i in ordered[1:]] + [central_start]
+    for info, end in zip(ordered, bounds, strict=True):
+        start = _data_offset(fd, info)
+        if start + info.compress_size > end:  # zipfile (3.13) says "Overlapped entries"
+            raise DamagedMember(f"{info.filename}: its data ({start}+{info.compress_size}) overlaps what "
+                                f"follows at {end}")
+
+
 def member_chunks(fd: int, info: zipfile.ZipInfo) -> Iterator[bytes]:
-    """The member's bytes in chunks, never more than its declared ``file_size`` (DamagedMember otherwise)."""
+    """The member's bytes in chunks, never more than its declared ``file_size`` (DamagedMember otherwise).
+
+    Its CRC-32 must be the central directory's.  The layout is :func:`check_layout`'s to check.
+    """
+    crc32 = getattr(_inflate, "crc32", zlib.crc32)
+    crc = 0
+    for chunk in _chunks(fd, info):
+        crc = crc32(chunk, crc)
+        yield chunk
+    if crc != info.CRC:
+        raise DamagedMember(f"{info.filename}: CRC-32 {crc:08x}, the central directory says {info.CRC:08x}")
+
+
+def _chunks(fd: int, info: zipfile.ZipInfo) -> Iterator[bytes]:
     start = _data_offset(fd, info)
     if info.compress_type == zipfile.ZIP_STORED:
         if info.compress_size != info.file_size:

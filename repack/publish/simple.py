@@ -38,7 +38,7 @@ from typing import Any
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from repack.errors import PublishError
+from repack.errors import InputError, PublishError
 from repack.fetch.digest import file_sha256
 from repack.fs import (
     NotRegularFileError,
@@ -94,8 +94,8 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False,
     names = [d.filename for d in dists]
     twice = next((n for n in names if names.count(n) > 1), None)
     if twice is not None:  # two files, one name: the second would replace the first unseen
-        raise PublishError(f"{twice} is given more than once", "give each file once")
-    root.mkdir(parents=True, exist_ok=True)
+        raise InputError(f"{twice} is given more than once", "give each file once", value=twice)
+    _make_root(root)
     with _locked(root):
         remove_stale_temporaries(root)  # copies staged by a run that was killed (none is live: the lock)
         staged: list[tuple[DistFile, Path | None]] = []
@@ -111,6 +111,22 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False,
             write_project_pages(root, project)
         write_root_pages(root)
     return results
+
+
+def _make_root(root: Path) -> None:
+    """The tree's folder, created if missing; InputError where something else has its path."""
+    if (root.exists() or root.is_symlink()) and not root.is_dir():
+        raise InputError(f"{root} is not a directory: the simple tree must be a folder",
+                         "give the folder of the tree (it is created if missing), not a file in it",
+                         path=str(root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where one of its parents should be
+        raise InputError(f"cannot create the simple tree {root}: {exc.filename} is not a directory",
+                         "give a folder whose parents are folders", path=str(root)) from exc
+    except OSError as exc:
+        raise PublishError(f"cannot create the simple tree {root}: {exc.strerror}",
+                           "choose a writable directory") from exc
 
 
 def _stage(root: Path, dist: DistFile, link: bool, check: Check | None) -> tuple[DistFile, Path | None]:
