@@ -155,16 +155,19 @@ def plan_server(synthetic_index):
 
 @pytest.fixture(scope="session")
 def flashinfer_env() -> FlashinferEnv:
-    """One venv with the local CPU torch, shared by the real-tier tests (versions swapped with pip).
+    """One venv with the local CPU torch and flashinfer's light dependencies, shared by the real-tier
+    tests of a session (of an xdist worker), versions swapped with pip: a hard-linked copy of the base
+    prepared once in the store (``envs.prepared_base``, checked against its manifest first).
 
     Tests that install anything else into it must restore it (``FlashinferEnv.restoring``).
-    It lies in a world-readable temporary directory (pytest's are private to
-    root) so that tests can run flashinfer as an unprivileged user.
+    It lies in a world-readable temporary directory (pytest's are private to root, and so is the
+    store under /root) so that tests can run flashinfer as an unprivileged user.
     """
+    base = envs.prepared_base()
     root = Path(tempfile.mkdtemp(prefix="flashinfer-env-"))
     os.chmod(root, 0o755)
     try:
-        yield FlashinferEnv(root / "venv").create()
+        yield FlashinferEnv.from_base(base, root / "venv")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -13,24 +13,34 @@
 flashinfer imports without nvidia-cutlass-dsl and nvidia-cudnn-frontend (GPU
 only), so those and torch (installed from the local CPU build) are skipped
 from its Requires-Dist.
+
+The venv's base (torch and flashinfer's light dependencies, about 1 minute and a PyPI round trip to
+make) is prepared once into the store (:func:`prepared_base`), keyed by everything that goes into it,
+with a manifest of every file; a session gets a hard-linked copy of it (:func:`FlashinferEnv.from_base`).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
+import inspect
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import zipfile
 from email.parser import HeaderParser
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 STORE = Path(os.environ.get("FLASHINFER_REPACK_TEST_STORE",
                             Path.home() / ".cache" / "flashinfer-repack-tests"))
@@ -39,6 +49,8 @@ TORCH = "torch==2.13.0"
 GPU_ONLY = {"nvidia-cutlass-dsl", "nvidia-cudnn-frontend", "torch", "cuda-tile"}
 PYPI = "https://pypi.org/simple/"
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
+#: the flashinfer-python versions whose light requirements the prepared base holds (all the real tier uses)
+BASE_VERSIONS = ("0.6.5", "0.6.6", "0.6.7", "0.6.7.post3", "0.6.8")
 #: set per test by conftest: only tests marked ``real`` may fetch a real wheel
 REAL_ALLOWED = True
 
@@ -57,9 +69,13 @@ def real_wheel(project: str, version: str) -> Path:
     found = sorted(dest.glob(prefix + "*.whl")) if dest.is_dir() else []
     if not found:
         dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "--index-url", "https://pypi.org/simple/", "-d", str(dest), f"{project}=={version}"],
-                       check=True)
+        # into a directory of its own, then renamed: a parallel worker never sees a half-written wheel
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                            "--index-url", "https://pypi.org/simple/", "-d", tmp, f"{project}=={version}"],
+                           check=True)
+            for wheel in Path(tmp).glob(prefix + "*.whl"):
+                os.replace(wheel, dest / wheel.name)
         found = sorted(dest.glob(prefix + "*.whl"))
     return found[0]
 
@@ -135,6 +151,169 @@ def light_requirements(wheel: Path) -> list[str]:
     return out
 
 
+# -- the base venv, prepared once and kept in the store ---------------------------------------------
+
+#: inside the prepared base, written last: what went in and every file's sha256 (not part of the copies)
+MANIFEST = ".flashinfer-repack-base.json"
+
+
+def base_recipe() -> dict:
+    """Everything that decides the base venv before pip resolves: the interpreter, torch, flashinfer's
+    light requirements (read from the real flashinfer-python wheels of ``BASE_VERSIONS``) and the code
+    that makes and checks it.  Its digest names the base in the store."""
+    requirements = {r for v in BASE_VERSIONS for r in light_requirements(real_wheel("flashinfer-python", v))}
+    code = "".join(inspect.getsource(f) for f in (base_recipe, prepared_base, _build_base, _base_problem,
+                                                   _sources, _local_path, _tree_files, _sha256_file))
+    return {"python": sys.version, "interpreter": os.path.realpath(sys.executable), "torch": TORCH,
+            "requirements": sorted(requirements), "code": hashlib.sha256(code.encode()).hexdigest()}
+
+
+def prepared_base() -> Path:
+    """The base venv in the store, made once.  Checked against its manifest before every use; one that
+    is partial (a killed run), damaged or made another way is removed and made again: built beside
+    its final name, renamed when complete, so a half-made one never carries the final name."""
+    recipe = base_recipe()
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
+    root = STORE / "venvs"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # an xdist worker or another session may be making the same one
+        if _base_problem(final, recipe) is None:
+            return final
+        shutil.rmtree(final, ignore_errors=True)
+        for stale in root.glob(f"{key}.*.part"):  # left by a killed run (we hold the lock: nobody else builds)
+            shutil.rmtree(stale, ignore_errors=True)
+        _prune_other_bases(root, key)
+        partial = root / f"{key}.{os.getpid()}.part"
+        manifest = _build_base(partial, recipe)
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.rename(partial, final)
+    return final
+
+
+def _prune_other_bases(root: Path, key: str) -> None:
+    """Remove the bases of other recipes (about 1 GB each) that no one is preparing now; sessions
+    that use one hold only hard-linked copies, which outlive it."""
+    for lock_path in root.glob("*.lock"):
+        other = lock_path.name.removesuffix(".lock")
+        if other == key:
+            continue
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being prepared by another session: leave it
+            for path in [root / other, *root.glob(f"{other}.*.part")]:
+                shutil.rmtree(path, ignore_errors=True)
+            lock_path.unlink()
+
+
+def _build_base(partial: Path, recipe: dict) -> dict:
+    """torch first (what it brings is a clean venv with torch, see :func:`torch_venv`), then the rest."""
+    subprocess.run([sys.executable, "-m", "venv", str(partial)], check=True)
+    steps = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, requirements in enumerate(([TORCH], recipe["requirements"])):
+            report = Path(tmp) / f"report{i}.json"
+            subprocess.run([str(partial / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install",
+                            "-q", "--report", str(report), *requirements], check=True)
+            steps.append(_sources(json.loads(report.read_text())))
+    return {"recipe": recipe, "sources": steps[0] + steps[1], "light_only": sorted(d["name"] for d in steps[1]),
+            "files": _tree_files(partial)}
+
+
+def _sources(report: dict) -> list[dict]:
+    """Each installed distribution with the sha256 of the file it came from (pip's report; computed
+    here for a local file, which pip's report has no digest for)."""
+    out = []
+    for item in report["install"]:
+        url = item["download_info"]["url"]
+        digest = item["download_info"].get("archive_info", {}).get("hashes", {}).get("sha256")
+        if url.startswith("file://"):
+            digest = _sha256_file(_local_path(url))
+        if not digest:
+            raise RuntimeError(f"pip installed {url} into the base venv without a sha256 to record")
+        out.append({"name": item["metadata"]["name"], "version": item["metadata"]["version"],
+                    "url": url, "sha256": digest})
+    return sorted(out, key=lambda d: d["name"].lower())
+
+
+def _local_path(url: str) -> Path | None:
+    """The file a ``file://`` URL names (percent-decoded: torch's ``+cpu`` is ``%2Bcpu``), else None."""
+    return Path(url2pathname(urlsplit(url).path)) if url.startswith("file://") else None
+
+
+def _base_problem(base: Path, recipe: dict) -> str | None:
+    """Why the stored base cannot be used as it is (None: it can)."""
+    try:
+        manifest = json.loads((base / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        return f"no readable manifest ({exc.__class__.__name__}): not made, or its making was cut off"
+    if manifest.get("recipe") != recipe:
+        return "made from another recipe"
+    for source in manifest["sources"]:  # a local wheel (torch) may be replaced under the same name
+        local = _local_path(source["url"])
+        if local and (not local.is_file() or _sha256_file(local) != source["sha256"]):
+            return f"{source['url']} is not the file it was made from"
+    if _tree_files(base) != manifest["files"]:
+        return "its files differ from its manifest"
+    return None
+
+
+def _tree_files(root: Path) -> dict[str, list]:
+    """Every file and link under root (the manifest excepted): file -> [mode, size, sha256], link -> [target]."""
+    out: dict[str, list] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = Path(folder) / name
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = [os.readlink(path)]
+            elif path.is_file() and rel != MANIFEST:
+                st = path.stat()
+                out[rel] = [st.st_mode & 0o7777, st.st_size, _sha256_file(path)]
+    return out
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dependency_wheels() -> list[Path]:
+    """The wheels of flashinfer's light requirements (``base_recipe``'s, resolved by pip for this
+    interpreter, transitive ones included), downloaded once from PyPI into the store: what a local
+    index serves where a test needs flashinfer-python's real dependencies but not PyPI.  Kept with a
+    manifest of sha256s, checked before every use; downloaded beside, renamed when complete."""
+    recipe = base_recipe()
+    key = hashlib.sha256(json.dumps([recipe["python"], recipe["requirements"]]).encode()).hexdigest()[:24]
+    root = STORE / "deps"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            manifest = json.loads((final / MANIFEST).read_text())
+            if {p.name: _sha256_file(p) for p in final.glob("*.whl")} == manifest and manifest:
+                return sorted(final.glob("*.whl"))
+        except (OSError, ValueError):
+            pass  # not made, cut off, or damaged: made again
+        shutil.rmtree(final, ignore_errors=True)
+        for stale in root.glob(f"{key}.*.part"):  # left by a killed run (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        partial = root / f"{key}.{os.getpid()}.part"
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--index-url", PYPI,
+                        "-d", str(partial), *recipe["requirements"]], check=True,
+                       env={**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""})
+        (partial / MANIFEST).write_text(json.dumps({p.name: _sha256_file(p) for p in partial.glob("*.whl")}))
+        os.rename(partial, final)
+    return sorted(final.glob("*.whl"))
+
+
 class FlashinferEnv:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -146,6 +325,26 @@ class FlashinferEnv:
             self.pip("install", "-q", TORCH)
             (self.root / ".ready").write_text("ok")
         return self
+
+    @classmethod
+    def from_base(cls, base: Path, root: Path) -> FlashinferEnv:
+        """A venv at root made of hard links to the prepared base (seconds instead of a minute).  pip
+        in it only removes links and writes new files, so the base is not changed through it; a test
+        that wrote into a linked file in place would be seen by the next :func:`prepared_base` check."""
+        shutil.copytree(base, root, symlinks=True, copy_function=os.link, ignore=shutil.ignore_patterns(MANIFEST))
+        return cls(root)
+
+    @classmethod
+    def torch_only(cls, root: Path) -> FlashinferEnv:
+        """A venv with only the local CPU torch and what it requires, as ``pip install torch`` makes it in
+        a new venv: a copy of the prepared base without what flashinfer's light requirements added."""
+        base = prepared_base()
+        light_only = json.loads((base / MANIFEST).read_text())["light_only"]
+        env = cls.from_base(base, root)
+        env.pip("uninstall", "-q", "-y", *light_only)
+        left = {canonicalize_name(n) for n in env.installed()} & {canonicalize_name(n) for n in light_only}
+        assert not left, f"still installed after removing flashinfer's light dependencies: {sorted(left)}"
+        return env
 
     def pip(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.python), "-m", "pip", "--disable-pip-version-check", *args],
