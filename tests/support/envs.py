@@ -14,16 +14,16 @@ flashinfer imports without nvidia-cutlass-dsl and nvidia-cudnn-frontend (GPU
 only), so those and torch (installed from the local CPU build) are skipped
 from its Requires-Dist.
 
-The venv's base (torch and flashinfer's light dependencies, about 1 minute and a PyPI round trip to
-make) is prepared once into the store (:func:`prepared_base`), keyed by everything that goes into it,
-with a manifest of every file; a session gets a hard-linked copy of it (:func:`FlashinferEnv.from_base`).
+The venv's base (torch and flashinfer's light dependencies, about 2 minutes and a PyPI round trip to
+make) is prepared once into the store (:func:`prepared_base`, a :mod:`tests.support.stored` tree:
+keyed by everything that goes into it, checked against a manifest of every file before each use);
+a session gets a hard-linked copy of it (:meth:`FlashinferEnv.from_base`).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import inspect
 import json
@@ -36,11 +36,11 @@ import tempfile
 import zipfile
 from email.parser import HeaderParser
 from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.support import stored
 
 STORE = Path(os.environ.get("FLASHINFER_REPACK_TEST_STORE",
                             Path.home() / ".cache" / "flashinfer-repack-tests"))
@@ -151,66 +151,27 @@ def light_requirements(wheel: Path) -> list[str]:
     return out
 
 
-# -- the base venv, prepared once and kept in the store ---------------------------------------------
-
-#: inside the prepared base, written last: what went in and every file's sha256 (not part of the copies)
-MANIFEST = ".flashinfer-repack-base.json"
-
+# -- the base venv and the dependency wheels, made once and kept in the store -----------------------
 
 def base_recipe() -> dict:
     """Everything that decides the base venv before pip resolves: the interpreter, torch, flashinfer's
     light requirements (read from the real flashinfer-python wheels of ``BASE_VERSIONS``) and the code
-    that makes and checks it.  Its digest names the base in the store."""
+    that makes it.  (What pip then picks is recorded in the manifest, with each file's sha256.)"""
     requirements = {r for v in BASE_VERSIONS for r in light_requirements(real_wheel("flashinfer-python", v))}
-    code = "".join(inspect.getsource(f) for f in (base_recipe, prepared_base, _build_base, _base_problem,
-                                                   _sources, _local_path, _tree_files, _sha256_file))
+    code = "".join(inspect.getsource(f) for f in (base_recipe, _build_base, _sources))
     return {"python": sys.version, "interpreter": os.path.realpath(sys.executable), "torch": TORCH,
             "requirements": sorted(requirements), "code": hashlib.sha256(code.encode()).hexdigest()}
 
 
 def prepared_base() -> Path:
-    """The base venv in the store, made once.  Checked against its manifest before every use; one that
-    is partial (a killed run), damaged or made another way is removed and made again: built beside
-    its final name, renamed when complete, so a half-made one never carries the final name."""
+    """The base venv (CPU torch, flashinfer's light dependencies) in the store, made once
+    (:func:`tests.support.stored.stored_tree`: checked against its manifest before every use)."""
     recipe = base_recipe()
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
-    root = STORE / "venvs"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # an xdist worker or another session may be making the same one
-        if _base_problem(final, recipe) is None:
-            return final
-        shutil.rmtree(final, ignore_errors=True)
-        for stale in root.glob(f"{key}.*.part"):  # left by a killed run (we hold the lock: nobody else builds)
-            shutil.rmtree(stale, ignore_errors=True)
-        _prune_other_bases(root, key)
-        partial = root / f"{key}.{os.getpid()}.part"
-        manifest = _build_base(partial, recipe)
-        (partial / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.rename(partial, final)
-    return final
-
-
-def _prune_other_bases(root: Path, key: str) -> None:
-    """Remove the bases of other recipes (about 1 GB each) that no one is preparing now; sessions
-    that use one hold only hard-linked copies, which outlive it."""
-    for lock_path in root.glob("*.lock"):
-        other = lock_path.name.removesuffix(".lock")
-        if other == key:
-            continue
-        with open(lock_path, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # being prepared by another session: leave it
-            for path in [root / other, *root.glob(f"{other}.*.part")]:
-                shutil.rmtree(path, ignore_errors=True)
-            lock_path.unlink()
+    return stored.stored_tree(STORE / "venvs", recipe, lambda partial: _build_base(partial, recipe))
 
 
 def _build_base(partial: Path, recipe: dict) -> dict:
-    """torch first (what it brings is a clean venv with torch, see :func:`torch_venv`), then the rest."""
+    """torch first (what it brings is a clean venv with torch, see :meth:`FlashinferEnv.torch_only`), then the rest."""
     subprocess.run([sys.executable, "-m", "venv", str(partial)], check=True)
     steps = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,8 +180,7 @@ def _build_base(partial: Path, recipe: dict) -> dict:
             subprocess.run([str(partial / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install",
                             "-q", "--report", str(report), *requirements], check=True)
             steps.append(_sources(json.loads(report.read_text())))
-    return {"recipe": recipe, "sources": steps[0] + steps[1], "light_only": sorted(d["name"] for d in steps[1]),
-            "files": _tree_files(partial)}
+    return {"sources": steps[0] + steps[1], "light_only": sorted(d["name"] for d in steps[1])}
 
 
 def _sources(report: dict) -> list[dict]:
@@ -230,8 +190,9 @@ def _sources(report: dict) -> list[dict]:
     for item in report["install"]:
         url = item["download_info"]["url"]
         digest = item["download_info"].get("archive_info", {}).get("hashes", {}).get("sha256")
-        if url.startswith("file://"):
-            digest = _sha256_file(_local_path(url))
+        local = stored.local_path(url)
+        if local:
+            digest = stored.sha256_file(local)
         if not digest:
             raise RuntimeError(f"pip installed {url} into the base venv without a sha256 to record")
         out.append({"name": item["metadata"]["name"], "version": item["metadata"]["version"],
@@ -239,79 +200,19 @@ def _sources(report: dict) -> list[dict]:
     return sorted(out, key=lambda d: d["name"].lower())
 
 
-def _local_path(url: str) -> Path | None:
-    """The file a ``file://`` URL names (percent-decoded: torch's ``+cpu`` is ``%2Bcpu``), else None."""
-    return Path(url2pathname(urlsplit(url).path)) if url.startswith("file://") else None
-
-
-def _base_problem(base: Path, recipe: dict) -> str | None:
-    """Why the stored base cannot be used as it is (None: it can)."""
-    try:
-        manifest = json.loads((base / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        return f"no readable manifest ({exc.__class__.__name__}): not made, or its making was cut off"
-    if manifest.get("recipe") != recipe:
-        return "made from another recipe"
-    for source in manifest["sources"]:  # a local wheel (torch) may be replaced under the same name
-        local = _local_path(source["url"])
-        if local and (not local.is_file() or _sha256_file(local) != source["sha256"]):
-            return f"{source['url']} is not the file it was made from"
-    if _tree_files(base) != manifest["files"]:
-        return "its files differ from its manifest"
-    return None
-
-
-def _tree_files(root: Path) -> dict[str, list]:
-    """Every file and link under root (the manifest excepted): file -> [mode, size, sha256], link -> [target]."""
-    out: dict[str, list] = {}
-    for folder, dirs, files in os.walk(root):
-        for name in sorted(dirs + files):
-            path = Path(folder) / name
-            rel = str(path.relative_to(root))
-            if path.is_symlink():
-                out[rel] = [os.readlink(path)]
-            elif path.is_file() and rel != MANIFEST:
-                st = path.stat()
-                out[rel] = [st.st_mode & 0o7777, st.st_size, _sha256_file(path)]
-    return out
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def dependency_wheels() -> list[Path]:
     """The wheels of flashinfer's light requirements (``base_recipe``'s, resolved by pip for this
     interpreter, transitive ones included), downloaded once from PyPI into the store: what a local
-    index serves where a test needs flashinfer-python's real dependencies but not PyPI.  Kept with a
-    manifest of sha256s, checked before every use; downloaded beside, renamed when complete."""
-    recipe = base_recipe()
-    key = hashlib.sha256(json.dumps([recipe["python"], recipe["requirements"]]).encode()).hexdigest()[:24]
-    root = STORE / "deps"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / key
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            manifest = json.loads((final / MANIFEST).read_text())
-            if {p.name: _sha256_file(p) for p in final.glob("*.whl")} == manifest and manifest:
-                return sorted(final.glob("*.whl"))
-        except (OSError, ValueError):
-            pass  # not made, cut off, or damaged: made again
-        shutil.rmtree(final, ignore_errors=True)
-        for stale in root.glob(f"{key}.*.part"):  # left by a killed run (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
-        partial = root / f"{key}.{os.getpid()}.part"
+    mirror serves where a test needs flashinfer-python's real dependencies but not PyPI."""
+    recipe = {key: value for key, value in base_recipe().items() if key in ("python", "requirements")}
+
+    def download(partial: Path) -> dict:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--index-url", PYPI,
                         "-d", str(partial), *recipe["requirements"]], check=True,
                        env={**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""})
-        (partial / MANIFEST).write_text(json.dumps({p.name: _sha256_file(p) for p in partial.glob("*.whl")}))
-        os.rename(partial, final)
-    return sorted(final.glob("*.whl"))
+        return {}
+
+    return sorted(stored.stored_tree(STORE / "deps", recipe, download).glob("*.whl"))
 
 
 class FlashinferEnv:
@@ -331,7 +232,7 @@ class FlashinferEnv:
         """A venv at root made of hard links to the prepared base (seconds instead of a minute).  pip
         in it only removes links and writes new files, so the base is not changed through it; a test
         that wrote into a linked file in place would be seen by the next :func:`prepared_base` check."""
-        shutil.copytree(base, root, symlinks=True, copy_function=os.link, ignore=shutil.ignore_patterns(MANIFEST))
+        shutil.copytree(base, root, symlinks=True, copy_function=os.link, ignore=shutil.ignore_patterns(stored.MANIFEST))
         return cls(root)
 
     @classmethod
@@ -339,7 +240,7 @@ class FlashinferEnv:
         """A venv with only the local CPU torch and what it requires, as ``pip install torch`` makes it in
         a new venv: a copy of the prepared base without what flashinfer's light requirements added."""
         base = prepared_base()
-        light_only = json.loads((base / MANIFEST).read_text())["light_only"]
+        light_only = stored.manifest_of(base)["light_only"]
         env = cls.from_base(base, root)
         env.pip("uninstall", "-q", "-y", *light_only)
         left = {canonicalize_name(n) for n in env.installed()} & {canonicalize_name(n) for n in light_only}
