@@ -92,3 +92,19 @@ def test_another_recipe_is_another_tree_and_the_old_one_is_removed(tmp_path):
     new = stored_tree(tmp_path, {**RECIPE, "version": 2}, Builder())
     assert new != old and not old.exists() and not old.with_name(old.name + ".lock").exists()
     assert problem_of(new, RECIPE) == "made from another recipe"
+
+
+def test_installed_and_unsatisfied_read_the_venvs_own_metadata(tmp_path):
+    """What FlashinferEnv.use decides to install comes from the venv's dist-info, read without pip."""
+    from tests.support.envs import FlashinferEnv
+
+    site = tmp_path / "site-packages"
+    for name, version in (("typing_extensions", "4.16.0"), ("Packaging", "24.1"), ("numpy", "2.4.6")):
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    env = FlashinferEnv(tmp_path / "venv")
+    env._site = site  # no interpreter to ask: the test's own site-packages stands in
+    assert env.installed() == {"typing_extensions": "4.16.0", "packaging": "24.1", "numpy": "2.4.6"}
+    wanted = ["typing-extensions>=4", "packaging>=24.2", "numpy", "tqdm"]
+    assert env.unsatisfied(wanted) == ["packaging>=24.2", "tqdm"]

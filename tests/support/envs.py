@@ -35,6 +35,7 @@ import sys
 import tempfile
 import zipfile
 from email.parser import HeaderParser
+from importlib.metadata import distributions
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -219,6 +220,7 @@ class FlashinferEnv:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.python = self.root / "bin" / "python"
+        self._site: Path | None = None
 
     def create(self) -> FlashinferEnv:
         if not (self.root / ".ready").exists():
@@ -252,13 +254,28 @@ class FlashinferEnv:
                               check=True, capture_output=True, text=True)
 
     def site_packages(self) -> Path:
-        out = subprocess.run([str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True)
-        return Path(out.stdout.strip())
+        if self._site is None:  # asked by every use() and restore: one interpreter start, not one each
+            out = subprocess.run([str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 check=True, capture_output=True, text=True)
+            self._site = Path(out.stdout.strip())
+        return self._site
 
     def installed(self) -> dict[str, str]:
-        out = self.pip("list", "--format=json")
-        return {d["name"].lower(): d["version"] for d in json.loads(out.stdout)}
+        """name (lower case, as ``pip list`` shows it) -> version of each distribution in the venv: read
+        from the metadata in site-packages, as ``pip list`` reads it, without starting pip."""
+        found = distributions(path=[str(self.site_packages())])
+        return {d.metadata["Name"].lower(): d.version for d in found}
+
+    def unsatisfied(self, requirements: list[str]) -> list[str]:
+        """Those of ``requirements`` that the venv's distributions do not meet."""
+        have = {canonicalize_name(name): version for name, version in self.installed().items()}
+        out = []
+        for line in requirements:
+            req = Requirement(line)
+            version = have.get(canonicalize_name(req.name))
+            if version is None or not req.specifier.contains(version, prereleases=True):
+                out.append(line)
+        return out
 
     def use(self, version: str, *, cubin: bool = True, extra: tuple[Path, ...] = ()) -> None:
         """Exactly flashinfer-python==version (+ flashinfer-cubin) (+ extra wheels), nothing else of ours,
@@ -269,7 +286,9 @@ class FlashinferEnv:
         # pip uninstall; left there, the next install or start fails with FileExistsError
         shutil.rmtree(self.site_packages() / "flashinfer_cubin", ignore_errors=True)
         fp = real_wheel("flashinfer-python", version)
-        self.pip("install", "-q", *light_requirements(fp))
+        missing = self.unsatisfied(light_requirements(fp))  # none in a copy of the prepared base: no pip start
+        if missing:
+            self.pip("install", "-q", *missing)
         wheels = [fp] + ([trimmed_cubin_wheel(version)] if cubin else []) + list(extra)
         self.pip("install", "-q", "--no-deps", *map(str, wheels))
 
