@@ -69,6 +69,8 @@ def pytest_configure(config):
     """Point HOME, XDG_* and FLASHINFER_WORKSPACE_BASE into a temporary home before anything runs
     (a session fixture would be too late for modules that read them at import)."""
     if not hasattr(config, "workerinput"):
+        # xdist workers start under the temporary home: named here, the store stays the real one for them
+        os.environ["FLASHINFER_REPACK_TEST_STORE"] = str(envs.STORE)
         _ISOLATION.append(Isolation(store=envs.STORE).start())
     envs.REAL_ALLOWED = False  # collection must not download either
 
