@@ -163,7 +163,7 @@ def flashinfer_env() -> FlashinferEnv:
 
     Tests that install anything else into it must restore it (``FlashinferEnv.restoring``).
     It lies in a world-readable temporary directory (pytest's are private to root, and so is the
-    store under /root) so that tests can run flashinfer as an unprivileged user.
+    store in root's home) so that tests can run flashinfer as an unprivileged user.
     """
     base = envs.prepared_base()
     root = Path(tempfile.mkdtemp(prefix="flashinfer-env-"))
