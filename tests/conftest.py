@@ -96,7 +96,7 @@ def pytest_configure(config):
     """Point HOME, XDG_* and FLASHINFER_WORKSPACE_BASE into a temporary home before anything runs
     (a session fixture would be too late for modules that read them at import)."""
     if not hasattr(config, "workerinput"):
-        # why: xdist's workers import envs under the temporary home; the store must stay the real one
+        # xdist workers start under the temporary home: named here, the store stays the real one for them
         os.environ["FLASHINFER_REPACK_TEST_STORE"] = str(envs.STORE)
         _ISOLATION.append(Isolation(store=envs.STORE).start())
     envs.REAL_ALLOWED = False  # collection must not download either
@@ -200,16 +200,19 @@ def plan_server(synthetic_index):
 
 @pytest.fixture(scope="session")
 def flashinfer_env() -> FlashinferEnv:
-    """One venv with the local CPU torch, shared by the real-tier tests (versions swapped with pip).
+    """One venv with the local CPU torch and flashinfer's light dependencies, shared by the real-tier
+    tests of a session (of an xdist worker), versions swapped with pip: a hard-linked copy of the base
+    prepared once in the store (``envs.prepared_base``, checked against its manifest first).
 
     Tests that install anything else into it must restore it (``FlashinferEnv.restoring``).
-    It lies in a world-readable temporary directory (pytest's are private to
-    root) so that tests can run flashinfer as an unprivileged user.
+    It lies in a world-readable temporary directory (pytest's are private to root, and so is the
+    store in root's home) so that tests can run flashinfer as an unprivileged user.
     """
+    base = envs.prepared_base()
     root = Path(tempfile.mkdtemp(prefix="flashinfer-env-"))
     os.chmod(root, 0o755)
     try:
-        yield FlashinferEnv(root / "venv").create()
+        yield FlashinferEnv.from_base(base, root / "venv")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

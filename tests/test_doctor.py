@@ -414,15 +414,18 @@ def special_rows(t: Table, version: str) -> None:
     t.judge(version, False, version, "flashinfer-cubin uninstalled after our wheel", FAILS_AT_IMPORT)
 
 
+#: one test per version (each starts from flashinfer-python alone), so that xdist workers share them out
+TRUTH_TABLE_VERSIONS = os.environ.get("TRUTH_TABLE_VERSIONS", "0.6.5,0.6.6,0.6.7,0.6.7.post3,0.6.8").split(",")
+
+
 @pytest.mark.slow
 @pytest.mark.network
-def test_truth_table(flashinfer_env, cubin_wheel, headers_wheel, shared_tmp, tmp_path):
+@pytest.mark.parametrize("version", TRUTH_TABLE_VERSIONS)
+def test_truth_table(version, flashinfer_env, cubin_wheel, headers_wheel, shared_tmp, tmp_path):
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("the read-only rows run flashinfer as an unprivileged user: needs root and setpriv")
-    versions = os.environ.get("TRUTH_TABLE_VERSIONS", "0.6.5,0.6.6,0.6.7,0.6.7.post3,0.6.8").split(",")
     t = Table(flashinfer_env, shared_tmp)
-    for version in versions:
-        version_rows(t, version, cubin_wheel, headers_wheel)
+    version_rows(t, version, cubin_wheel, headers_wheel)
     table = markdown(t.rows, {str(t.site): "<site-packages>"})
     (tmp_path / "truth_table.md").write_text(table)
     print("\n" + table)

@@ -13,6 +13,11 @@
 flashinfer imports without nvidia-cutlass-dsl and nvidia-cudnn-frontend (GPU
 only), so those and torch (installed from the local CPU build) are skipped
 from its Requires-Dist.
+
+The venv's base (torch and flashinfer's light dependencies, about 2 minutes and a PyPI round trip to
+make) is prepared once into the store (:func:`prepared_base`, a :mod:`tests.support.stored` tree:
+keyed by everything that goes into it, checked against a manifest of every file before each use);
+a session gets a hard-linked copy of it (:meth:`FlashinferEnv.from_base`).
 """
 
 from __future__ import annotations
@@ -20,17 +25,23 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import zipfile
 from email.parser import HeaderParser
+from importlib.metadata import distributions
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from tests.support import stored
 
 STORE = Path(os.environ.get("FLASHINFER_REPACK_TEST_STORE",
                             Path.home() / ".cache" / "flashinfer-repack-tests"))
@@ -39,6 +50,8 @@ TORCH = "torch==2.13.0"
 GPU_ONLY = {"nvidia-cutlass-dsl", "nvidia-cudnn-frontend", "torch", "cuda-tile"}
 PYPI = "https://pypi.org/simple/"
 PROJECTS = ("flashinfer-python", "flashinfer-cubin", "flashinfer-cubin-headers")
+#: the flashinfer-python versions whose light requirements the prepared base holds (all the real tier uses)
+BASE_VERSIONS = ("0.6.5", "0.6.6", "0.6.7", "0.6.7.post3", "0.6.8")
 #: set per test by conftest: only tests marked ``real`` may fetch a real wheel
 REAL_ALLOWED = True
 #: how many times a real wheel was given out (conftest tells from it which fixtures were made from one)
@@ -68,9 +81,13 @@ def real_wheel(project: str, version: str) -> Path:
     found = sorted(dest.glob(prefix + "*.whl")) if dest.is_dir() else []
     if not found:
         dest.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "--index-url", "https://pypi.org/simple/", "-d", str(dest), f"{project}=={version}"],
-                       check=True)
+        # into a directory of its own, then renamed: a parallel worker never sees a half-written wheel
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                            "--index-url", "https://pypi.org/simple/", "-d", tmp, f"{project}=={version}"],
+                           check=True)
+            for wheel in Path(tmp).glob(prefix + "*.whl"):
+                os.replace(wheel, dest / wheel.name)
         found = sorted(dest.glob(prefix + "*.whl"))
     return found[0]
 
@@ -144,10 +161,75 @@ def light_requirements(wheel: Path) -> list[str]:
     return out
 
 
+# -- the base venv and the dependency wheels, made once and kept in the store -----------------------
+
+def base_recipe() -> dict:
+    """Everything that decides the base venv before pip resolves: the interpreter, torch, flashinfer's
+    light requirements (read from the real flashinfer-python wheels of ``BASE_VERSIONS``) and the code
+    that makes it.  (What pip then picks is recorded in the manifest, with each file's sha256.)"""
+    requirements = {r for v in BASE_VERSIONS for r in light_requirements(real_wheel("flashinfer-python", v))}
+    code = "".join(inspect.getsource(f) for f in (base_recipe, _build_base, _sources))
+    return {"python": sys.version, "interpreter": os.path.realpath(sys.executable), "torch": TORCH,
+            "requirements": sorted(requirements), "code": hashlib.sha256(code.encode()).hexdigest()}
+
+
+def prepared_base() -> Path:
+    """The base venv (CPU torch, flashinfer's light dependencies) in the store, made once
+    (:func:`tests.support.stored.stored_tree`: checked against its manifest before every use)."""
+    recipe = base_recipe()
+    return stored.stored_tree(STORE / "venvs", recipe, lambda partial: _build_base(partial, recipe))
+
+
+def _build_base(partial: Path, recipe: dict) -> dict:
+    """torch first (what it brings is a clean venv with torch, see :meth:`FlashinferEnv.torch_only`), then the rest."""
+    subprocess.run([sys.executable, "-m", "venv", str(partial)], check=True)
+    steps = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, requirements in enumerate(([TORCH], recipe["requirements"])):
+            report = Path(tmp) / f"report{i}.json"
+            subprocess.run([str(partial / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "install",
+                            "-q", "--report", str(report), *requirements], check=True)
+            steps.append(_sources(json.loads(report.read_text())))
+    return {"sources": steps[0] + steps[1], "light_only": sorted(d["name"] for d in steps[1])}
+
+
+def _sources(report: dict) -> list[dict]:
+    """Each installed distribution with the sha256 of the file it came from (pip's report; computed
+    here for a local file, which pip's report has no digest for)."""
+    out = []
+    for item in report["install"]:
+        url = item["download_info"]["url"]
+        digest = item["download_info"].get("archive_info", {}).get("hashes", {}).get("sha256")
+        local = stored.local_path(url)
+        if local:
+            digest = stored.sha256_file(local)
+        if not digest:
+            raise RuntimeError(f"pip installed {url} into the base venv without a sha256 to record")
+        out.append({"name": item["metadata"]["name"], "version": item["metadata"]["version"],
+                    "url": url, "sha256": digest})
+    return sorted(out, key=lambda d: d["name"].lower())
+
+
+def dependency_wheels() -> list[Path]:
+    """The wheels of flashinfer's light requirements (``base_recipe``'s, resolved by pip for this
+    interpreter, transitive ones included), downloaded once from PyPI into the store: what a local
+    mirror serves where a test needs flashinfer-python's real dependencies but not PyPI."""
+    recipe = {key: value for key, value in base_recipe().items() if key in ("python", "requirements")}
+
+    def download(partial: Path) -> dict:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--index-url", PYPI,
+                        "-d", str(partial), *recipe["requirements"]], check=True,
+                       env={**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""})
+        return {}
+
+    return sorted(stored.stored_tree(STORE / "deps", recipe, download).glob("*.whl"))
+
+
 class FlashinferEnv:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.python = self.root / "bin" / "python"
+        self._site: Path | None = None
 
     def create(self) -> FlashinferEnv:
         if not (self.root / ".ready").exists():
@@ -156,18 +238,53 @@ class FlashinferEnv:
             (self.root / ".ready").write_text("ok")
         return self
 
+    @classmethod
+    def from_base(cls, base: Path, root: Path) -> FlashinferEnv:
+        """A venv at root made of hard links to the prepared base (seconds instead of a minute).  pip
+        in it only removes links and writes new files, so the base is not changed through it; a test
+        that wrote into a linked file in place would be seen by the next :func:`prepared_base` check."""
+        shutil.copytree(base, root, symlinks=True, copy_function=os.link, ignore=shutil.ignore_patterns(stored.MANIFEST))
+        return cls(root)
+
+    @classmethod
+    def torch_only(cls, root: Path) -> FlashinferEnv:
+        """A venv with only the local CPU torch and what it requires, as ``pip install torch`` makes it in
+        a new venv: a copy of the prepared base without what flashinfer's light requirements added."""
+        base = prepared_base()
+        light_only = stored.manifest_of(base)["light_only"]
+        env = cls.from_base(base, root)
+        env.pip("uninstall", "-q", "-y", *light_only)
+        left = {canonicalize_name(n) for n in env.installed()} & {canonicalize_name(n) for n in light_only}
+        assert not left, f"still installed after removing flashinfer's light dependencies: {sorted(left)}"
+        return env
+
     def pip(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(self.python), "-m", "pip", "--disable-pip-version-check", *args],
                               check=True, capture_output=True, text=True)
 
     def site_packages(self) -> Path:
-        out = subprocess.run([str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True)
-        return Path(out.stdout.strip())
+        if self._site is None:  # asked by every use() and restore: one interpreter start, not one each
+            out = subprocess.run([str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 check=True, capture_output=True, text=True)
+            self._site = Path(out.stdout.strip())
+        return self._site
 
     def installed(self) -> dict[str, str]:
-        out = self.pip("list", "--format=json")
-        return {d["name"].lower(): d["version"] for d in json.loads(out.stdout)}
+        """name (lower case, as ``pip list`` shows it) -> version of each distribution in the venv: read
+        from the metadata in site-packages, as ``pip list`` reads it, without starting pip."""
+        found = distributions(path=[str(self.site_packages())])
+        return {d.metadata["Name"].lower(): d.version for d in found}
+
+    def unsatisfied(self, requirements: list[str]) -> list[str]:
+        """Those of ``requirements`` that the venv's distributions do not meet."""
+        have = {canonicalize_name(name): version for name, version in self.installed().items()}
+        out = []
+        for line in requirements:
+            req = Requirement(line)
+            version = have.get(canonicalize_name(req.name))
+            if version is None or not req.specifier.contains(version, prereleases=True):
+                out.append(line)
+        return out
 
     def use(self, version: str, *, cubin: bool = True, extra: tuple[Path, ...] = ()) -> None:
         """Exactly flashinfer-python==version (+ flashinfer-cubin) (+ extra wheels), nothing else of ours,
@@ -178,7 +295,9 @@ class FlashinferEnv:
         # pip uninstall; left there, the next install or start fails with FileExistsError
         shutil.rmtree(self.site_packages() / "flashinfer_cubin", ignore_errors=True)
         fp = real_wheel("flashinfer-python", version)
-        self.pip("install", "-q", *light_requirements(fp))
+        missing = self.unsatisfied(light_requirements(fp))  # none in a copy of the prepared base: no pip start
+        if missing:
+            self.pip("install", "-q", *missing)
         wheels = [fp] + ([trimmed_cubin_wheel(version)] if cubin else []) + list(extra)
         self.pip("install", "-q", "--no-deps", *map(str, wheels))
 
