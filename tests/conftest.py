@@ -98,7 +98,7 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):
         # xdist workers start under the temporary home: named here, the store stays the real one for them
         os.environ["FLASHINFER_REPACK_TEST_STORE"] = str(envs.STORE)
-        _ISOLATION.append(Isolation(store=envs.STORE).start())
+        _ISOLATION.append(Isolation(envs.STORE, envs.DEFAULT_STORE).start())
     envs.REAL_ALLOWED = False  # collection must not download either
 
 

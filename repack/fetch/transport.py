@@ -444,7 +444,8 @@ class _HostAuth:
 def _netrc_for(url: str) -> tuple[str, str] | None:
     from requests.utils import get_netrc_auth
 
-    found = get_netrc_auth(url)
+    # without userinfo: requests < 2.32 takes the netloc up to its first ':' as the host ("bob@host")
+    found = get_netrc_auth(redact(url))
     return (found[0], found[1]) if found else None
 
 

@@ -43,8 +43,8 @@ from packaging.utils import canonicalize_name
 
 from tests.support import stored
 
-STORE = Path(os.environ.get("FLASHINFER_REPACK_TEST_STORE",
-                            Path.home() / ".cache" / "flashinfer-repack-tests"))
+DEFAULT_STORE = Path.home() / ".cache" / "flashinfer-repack-tests"
+STORE = Path(os.environ.get("FLASHINFER_REPACK_TEST_STORE", DEFAULT_STORE))
 SNIPPET = Path(__file__).with_name("vllm_snippet.py")
 TORCH = "torch==2.13.0"
 GPU_ONLY = {"nvidia-cutlass-dsl", "nvidia-cudnn-frontend", "torch", "cuda-tile"}

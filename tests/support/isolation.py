@@ -4,7 +4,10 @@ temporary home for the whole run, and anything new under the real home afterward
 The machine's pip and uv configuration is copied into the temporary home (where the local CPU
 build of torch comes from is part of the machine, not of the tests); ``.netrc`` is not, so that
 credential tests see only what they set up.  The wheel store (``$FLASHINFER_REPACK_TEST_STORE``)
-keeps its explicit path and is the one place under the real home that tests may write.
+keeps its explicit path and is the one place under the real home that tests may write; the default store is
+never walked either, even when the variable names another: the real tier hard-links its venv base from
+there into temporary venvs, and removing those (pytest's own clean-up of old temporary dirs) changes the
+stored files' ctime.
 ``FLASHINFER_REPACK_TEST_HOME_IGNORE`` (``:``-separated paths relative to the home) names places
 that other processes on a shared machine write while the tests run; toolchain directories
 (``TOOLCHAINS``) are not walked.
@@ -27,9 +30,9 @@ TOOLCHAINS = (".pyenv", ".rustup", ".cargo", ".m2", ".nvm", ".sdkman", ".gradle"
 
 
 class Isolation:
-    def __init__(self, store: Path) -> None:
+    def __init__(self, *stores: Path) -> None:
         self.real_home = Path(os.path.expanduser("~")).resolve()
-        self.store = Path(store).resolve()
+        self.stores = {Path(store).resolve() for store in stores}
         self.saved: dict[str, str | None] = {}
         self.root: Path | None = None
         self.started_ns = 0
@@ -65,7 +68,7 @@ class Isolation:
         return self.written()
 
     def written(self) -> list[str]:
-        ignored = {self.store} | {(self.real_home / p).resolve() for p in
+        ignored = set(self.stores) | {(self.real_home / p).resolve() for p in
                                   os.environ.get("FLASHINFER_REPACK_TEST_HOME_IGNORE", "").split(":") if p}
         ignored |= {(self.real_home / p).resolve() for p in TOOLCHAINS}
         found = []
