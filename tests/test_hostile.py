@@ -173,14 +173,14 @@ def test_a_server_trickling_a_byte_every_half_second_cannot_hang_a_build(run_cli
 def test_a_server_trickling_its_headers_cannot_hang_a_build(run_cli, tmp_path, hostile):
     """The same pace holds before the body: headers that arrive a byte per half second, forever."""
     hostile.trickle_headers("simple/flashinfer-cubin/", interval=0.5)
-    result = index_build(run_cli, tmp_path, hostile, options=("--retries", "0", "--timeout", "2"))
+    result = index_build(run_cli, tmp_path, hostile, options=("--retries", "0", "--timeout", "1"))
     assert "timed out" in failed(result, tmp_path / "out")  # cli() bounds the run: a hang fails the test
 
 
 def test_a_trickled_reply_to_an_upload_cannot_hang_publish(run_cli, tmp_path, hostile):
     url = hostile.trickle_headers("legacy/", interval=0.5)
     wheel = make_wheel(tmp_path / "w", "demo", "1.0")
-    result = run_cli("publish", str(wheel), "--index", url, "--timeout", "2", timeout=60,
+    result = run_cli("publish", str(wheel), "--index", url, "--timeout", "1", timeout=60,
                      env={"TWINE_USERNAME": "u", "TWINE_PASSWORD": "p"})
     assert result.returncode == 1 and "timed out" in result.stderr, result.stderr
 

@@ -217,6 +217,7 @@ def test_pypiserver_wrong_password_is_a_clear_error(pypiserver, run_cli, tmp_pat
 
 # -- devpi -------------------------------------------------------------------------------------
 
+@pytest.mark.xdist_group("devpi")  # one devpi-server (a 9 s start) for both tests, on one worker
 def test_devpi_publish_with_netrc_then_pip_install(devpi, run_cli, headers_wheel, tmp_path):
     wheel = headers_wheel(synthetic.VERSION)
     netrc = tmp_path / "netrc"
@@ -240,6 +241,7 @@ def test_devpi_publish_with_netrc_then_pip_install(devpi, run_cli, headers_wheel
     assert refused.returncode == 1 and f"already has {wheel.name} with sha256" in refused.stderr
 
 
+@pytest.mark.xdist_group("devpi")
 def test_devpi_without_credentials_names_the_ways_to_give_them(devpi, run_cli, tmp_path):
     wheel = make_wheel(tmp_path, "fi-upload-demo", "1.0")
     result = publish(run_cli, "--index", devpi["url"], str(wheel))

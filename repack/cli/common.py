@@ -114,7 +114,7 @@ def common_options(p: argparse.ArgumentParser, network: bool = True, cache: bool
         p.add_argument("--offline", action="store_true", help="use no network: cache and local sources only")
         p.add_argument("--timeout", type=positive_seconds, default=20.0, metavar="S",
                        help="seconds for a connection and for each read; a reply's headers must also arrive "
-                            "within twice that plus 4 s, and a body must keep pace (default 20)")
+                            "within three times that, and a body must keep pace (default 20)")
         p.add_argument("--retries", type=retry_count, default=3, metavar="N",
                        help="retries after a failed request, with backoff 0.5, 1, 2 s... (default 3)")
 

@@ -69,8 +69,9 @@ REPLY_LIMIT = 1 << 20
 #: Bytes per second a transfer must keep on average once its first ``timeout`` seconds are over.
 MIN_RATE = 16 << 10
 #: the reply's status line and headers: the first byte within ``timeout`` (the socket's read timeout),
-#: all of them within ``HEADER_FACTOR * timeout + HEADER_SLACK`` s (http.client reads up to 100 lines of 64 KiB)
-HEADER_FACTOR, HEADER_SLACK = 2, 4.0
+#: all of them within ``HEADER_FACTOR * timeout`` (a server sends them in one packet; http.client would
+#: otherwise read up to 100 lines of 64 KiB, a byte at a time)
+HEADER_FACTOR = 3
 
 
 class RangesIgnored(Exception):
@@ -234,7 +235,7 @@ class Transport:
 
     def _request(self, method: str, url: str, headers: dict[str, str], data: Any = None) -> Any:
         self.stats.requests += 1
-        _HEADERS.seconds = HEADER_FACTOR * self.timeout + HEADER_SLACK
+        _HEADERS.seconds = HEADER_FACTOR * self.timeout
         try:
             return self._open().request(method, url, headers=headers, data=data, stream=True,
                                         timeout=(self.timeout, self.timeout), allow_redirects=False,
