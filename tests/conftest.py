@@ -57,7 +57,9 @@ def pytest_xdist_auto_num_workers(config):
     """``-n auto``: two workers per core for the fast tier, whose tests mostly wait on servers and child
     processes (on 2 cores: 68 s with 3 workers, 64 s with 4, 92 s with 2); one per core where real
     flashinfer runs (each start imports CPU torch: more workers than cores gain nothing there)."""
-    cores = os.cpu_count() or 1
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None  # the user's choice: xdist's own hook reads it
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 2 * cores if config.getoption("markexpr", "") == "not real" else cores
 
 

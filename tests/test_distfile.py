@@ -213,6 +213,17 @@ def test_a_pass_is_kept_in_a_private_folder_as_a_private_file(tmp_path):
     assert checked.passed(dist.sha256, dist.size)
 
 
+def test_a_folder_of_ours_made_under_a_loose_umask_is_made_private_and_used(tmp_path):
+    """A folder an earlier version made 0775 (umask 002) would otherwise count for nothing for ever."""
+    path = wheel(tmp_path, {MEMBER: CONTENT})
+    folder = tmp_path / "cache" / "checked"
+    folder.mkdir(parents=True)
+    folder.chmod(0o775)
+    checked = CheckedWheels(folder)
+    dist = check_record(read_distfile(path, check_record=False), None, checked)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and checked.passed(dist.sha256, dist.size)
+
+
 def _plant(folder: Path, dist) -> Path:
     folder.mkdir(mode=0o700, exist_ok=True)
     entry = folder / f"{dist.sha256}.json"
@@ -279,6 +290,22 @@ def test_a_wrong_crc32_is_refused(tmp_path):
     with zipfile.ZipFile(path) as zf:
         assert zf.testzip() == MEMBER  # zipfile (pip's installer) cannot read it
     assert f"{MEMBER}: CRC-32 " in refusal(path) and "the central directory says efbeadde" in refusal(path)
+
+
+def test_a_wrong_crc32_in_a_record_signature_is_refused(tmp_path):
+    """RECORD.jws has no hash in RECORD, but pip reads it whole: its CRC-32 is checked all the same."""
+    info = "demo-1.0.dist-info/"
+    files = {info + "METADATA": b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n",
+             info + "WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = "".join(f"{n},sha256={b64(d)},{len(d)}\n" for n, d in files.items())
+    record += f"{info}RECORD.jws,,\n{info}RECORD,,\n"
+    path = tmp_path / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in {**files, info + "RECORD.jws": b'{"signatures": []}' * 64, info + "RECORD": record.encode()}.items():
+            zf.writestr(name, data, zipfile.ZIP_DEFLATED)
+    read_distfile(path)  # sound as made
+    patch(path, info + "RECORD.jws", 14, 16, b"\xde\xad\xbe\xef")
+    assert f"{info}RECORD.jws: CRC-32 " in refusal(path)
 
 
 def _central(path: Path) -> tuple[bytearray, int, int, int, int]:

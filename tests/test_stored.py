@@ -52,7 +52,8 @@ def test_made_once_then_reused_with_a_manifest_of_every_file(tmp_path):
     (lambda t: (t / "lib" / "a.py").write_text("A = 2\n"), "its files differ from its manifest"),
     (lambda t: (t / "lib" / "b.py").write_text(""), "its files differ from its manifest"),
     (lambda t: (t / "lib" / "a.py").unlink(), "its files differ from its manifest"),
-    (lambda t: os.chmod(t / "lib" / "a.py", 0o600), "its files differ from its manifest"),
+    (lambda t: os.chmod(t / "lib" / "a.py", (t / "lib" / "a.py").stat().st_mode ^ 0o100),  # a change under any umask
+     "its files differ from its manifest"),
     (lambda t: ((t / "bin" / "python").unlink(), (t / "bin" / "python").symlink_to("/bin/sh")),
      "its files differ from its manifest"),
     (lambda t: (t / MANIFEST).unlink(), "no readable manifest (FileNotFoundError)"),
@@ -90,7 +91,7 @@ def test_a_cut_off_build_leaves_no_tree_and_its_leftover_is_removed(tmp_path):
 def test_another_recipe_is_another_tree_and_the_old_one_is_removed(tmp_path):
     old = stored_tree(tmp_path, RECIPE, Builder())
     new = stored_tree(tmp_path, {**RECIPE, "version": 2}, Builder())
-    assert new != old and not old.exists() and not old.with_name(old.name + ".lock").exists()
+    assert new != old and not old.exists()  # its lock file stays (see stored._prune): an empty file
     assert problem_of(new, RECIPE) == "made from another recipe"
 
 

@@ -127,11 +127,14 @@ def _read_bounded(proc: subprocess.Popen[bytes], deadline: float) -> bytes | Non
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """The command and what it started, gone (a keyring backend may leave helpers behind)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except OSError:
-        pass  # already gone
+    """The command and what it started, gone (a keyring backend may leave helpers behind).
+
+    Signalled only while the command is unreaped: its process group id cannot then belong to another group."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass  # already gone
     proc.wait()
     if proc.stdout is not None:
         proc.stdout.close()

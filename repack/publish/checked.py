@@ -62,6 +62,9 @@ class CheckedWheels:
         record = {"sha256": sha256, "size": size, "filename": filename, "record": "every member matched"}
         try:
             entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = os.lstat(entry.parent)
+            if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and st.st_mode & 0o077:
+                os.chmod(entry.parent, 0o700)  # ours, made under a looser umask (0o002): made private
             if not _private_folder(entry.parent):  # a verdict written there could be replaced by another user
                 return
             atomic_write(entry, (json.dumps(record, sort_keys=True) + "\n").encode(), mode=0o600)

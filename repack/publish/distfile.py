@@ -271,6 +271,7 @@ def _record_problems(zf: zipfile.ZipFile, fd: int, dist_info: str, counter: _Cou
         elif row.name not in {dist_info + n for n in UNHASHED}:
             unhashed.append(f"{row.name}: RECORD gives it no hash")
     infos = {i.filename: i for i in zf.infolist()}
+    unhashed += _unhashed_damage(fd, [infos[dist_info + n] for n in UNHASHED[1:] if dist_info + n in infos])
     workers = max(1, min(8, os.cpu_count() or 1, len(entries) // 64 or 1))
     shares = [entries[i::workers] for i in range(workers)]  # interleaved: big and small members spread evenly
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -281,6 +282,18 @@ def _record_problems(zf: zipfile.ZipFile, fd: int, dist_info: str, counter: _Cou
         problems = sorted((p for share in found for p in share), key=lambda p: order.get(p[0], -1))
     return unhashed + [text for _, text in problems] + [
         f"{n} is not in RECORD" for n in zf.namelist() if not n.endswith("/") and n not in listed]
+
+
+def _unhashed_damage(fd: int, infos: list[zipfile.ZipInfo]) -> list[str]:
+    """RECORD's signatures have no hash to check, but pip still reads them whole: their CRC-32 must hold."""
+    problems = []
+    for info in infos:
+        try:
+            for _ in member_chunks(fd, info):
+                pass
+        except DamagedMember as exc:
+            problems.append(f"{exc} (damaged)")
+    return problems
 
 
 def _entry_problem(fd: int, info: zipfile.ZipInfo | None, row: RecordRow, counter: _Counter) -> list[str]:

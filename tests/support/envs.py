@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import inspect
 import json
@@ -243,7 +244,8 @@ class FlashinferEnv:
         """A venv at root made of hard links to the prepared base (seconds instead of a minute).  pip
         in it only removes links and writes new files, so the base is not changed through it; a test
         that wrote into a linked file in place would be seen by the next :func:`prepared_base` check."""
-        shutil.copytree(base, root, symlinks=True, copy_function=os.link, ignore=shutil.ignore_patterns(stored.MANIFEST))
+        shutil.copytree(base, root, symlinks=True, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(stored.MANIFEST))
         return cls(root)
 
     @classmethod
@@ -344,3 +346,14 @@ class FlashinferEnv:
     def run_header_code(self, **kwargs) -> dict:
         """flashinfer's own JIT-spec generators (both BMM header callers), watched like the snippet."""
         return self.run_snippet(script=None, **kwargs)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link (instant, no space), or a copy where the store and the venv lie on two file systems
+    (a tmpfs /tmp, a home on another volume)."""
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        shutil.copy2(src, dst)

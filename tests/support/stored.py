@@ -81,7 +81,8 @@ def _prune(area: Path, keep: str) -> None:
                 continue  # being made or checked by another session: leave it
             for path in [area / other, *area.glob(f"{other}.*.part")]:
                 shutil.rmtree(path, ignore_errors=True)
-            lock_path.unlink()
+            # the lock file stays: a session already waiting on it would otherwise hold a lock on a removed
+            # file while a newcomer locks a new one, and both would build
 
 
 def tree_files(root: Path) -> dict[str, list]:
