@@ -8,7 +8,6 @@ and the snippet starts offline from that conda prefix too.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from repack.build.conda_archive import Member, conda_bytes
+from repack.fetch.digest import file_sha256
 from repack.publish.channel import write_repodata
 from tests.support.envs import PROJECTS, closed_port, light_requirements
 from tests.support.servers import FileServer
@@ -27,14 +27,6 @@ VERSION = "0.6.6"
 EXPORT = "flashinfer_cubin/cubins/flashinfer/trtllm/batched_gemm/trtllmGen_bmm_export"
 RESUMED_BYTES = 4_000_000   # what an interrupted run had already fetched of flashinfer-cubin (trimmed: 10 MB)
 GPU_ONLY = {"nvidia-cutlass-dsl": "4.3.4", "nvidia-cudnn-frontend": "1.13.0"}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +65,7 @@ def test_interrupted_downloads_resume(bundled, python_wheel, cubin_wheel):
     # the foreign partial bytes failed the sha256 and were fetched again from the start
     assert bundled["sent"]["flashinfer_python"] >= python.stat().st_size
     wheels = bundled["out"] / "wheels"
-    assert sha256(wheels / cubin.name) == sha256(cubin) and sha256(wheels / python.name) == sha256(python)
+    assert file_sha256(wheels / cubin.name) == file_sha256(cubin) and file_sha256(wheels / python.name) == file_sha256(python)
     assert not list(wheels.glob("*.part")) and not list(wheels.glob(".*"))
 
 
@@ -84,7 +76,7 @@ def test_manifest_lists_every_file_with_its_sha256(bundled):
                      if p.is_file() and p.name != "manifest.json" and not any(s.startswith(".") for s in p.parts))
     assert [f["path"] for f in manifest["files"]] == on_disk
     for f in manifest["files"]:
-        assert (f["sha256"], f["size"]) == (sha256(out / f["path"]), (out / f["path"]).stat().st_size), f["path"]
+        assert (f["sha256"], f["size"]) == (file_sha256(out / f["path"]), (out / f["path"]).stat().st_size), f["path"]
     names = {Path(f["path"]).name for f in manifest["files"]}
     for expected in (f"flashinfer_cubin_headers-{VERSION}-py3-none-any.whl", "repodata.json", "README.txt",
                      f"flashinfer_cubin-{VERSION}-py3-none-any.whl.metadata", "conda-map.json"):
@@ -203,19 +195,19 @@ def test_rerun_with_other_inputs_replaces_our_wheel_everywhere(bundled, index_se
 
     out = bundled["out"]
     ours = f"flashinfer_cubin_headers-{VERSION}-py3-none-any.whl"
-    before = sha256(out / "wheels" / ours)
-    converted_before = {c.name: sha256(c) for c in (out / "conda" / "noarch").glob("flashinfer-python-*.conda")}
+    before = file_sha256(out / "wheels" / ours)
+    converted_before = {c.name: file_sha256(c) for c in (out / "conda" / "noarch").glob("flashinfer-python-*.conda")}
     try:
         result = cli("bundle", VERSION, "-o", str(out), "--index-url", index_server.index_url, "--json",
                      env={"SOURCE_DATE_EPOCH": "1700000000"})
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["transferred_bytes"] == 0
-        after = sha256(out / "wheels" / ours)
-        assert after != before and sha256(out / "simple" / "flashinfer-cubin-headers" / ours) == after
+        after = file_sha256(out / "wheels" / ours)
+        assert after != before and file_sha256(out / "simple" / "flashinfer-cubin-headers" / ours) == after
         converted = sorted((out / "conda" / "noarch").glob("flashinfer-python-*.conda"))
-        assert converted and all(sha256(c) != converted_before[c.name] for c in converted)  # the epoch is inside
+        assert converted and all(file_sha256(c) != converted_before[c.name] for c in converted)  # the epoch is inside
         for f in json.loads((out / "manifest.json").read_text())["files"]:
-            assert f["sha256"] == sha256(out / f["path"]), f["path"]
+            assert f["sha256"] == file_sha256(out / f["path"]), f["path"]
     finally:
         assert cli("bundle", VERSION, "-o", str(out), "--index-url", index_server.index_url).returncode == 0
 
@@ -227,13 +219,13 @@ def test_a_tampered_converted_package_is_converted_again(bundled, index_server):
 
     out = bundled["out"]
     pkg = next((out / "conda" / "noarch").glob("flashinfer-python-*.conda"))
-    good = sha256(pkg)
+    good = file_sha256(pkg)
     data = bytearray(pkg.read_bytes())
     data[len(data) // 2] ^= 0xFF
     pkg.write_bytes(bytes(data))
     result = cli("bundle", VERSION, "-o", str(out), "--index-url", index_server.index_url, "--json")
     assert result.returncode == 0, result.stderr
-    assert sha256(pkg) == good
+    assert file_sha256(pkg) == good
     repodata = json.loads((out / "conda" / "noarch" / "repodata.json").read_text())
     assert repodata["packages.conda"][pkg.name]["sha256"] == good
     listed = {f["path"]: f["sha256"] for f in json.loads((out / "manifest.json").read_text())["files"]}

@@ -42,6 +42,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from repack.fetch.digest import file_sha256
 from tests.support import stored
 
 DEFAULT_STORE = Path.home() / ".cache" / "flashinfer-repack-tests"
@@ -203,7 +204,7 @@ def _sources(report: dict) -> list[dict]:
         digest = item["download_info"].get("archive_info", {}).get("hashes", {}).get("sha256")
         local = stored.local_path(url)
         if local:
-            digest = stored.sha256_file(local)
+            digest = file_sha256(local)
         if not digest:
             raise RuntimeError(f"pip installed {url} into the base venv without a sha256 to record")
         out.append({"name": item["metadata"]["name"], "version": item["metadata"]["version"],

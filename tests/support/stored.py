@@ -20,6 +20,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
+from repack.fetch.digest import file_sha256
+
 MANIFEST = ".stored-manifest.json"
 
 
@@ -58,7 +60,7 @@ def problem_of(tree: Path, recipe: dict) -> str | None:
         return "made from another recipe"
     for source in manifest.get("sources", ()):  # a local file (torch's wheel) may be replaced under its name
         local = local_path(source["url"])
-        if local and (not local.is_file() or sha256_file(local) != source["sha256"]):
+        if local and (not local.is_file() or file_sha256(local) != source["sha256"]):
             return f"{source['url']} is not the file it was made from"
     if tree_files(tree) != manifest.get("files"):
         return "its files differ from its manifest"
@@ -96,7 +98,7 @@ def tree_files(root: Path) -> dict[str, list]:
                 out[rel] = [os.readlink(path)]
             elif path.is_file() and rel != MANIFEST:
                 st = path.stat()
-                out[rel] = [st.st_mode & 0o7777, st.st_size, sha256_file(path)]
+                out[rel] = [st.st_mode & 0o7777, st.st_size, file_sha256(path)]
     return out
 
 
@@ -105,9 +107,3 @@ def local_path(url: str) -> Path | None:
     return Path(url2pathname(urlsplit(url).path)) if url.startswith("file://") else None
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
