@@ -1,6 +1,6 @@
 """Benchmark: the work a user waits for, beside the tools they would otherwise use (issue 12).
 
-    python benchmarks/bench_ux.py [--version 0.6.6] [--skip-index]
+    python benchmarks/bench_ux.py [--version 0.6.6] [--skip-index] [--repeat 3]
 
 Prints one table, side by side, every figure from this run on this machine:
   * ``plan VERSION`` cold (empty cache, the real index pip uses) and warm (the same cache);
@@ -11,7 +11,12 @@ Prints one table, side by side, every figure from this run on this machine:
     and to another with the verdict remembered, against ``twine upload`` of the same file to another fresh
     pypiserver (``--skip-index`` leaves these out).
 
-Seconds are the wall time of the whole process (interpreter start-up included).  Figures, not assertions.
+Also the floor under a first publish: the RECORD check alone of those wheels (every member inflated
+and hashed, on as many threads as publish uses), in this process.
+
+Seconds are the wall time of the whole process (interpreter start-up included).  Each row is run
+``--repeat`` times, the rows interleaved (ours, then theirs, then ours...) so that a slow moment of the
+machine falls on both: the median is printed, with the fastest and the slowest.  Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -58,8 +63,19 @@ def bench_plan(version: str, tmp: Path) -> list[tuple[str, float, str]]:
     return rows
 
 
+def bench_floor(wheels: list[Path]) -> list[tuple[str, float, str]]:
+    from repack.publish.distfile import check_record, read_distfile
+
+    started = time.perf_counter()
+    for wheel in wheels:
+        check_record(read_distfile(wheel, check_record=False, digests=()))
+    return [("the RECORD check alone of those 3 wheels (no start-up, no copy)", time.perf_counter() - started,
+             "the floor under a first publish: every member inflated and hashed")]
+
+
 def bench_simple(wheels: list[Path], tmp: Path) -> list[tuple[str, float, str]]:
     rows = []
+    tmp.mkdir()
     cache = ["--cache-dir", str(tmp / "publish-cache")]  # empty: no wheel has been checked before
     for label, tree, note in (("fresh tree, first check", "ours", "sha256 each, RECORD checked (1.2 GB inflated)"),
                               ("again, same tree", "ours", "sha256 each; nothing to send, RECORD not read"),
@@ -94,13 +110,14 @@ def pypiserver(tmp: Path, name: str):
 
 
 def bench_index(wheel: Path, tmp: Path) -> list[tuple[str, float, str]]:
+    tmp.mkdir()
     creds = {"FLASHINFER_REPACK_USERNAME": USER, "FLASHINFER_REPACK_PASSWORD": PASSWORD,
              "TWINE_USERNAME": USER, "TWINE_PASSWORD": PASSWORD, "NETRC": "/nonexistent"}
     rows = []
     size = f"{wheel.stat().st_size / 1e6:.0f} MB"
     for label, server, cache, note in (
-            (f"{size}, first check", "ours", ["--no-cache"], "RECORD check beside the 2-digest pass, upload, listing"),
-            (f"{size}, checked before", "ours2", ["--cache-dir", str(tmp / "publish-cache")],
+            (f"{size}, first check", "ours", ["--no-cache"], "2-digest pass; RECORD checked while it is sent; listing"),
+            (f"{size}, checked before", "ours2", ["--cache-dir", str(tmp.parent / "publish-cache")],
              "2-digest pass (verdict remembered by sha256), upload, listing")):
         proc, url = pypiserver(tmp, server)
         try:
@@ -123,22 +140,32 @@ def bench_index(wheel: Path, tmp: Path) -> list[tuple[str, float, str]]:
 
 
 def main() -> None:
+    import statistics
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--version", default="0.6.6")
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each row (default 3): the median is shown")
     args = parser.parse_args()
     cubin, python = real_wheel("flashinfer-cubin", args.version), real_wheel("flashinfer-python", args.version)
+    figures: dict[str, list[float]] = {}
+    notes: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ux-") as tmp_name:
         tmp = Path(tmp_name)
         _, proc = timed(repack("build", args.version, "-o", str(tmp / "dist"), "--from", str(cubin), "--no-cache",
                                "--json"))
         ours = Path(json.loads(proc.stdout)["artifacts"][0]["path"])
-        rows = bench_plan(args.version, tmp) + bench_simple([python, cubin, ours], tmp)
-        if not args.skip_index:  # after the --simple rows: "checked before" uses the verdicts they left
-            rows += bench_index(cubin, tmp)
-    print(f"{'what':<72} {'seconds':>8}  notes")
-    for what, seconds, notes in rows:
-        print(f"{what:<72} {seconds:8.3f}  {notes}")
+        for run in range(args.repeat):
+            rows = bench_plan(args.version, tmp / f"plan{run}") + bench_floor([python, cubin, ours])
+            rows += bench_simple([python, cubin, ours], tmp / f"simple{run}")
+            if not args.skip_index:  # after the --simple rows: "checked before" uses the verdicts they left
+                rows += bench_index(cubin, tmp / f"simple{run}" / "index")
+            for what, seconds, note in rows:
+                figures.setdefault(what, []).append(seconds)
+                notes[what] = note
+    print(f"{'what':<72} {'median':>7} {'fastest':>7} {'slowest':>7}  notes  ({args.repeat} runs each)")
+    for what, values in figures.items():
+        print(f"{what:<72} {statistics.median(values):7.3f} {min(values):7.3f} {max(values):7.3f}  {notes[what]}")
 
 
 if __name__ == "__main__":

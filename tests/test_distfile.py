@@ -12,6 +12,7 @@ import shutil
 import stat
 import struct
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from repack.errors import IntegrityError
 from repack.publish.checked import CheckedWheels
 from repack.publish.distfile import check_record, read_distfile, ready_to_upload
-from tests.support.tinywheel import tamper
+from tests.support.tinywheel import make_wheel, tamper
 
 
 @pytest.fixture(autouse=True, params=["installed", "zlib"])
@@ -362,3 +363,71 @@ def test_a_row_without_a_hash_is_refused_except_record_and_its_signatures(tmp_pa
             assert "demo/__init__.py: RECORD gives it no hash" in refusal(path)
         else:
             assert read_distfile(path).record_checked
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (3 << 20) + 7])
+def test_fd_digests_on_two_threads_are_hashlib_s(tmp_path, size):
+    import os
+
+    from repack.fetch.digest import fd_digests, file_digests
+
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    want = {"sha256": hashlib.sha256(data).hexdigest(), "blake2_256": hashlib.blake2b(data, digest_size=32).hexdigest(),
+            "md5": hashlib.md5(data).hexdigest()}
+    assert file_digests(path, ("sha256", "blake2_256", "md5")) == want
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(EOFError, match=f"ends at {size} bytes, {size + 1} expected"):
+            fd_digests(fd, size + 1, ("sha256", "blake2_256"))
+    finally:
+        os.close(fd)
+
+
+def test_a_record_check_run_beside_an_upload_shows_its_progress_while_waited_for(tmp_path, monkeypatch):
+    import threading
+
+    from repack.publish import distfile
+    from repack.publish.distfile import RecordCheck
+
+    dist = read_distfile(make_wheel(tmp_path, "demo", "1.0"), check_record=False)
+    release = threading.Event()
+
+    def slow(d, path, progress, checked, digests):
+        progress(f"RECORD check {d.filename}", 5, 10)
+        release.wait(30)
+        return replace(d, record_checked=True), {"sha256": d.sha256}
+
+    monkeypatch.setattr(distfile, "_verified", slow)
+    shown: list[tuple[str, int, int | None]] = []
+
+    def progress(label, done, total):
+        shown.append((label, done, total))
+        if len(shown) >= 2:
+            release.set()
+
+    check = RecordCheck([dist], None, progress)
+    assert [d.record_checked for d in check.wait()] == [True]
+    assert shown[:2] == [(f"RECORD check {dist.filename}", 5, 10)] * 2
+
+
+def test_a_record_check_cancelled_stops_at_its_next_step(tmp_path, monkeypatch):
+    from repack.publish import distfile
+    from repack.publish.distfile import RecordCheck
+
+    dist = read_distfile(make_wheel(tmp_path, "demo", "1.0"), check_record=False)
+    steps: list[int] = []
+
+    def endless(d, path, progress, checked, digests):
+        while True:  # a check that only ends when a progress step raises
+            progress("RECORD check", len(steps), None)
+            steps.append(1)
+
+    monkeypatch.setattr(distfile, "_verified", endless)
+    check = RecordCheck([dist], None, None)
+    while not steps:
+        pass
+    check.cancel()  # returns only once the thread has ended
+    ended_at = len(steps)
+    assert check._future.done() and len(steps) == ended_at

@@ -380,3 +380,89 @@ def test_a_file_rewritten_while_it_is_sent_never_reaches_the_index_whole(tmp_pat
         server.close()  # joins the handler threads: every post has arrived
     assert rewritten
     assert all(len(body) < int(headers["Content-Length"]) for headers, body in server.posts)
+
+
+# -- the RECORD check runs while the largest wheel is sent ----------------------------------
+
+CREDS = {"FLASHINFER_REPACK_USERNAME": USER, "FLASHINFER_REPACK_PASSWORD": PASSWORD}
+
+
+def big_wheel(out: Path, name: str = "fi-upload-demo", megabytes: int = 3) -> Path:
+    """A wheel of several upload chunks (incompressible, the same bytes every run)."""
+    import random
+
+    blob = random.Random(megabytes).randbytes(megabytes << 20)
+    return make_wheel(out, name, "1.0", files={f"{name.replace('-', '_')}/blob.bin": blob})
+
+
+def received_file(body: bytes, wheel: Path) -> bytes:
+    """The bytes of ``wheel`` that a (possibly cut) multipart body carried."""
+    start = body.index(f'filename="{wheel.name}"'.encode())
+    return body[body.index(b"\r\n\r\n", start) + 4:]
+
+
+def test_a_wheel_failing_its_record_check_leaves_no_whole_upload_not_even_of_the_sound_ones(run_cli, tmp_path):
+    """The largest wheel is sent while every wheel to be sent is checked, and its body ends only once all
+    passed: a damaged smaller wheel stops it before its end-of-central-directory record is sent."""
+    big = big_wheel(tmp_path / "a")
+    bad = tamper(make_wheel(tmp_path / "b", "fi-other-demo", "1.0"), tmp_path / "bad" / "fi_other_demo-1.0-py3-none-any.whl",
+                 "__init__.py")
+    server = Misbehaving(200)
+    try:
+        result = publish(run_cli, "--index", server.url, str(bad), str(big), "--json", env=CREDS)
+    finally:
+        server.close()  # joins the handler threads: every post has arrived
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["error"].startswith(f"{bad.name} does not match its own RECORD")
+    assert len(server.posts) == 1  # the big one, first; the damaged one never started
+    headers, body = server.posts[0]
+    assert len(body) < int(headers["Content-Length"])
+    sent, whole = received_file(body, big), big.read_bytes()
+    assert whole.startswith(sent) and len(sent) <= whole.rindex(b"PK\x05\x06")
+
+
+def test_pypiserver_gets_nothing_when_one_wheel_of_several_is_damaged(pypiserver, run_cli, tmp_path):
+    big = big_wheel(tmp_path / "a", "fi-upload-several")
+    bad = tamper(make_wheel(tmp_path / "b", "fi-upload-several2", "1.0"),
+                 tmp_path / "bad" / "fi_upload_several2-1.0-py3-none-any.whl", "__init__.py")
+    refused = publish(run_cli, "--index", pypiserver["url"], str(big), str(bad), env=CREDS)
+    assert refused.returncode == 1 and f"{bad.name} does not match its own RECORD" in refused.stderr
+    assert not (pypiserver["packages"] / big.name).exists() and not (pypiserver["packages"] / bad.name).exists()
+    again = publish(run_cli, "--index", pypiserver["url"], str(big), "--json", env=CREDS)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["files"] == [{"filename": big.name, "action": "uploaded",
+                                                  "sha256": sha256(big), "verified": True}]
+    assert (pypiserver["packages"] / big.name).read_bytes() == big.read_bytes()
+
+
+def test_the_largest_wheel_is_sent_first_and_results_keep_the_order_given(run_cli, tmp_path):
+    small, big = make_wheel(tmp_path / "s", "fi-small-demo", "1.0"), big_wheel(tmp_path / "b")
+    server = Misbehaving(200)
+    try:
+        result = publish(run_cli, "--index", server.url, str(small), str(big), "--json", env=CREDS)
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert [f["filename"] for f in json.loads(result.stdout)["files"]] == [small.name, big.name]
+    assert [server.form(i)["content"] for i in range(2)] == [[big.read_bytes()], [small.read_bytes()]]
+    for i, wheel in enumerate((big, small)):
+        form = server.form(i)
+        assert form["sha256_digest"] == [sha256(wheel).encode()]
+        assert form["blake2_256_digest"] == [hashlib.blake2b(wheel.read_bytes(), digest_size=32).hexdigest().encode()]
+
+
+def test_a_wheel_refused_here_is_reported_at_once_while_the_index_is_still_silent(run_cli, tmp_path):
+    """The index's pages are read on a thread while the wheels are hashed: a local refusal does not wait on it."""
+    wheel = make_wheel(tmp_path, "fi-upload-demo", "1.0")
+    renamed = tmp_path / "other" / "fi_upload_demo-2.0-py3-none-any.whl"  # METADATA says 1.0
+    renamed.parent.mkdir()
+    renamed.write_bytes(wheel.read_bytes())
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        started = time.monotonic()
+        result = publish(run_cli, "--index", url, str(renamed), "--timeout", "120", env=CREDS)
+        waited = time.monotonic() - started
+    assert result.returncode == 1 and "METADATA says version '1.0', the file name 2.0" in result.stderr
+    assert waited < 60, f"the refusal waited {waited:.0f} s for the silent index"

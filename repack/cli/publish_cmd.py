@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from repack.cli.common import (
     EXIT_OK,
@@ -21,7 +21,7 @@ from repack.cli.common import (
 from repack.errors import InputError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from repack.publish.simple import Added
     from repack.publish.upload import Credentials, UploadResult
@@ -90,7 +90,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if args.channel is not None:
         return publish_to_channel(args)
     from repack.publish.checked import CheckedWheels
-    from repack.publish.distfile import check_record, read_distfile, ready_to_upload
+    from repack.publish.distfile import UPLOAD_DIGESTS, RecordCheck, check_record, read_distfile, wheel_identity
 
     _each_once(args.files)
     progress = progress_printer(args)
@@ -105,19 +105,34 @@ def cmd_publish(args: argparse.Namespace) -> int:
             args.simple, dists, check=lambda dist, copy: check_record(dist, progress, checked, at=copy))
         destination = str(args.simple)
     else:
+        # every file's identity and metadata is checked, and both its digests taken (on two threads), before
+        # anything is sent; its sha256 decides whether it will be sent.  The RECORD checks of the files to be
+        # sent run while the largest is sent, whose body ends only once every one has passed.  The index's
+        # pages are read on a thread while the files are hashed (once their names were checked).
+        import concurrent.futures
+        import threading
+
+        from repack.fetch.index import IndexFile
         from repack.publish.upload import Uploader
 
-        # every file's identity and metadata is checked before anything is sent; its sha256 decides whether
-        # it will be sent, and only then are its RECORD read and the upload form's other digest computed
-        dists = [read_distfile(f, check_record=False, digests=("sha256",)) for f in args.files]
+        names = [wheel_identity(f)[0] for f in args.files]
         url, credentials = upload_target(args)
         uploader = Uploader(url, credentials, simple_url=args.simple_url, timeout=args.timeout,
                             retries=args.retries, progress=progress)
-        for i, dist in enumerate(dists):
-            if uploader.listed(dist) is None:  # a file listed already is skipped or refused, never sent
-                dists[i] = ready_to_upload(dist, progress, checked)
+        asked: concurrent.futures.Future[list[IndexFile | None]] = concurrent.futures.Future()
+        # a daemon thread: a wheel refused here is reported at once, not after a slow index has answered
+        threading.Thread(target=_into, args=(asked, lambda: [uploader.listed_file(n, Path(f).name) for n, f in
+                                                             zip(names, args.files, strict=True)]),
+                         daemon=True, name="index-pages").start()
+        dists = [read_distfile(f, check_record=False, digests=UPLOAD_DIGESTS) for f in args.files]
+        listings = asked.result()  # a file listed already is skipped or refused
+        check = RecordCheck([d for d, listed in zip(dists, listings, strict=True) if listed is None], checked,
+                            progress)
+        try:
+            results = uploader.publish(dists, listings, check.wait)
+        finally:
+            check.cancel()
         destination = uploader.server
-        results = uploader.publish(dists)
     _clear_progress()
     if args.json:
         emit_json({"ok": True, "destination": destination, "files": [r.to_json() for r in results]})
@@ -126,6 +141,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
             note = " (already there, same sha256)" if r.action == "skipped" else ""
             print(f"{r.action} {r.filename}{note} -> {destination}")
     return EXIT_OK
+
+
+def _into(future: Any, work: Callable[[], Any]) -> None:
+    """``work()``'s result or exception into ``future`` (run on a thread of its own)."""
+    try:
+        future.set_result(work())
+    except BaseException as exc:  # handed over to the waiting thread, which raises it
+        future.set_exception(exc)
 
 
 def _each_once(files: Sequence[Path]) -> None:

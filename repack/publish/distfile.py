@@ -15,12 +15,12 @@ import logging
 import os
 import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from packaging.utils import (
     InvalidWheelFilename,
@@ -30,14 +30,13 @@ from packaging.utils import (
 from packaging.version import InvalidVersion, Version
 
 from repack.errors import InputError, IntegrityError
-from repack.fetch.digest import file_digests
+from repack.fetch.digest import fd_digests, file_digests
 from repack.publish.checked import CheckedWheels
 from repack.publish.members import DamagedMember, check_layout, member_chunks
 from repack.wheelfile import RecordRow, dist_info_dir, read_member, read_record, urlsafe_b64
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 #: ``progress(label, done_bytes, total_bytes)``
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -76,15 +75,11 @@ class DistFile:
 UPLOAD_DIGESTS = ("sha256", "blake2_256")
 
 
-def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, ...] = UPLOAD_DIGESTS,
-                  progress: Progress | None = None) -> DistFile:
-    """Check the wheel at ``path`` and describe it; IntegrityError if it was altered.
+def wheel_identity(path: Path) -> tuple[str, Version]:
+    """The project (PEP 503 name) and version a wheel's file name gives; InputError unless it is a wheel file.
 
-    ``check_record`` False leaves the RECORD check (a read of every member: seconds for a 268 MB
-    wheel) to :func:`check_record`, for the callers that learn first whether the file will be sent.
-    ``digests`` names the hashes computed in the one pass over the file (others are left empty; none at
-    all for a caller that hashes the bytes it publishes itself, as :func:`repack.publish.simple.publish_simple`
-    hashes its staged copy).
+    What :func:`read_distfile` checks before it reads the file, for callers that ask an index about
+    the file while it is hashed.
     """
     path = Path(path)
     if not path.name.endswith(".whl"):
@@ -96,6 +91,21 @@ def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, 
                          value=path.name, path=str(path)) from exc
     if not path.is_file():
         raise InputError(f"{path}: no such file", "give the path of a built wheel")
+    return str(name), version
+
+
+def read_distfile(path: Path, *, check_record: bool = True, digests: tuple[str, ...] = UPLOAD_DIGESTS,
+                  progress: Progress | None = None) -> DistFile:
+    """Check the wheel at ``path`` and describe it; IntegrityError if it was altered.
+
+    ``check_record`` False leaves the RECORD check (a read of every member: seconds for a 268 MB
+    wheel) to :func:`check_record`, for the callers that learn first whether the file will be sent.
+    ``digests`` names the hashes computed in the one pass over the file (others are left empty; none at
+    all for a caller that hashes the bytes it publishes itself, as :func:`repack.publish.simple.publish_simple`
+    hashes its staged copy).
+    """
+    path = Path(path)
+    name, version = wheel_identity(path)
     metadata, found, size = _check_wheel(path, str(name), check_record, progress, digests=digests)
     headers = HeaderParser().parsestr(metadata.decode("utf-8", "replace"))
     meta_name = headers.get("Name", "")
@@ -128,12 +138,73 @@ def ready_to_upload(dist: DistFile, progress: Progress | None = None,
     """``dist`` checked against its RECORD and with the upload digests: what a file to be sent needs.
 
     The upload form's blake2_256 (and the sha256 again, so that a file rewritten since it was
-    first hashed is caught) come from one pass over the descriptor the RECORD check reads, on its own
-    thread beside the check's: both are hashing and inflating that release the GIL.
-    A publish that skips the file needs its sha256 alone and never comes here.
+    first hashed is caught) come from one pass over the descriptor the RECORD check reads, beside
+    the check.  :class:`RecordCheck` runs the same check while the file is sent.
     """
     sound, found = _verified(dist, dist.path, progress, checked, UPLOAD_DIGESTS)
     return replace(sound, blake2_256=found["blake2_256"])
+
+
+class RecordCheck:
+    """The RECORD checks of the wheels to be sent, run while the first is sent: an upload is mostly the index's time.
+
+    The checks run one after the other on a thread of their own from the start.  The first upload
+    sends all but its file's last bytes (the zip's central directory among them), then calls
+    :meth:`wait`, and only when every wheel passed does that body end: a failure raises
+    IntegrityError there, the connection drops mid-body, and the index never holds a whole request,
+    let alone a readable wheel; nothing at all is published.  While the upload waits, the check's
+    progress is shown.  :meth:`cancel` stops the checks when the upload fails first.
+    """
+
+    def __init__(self, dists: Sequence[DistFile], checked: CheckedWheels | None, progress: Progress | None) -> None:
+        self.dists, self._progress = list(dists), progress
+        self._state: tuple[str, int, int | None] = ("RECORD check", 0, None)
+        self._cancelled = threading.Event()
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="record-check")
+        self._future = pool.submit(self._run, checked)
+        pool.shutdown(wait=False)
+
+    def _run(self, checked: CheckedWheels | None) -> list[DistFile]:
+        return [self._check(d, checked) for d in self.dists]
+
+    def _check(self, dist: DistFile, checked: CheckedWheels | None) -> DistFile:
+        if checked is not None and checked.passed(dist.sha256, dist.size):
+            # the upload hashes the bytes it sends and refuses any but ``dist.sha256``: no need to hash here
+            log.info("%s: RECORD checked before (sha256 %s): not inflated again", dist.filename, dist.sha256)
+            return replace(dist, record_checked=True)
+        return _verified(dist, dist.path, self._note, checked, ("sha256",))[0]
+
+    def _note(self, label: str, done: int, total: int | None) -> None:
+        if self._cancelled.is_set():
+            raise _Cancelled
+        self._state = (label, done, total)
+
+    def wait(self) -> list[DistFile]:
+        """The wheels, each checked (IntegrityError for the first that failed); progress shown meanwhile."""
+        while True:
+            try:
+                sound = self._future.result(timeout=0.1)
+            except TimeoutError:
+                if self._progress is not None:
+                    self._progress(*self._state)
+                continue
+            for before, after in zip(self.dists, sound, strict=True):
+                if not after.record_checked or after.sha256 != before.sha256:
+                    raise IntegrityError(f"{before.filename} changed while it was being checked",
+                                         "publish it again once nothing writes to it")
+            return sound
+
+    def cancel(self) -> None:
+        """Stop the checks (at their next progress step) and wait for their thread to end."""
+        self._cancelled.set()
+        try:
+            self._future.result()
+        except (_Cancelled, IntegrityError):
+            pass
+
+
+class _Cancelled(Exception):
+    """The check was stopped: its upload ended first."""
 
 
 def _verified(dist: DistFile, path: Path, progress: Progress | None, checked: CheckedWheels | None,
@@ -196,25 +267,6 @@ def _check_wheel(path: Path, project: str, check_record: bool, progress: Progres
 def _identity(fd: int) -> tuple[int, int, int, int]:
     st = os.fstat(fd)
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def fd_digests(fd: int, size: int, names: tuple[str, ...]) -> dict[str, str]:
-    """``{name: hexdigest}`` of the first ``size`` bytes of ``fd``, read with ``pread`` (no shared offset)."""
-    hashes = {name: _DIGEST_MAKERS[name]() for name in names}
-    offset = 0
-    while hashes and offset < size:
-        chunk = os.pread(fd, min(CHUNK, size - offset), offset)
-        if not chunk:
-            raise EOFError(f"the file ends at {offset} bytes, {size} expected")
-        for h in hashes.values():
-            h.update(chunk)
-        offset += len(chunk)
-    return {name: h.hexdigest() for name, h in hashes.items()}
-
-
-_DIGEST_MAKERS: dict[str, Callable[[], Any]] = {
-    "sha256": hashlib.sha256, "blake2_256": lambda: hashlib.blake2b(digest_size=32),
-    "md5": lambda: hashlib.md5(usedforsecurity=False)}
 
 
 def _check_open(fh: BinaryIO, path: Path, project: str, check_record: bool, progress: Progress | None,

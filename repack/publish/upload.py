@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.utils import parse_wheel_filename
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from repack.errors import FetchError, InputError, IntegrityError, PublishError, RepackError
 from repack.fetch.index import ACCEPT, IndexFile, parse_html_page, parse_json_page
@@ -55,6 +55,8 @@ MULTI_FIELDS = {"Classifier": "classifiers", "Platform": "platform", "Supported-
                 "Obsoletes-Dist": "obsoletes_dist", "Requires-External": "requires_external",
                 "Project-URL": "project_urls", "Provides-Extra": "provides_extras", "Dynamic": "dynamic",
                 "License-File": "license_file"}
+#: bytes of the file per chunk sent
+CHUNK = 1 << 20
 ENV_PAIRS = (("FLASHINFER_REPACK_USERNAME", "FLASHINFER_REPACK_PASSWORD"), ("TWINE_USERNAME", "TWINE_PASSWORD"))
 
 
@@ -139,13 +141,14 @@ def _netrc_entry(host: str, path: Path | None) -> tuple[str, str] | None:
 
 # -- the form --------------------------------------------------------------------------
 
-def form_fields(dist: DistFile) -> list[tuple[str, str]]:
+def form_fields(dist: DistFile, *, checking: bool = False) -> list[tuple[str, str]]:
     """The upload form as twine sends it, from the wheel's own METADATA.
 
     Only a wheel checked against its RECORD, with both digests, may be sent (fail closed: a
-    caller that deferred those steps and then sends anyway is refused here).
+    caller that deferred those steps and then sends anyway is refused here); ``checking`` says that
+    the check runs while it is sent, and the body cannot end before it passes (:class:`MultipartBody`).
     """
-    if not (dist.record_checked and dist.blake2_256):
+    if not ((dist.record_checked or checking) and dist.sha256 and dist.blake2_256):
         raise PublishError(f"{dist.filename} was not checked against its RECORD and hashed before sending",
                            "this is a bug in the caller; nothing was sent")
     meta = dist.headers()
@@ -168,13 +171,18 @@ def form_fields(dist: DistFile) -> list[tuple[str, str]]:
 class MultipartBody:
     """A multipart/form-data body streamed from disk, so a 300 MB wheel is never held in memory.
 
-    The file is hashed as it is sent and its last chunk held back until the hash is known: bytes that
-    are not ``sha256`` (the file changed since it was checked) raise IntegrityError before the body is
-    complete, so the connection drops and the index never receives a whole upload.
+    An iterable of chunks with a length (no ``read``): requests sends it with that Content-Length,
+    one ``sendall`` per 1 MiB chunk.
+
+    The file is hashed as it is sent and its last chunk (the zip's end-of-central-directory record
+    among it: without it no tool can read the rest) held back until the hash is known: bytes that are
+    not ``sha256`` (the file changed since it was checked) raise IntegrityError before the body is
+    complete, so the connection drops and the index never receives a whole upload.  ``gate`` is called
+    then too, before that last chunk: the RECORD check running beside the upload (it may raise).
     """
 
     def __init__(self, fields: Sequence[tuple[str, str]], path: Path, progress: Progress | None = None,
-                 sha256: str | None = None) -> None:
+                 sha256: str | None = None, gate: Callable[[], None] | None = None) -> None:
         self.boundary = uuid.uuid4().hex
         head = b"".join(self._part(name, value.encode("utf-8")) for name, value in fields)
         head += (f'--{self.boundary}\r\nContent-Disposition: form-data; name="content"; filename="{path.name}"\r\n'
@@ -182,9 +190,8 @@ class MultipartBody:
         self._segments: list[bytes | Path] = [head, path, f"\r\n--{self.boundary}--\r\n".encode()]
         self._length = len(head) + path.stat().st_size + len(f"\r\n--{self.boundary}--\r\n".encode())
         self._chunks = self._iterate()
-        self._pending = b""
         self._done, self._progress, self._label = 0, progress, path.name
-        self._sha256 = sha256
+        self._sha256, self._gate = sha256, gate
 
     @property
     def content_type(self) -> str:
@@ -210,7 +217,7 @@ class MultipartBody:
     def _file(self, path: Path) -> Iterator[bytes]:
         digest, held = hashlib.sha256(), b""
         with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 16), b""):
+            for chunk in iter(lambda: fh.read(CHUNK), b""):
                 digest.update(chunk)
                 if held:
                     yield held
@@ -222,22 +229,19 @@ class MultipartBody:
             raise IntegrityError(f"{path.name} changed while it was being sent (sha256 {digest.hexdigest()}, "
                                  f"checked as {self._sha256}); the upload was broken off before its end",
                                  "publish it again once nothing writes to it")
+        if self._gate is not None:
+            self._gate()
         yield held
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._pending) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._pending += chunk
-        if size < 0:
-            out, self._pending = self._pending, b""
-        else:
-            out, self._pending = self._pending[:size], self._pending[size:]
-        return out
 
 
 # -- the uploader ----------------------------------------------------------------------
+
+class _Unread:
+    """The index's page for a file not read yet (None means read, and the file is not there)."""
+
+
+UNREAD = _Unread()
+
 
 class Uploader:
     """One keep-alive session to one index.  ``sleep`` is injectable for tests of the backoff."""
@@ -268,17 +272,46 @@ class Uploader:
             except FetchError as exc:
                 raise InputError(f"{exc} (credentials from {credentials.origin})", exc.hint) from None
 
-    def publish(self, dists: Sequence[DistFile]) -> list[UploadResult]:
+    def publish(self, dists: Sequence[DistFile], listings: Sequence[IndexFile | None] | None = None,
+                ready: Callable[[], Sequence[DistFile]] | None = None) -> list[UploadResult]:
+        """Each of ``dists`` sent, or skipped when the index has it with the same sha256 (results in order).
+
+        ``listings`` are the index's entries read for these files just before (:meth:`listed`), so
+        that the page is not read twice; a file listed since is caught by the index's 409.
+        ``ready`` (:meth:`repack.publish.distfile.RecordCheck.wait`) gives the files to be sent, those
+        listed as None, checked against their RECORD: the largest is sent first while they are checked,
+        and its body ends only once ``ready`` has answered.  Without it every file sent must be checked.
+        """
         try:
-            return [self.publish_one(d) for d in dists]
+            if listings is None:
+                return [self.publish_one(d) for d in dists]
+            sending = [i for i, listed in enumerate(listings) if listed is None]
+            results: dict[int, UploadResult] = {}
+            checked: dict[int, DistFile] = {}
+
+            def gate() -> None:
+                if ready is not None and not checked:
+                    sound = list(ready())
+                    if [d.filename for d in sound] != [dists[i].filename for i in sending]:
+                        raise PublishError("the checked files are not the files to be sent",
+                                           "this is a bug in the caller; nothing was sent")
+                    checked.update(zip(sending, sound, strict=True))
+
+            for i in sorted(range(len(dists)), key=lambda i: (listings[i] is not None, -dists[i].size)):
+                dist = checked.get(i, dists[i])
+                results[i] = self.publish_one(dist, listings[i], gate if ready is not None and not checked else None)
+            return [results[i] for i in range(len(dists))]
         finally:
             self.close()
 
-    def publish_one(self, dist: DistFile) -> UploadResult:
-        listed = self.listed(dist)
+    def publish_one(self, dist: DistFile, listed: IndexFile | _Unread | None = UNREAD,
+                    gate: Callable[[], None] | None = None) -> UploadResult:
+        """``dist`` sent unless listed; ``gate`` is called before the body's last bytes (it may raise)."""
+        if isinstance(listed, _Unread):
+            listed = self.listed(dist)
         if listed is not None:
             return self._already_there(dist, listed)
-        resp = self._post(dist)
+        resp = self._post(dist, gate)
         if resp.status == 409:  # the index has it although its simple page did not say so
             listed = self.listed(dist)
             if listed is None:
@@ -307,12 +340,20 @@ class Uploader:
     # -- reading the simple page ---------------------------------------------------------
 
     def listed(self, dist: DistFile) -> IndexFile | None:
-        """The index's entry for this file name, or None (the project page is read fresh each time)."""
+        """The index's entry for this file, or None (the project page is read fresh each time)."""
+        return self.listed_file(dist.project, dist.filename)
+
+    def listed_file(self, project: str, filename: str) -> IndexFile | None:
+        """The index's entry for ``filename`` on ``project``'s page, or None.
+
+        The simple root that answered last is asked first (pypiserver's ``simple/``, devpi's ``+simple/``).
+        """
         for simple in self.simple_urls:
-            page = simple.rstrip("/") + "/" + dist.project + "/"
+            page = simple.rstrip("/") + "/" + canonicalize_name(project) + "/"
             files = self._read_page(page)
             if files is not None:
-                return next((f for f in files if f.filename == dist.filename), None)
+                self.simple_urls = [simple] + [u for u in self.simple_urls if u != simple]
+                return next((f for f in files if f.filename == filename), None)
         return None
 
     def _read_page(self, url: str) -> list[IndexFile] | None:
@@ -332,10 +373,10 @@ class Uploader:
 
     # -- posting ---------------------------------------------------------------------------
 
-    def _post(self, dist: DistFile) -> Response:
-        fields = form_fields(dist)
+    def _post(self, dist: DistFile, gate: Callable[[], None] | None = None) -> Response:
+        fields = form_fields(dist, checking=gate is not None)
         for number in range(self.retries + 1):
-            body = MultipartBody(fields, dist.path, self.progress, dist.sha256)
+            body = MultipartBody(fields, dist.path, self.progress, dist.sha256, gate)
             resp = self._request("POST", self.url, data=body, what=dist.filename,
                                  headers={"Content-Type": body.content_type})
             if resp.status not in RETRY_STATUSES or number == self.retries:
