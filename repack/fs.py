@@ -67,6 +67,25 @@ def safe_join(root: Path, name: str, what: str = "name") -> Path:
     return path
 
 
+def blocking_file(path: Path) -> Path | None:
+    """The first of ``path``'s parents (then ``path`` itself) that exists and is not a directory: what makes
+    creating a folder at ``path``, or a file in it, fail with "Not a directory"."""
+    path = Path(path)
+    for candidate in [*reversed(path.parents), path]:
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return None
+
+
+def not_a_folder_hint(path: Path, exc: OSError) -> str | None:
+    """``"X is a file, not a folder"`` when ``exc`` is ENOTDIR/EEXIST on the way to ``path``, else None."""
+    import errno
+
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and (blocker := blocking_file(path)) is not None:
+        return f"{blocker} is a file, not a folder"
+    return None
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write beside the target, flush, then rename over it: never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)

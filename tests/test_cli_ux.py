@@ -132,11 +132,17 @@ def test_build_verbose_says_where_the_index_came_from(tmp_path):
 
 @pytest.mark.parametrize("argv, hint", [(("buidl", "0.6.6"), "did you mean 'build'?"),
                                         (("build", "0.6.6", "--retires", "3"), "did you mean '--retries'?"),
-                                        (("doctor", "--pyton", "x"), "did you mean '--python'?")])
+                                        (("doctor", "--pyton", "x"), "did you mean '--python'?"),
+                                        (("bundle", "0.6.6", "-o", "x", "--from", "index"),
+                                         "--from is an option of build, install, not of bundle; "
+                                         "see flashinfer-repack bundle --help"),
+                                        (("doctor", "--ouput", "x"), "")])
 def test_did_you_mean(argv, hint):
     result = cli(*argv)
     assert result.returncode == 2
-    assert f"hint: {hint}" in result.stderr
+    assert (f"hint: {hint}" in result.stderr) if hint else ("hint:" not in result.stderr)  # doctor has no --output
+    assert result.stderr.startswith(f"usage: flashinfer-repack {argv[0]} " if argv[0] != "buidl" else
+                                    "usage: flashinfer-repack [-h]")  # the usage of the command that was named
 
 
 @pytest.mark.parametrize("value", ["-5", "x", "101"])
@@ -597,3 +603,27 @@ def test_a_damaged_plan_cache_entry_is_dropped_and_read_again(tmp_path):
     assert again.returncode == 0 and "dropping the damaged cache entry" in again.stderr
     assert json.loads(again.stdout)["plan"]["checksums_sha256"] == synthetic.checksums_sha256()
     assert json.loads(again.stdout)["transfer"]["requests"] > 0
+
+
+@pytest.mark.parametrize("command", ["build", "publish --simple", "bundle", "publish --channel"])
+def test_a_file_where_an_output_folder_s_parent_should_be_is_named_and_a_usage_error(command, tmp_path,
+                                                                                       small_cubin_wheel):
+    (tmp_path / "afile").write_text("not a folder\n")
+    out = str(tmp_path / "afile" / "sub")
+    wheel = make_wheel(tmp_path / "w", "fi-demo", "1.0")
+    argv = {"build": ["build", synthetic.VERSION, "--from", str(small_cubin_wheel(synthetic.VERSION)), "--no-cache",
+                      "-o", out],
+            "publish --simple": ["publish", "--simple", out, str(wheel)],
+            "bundle": ["bundle", synthetic.VERSION, "-o", out, "--index-url", "http://127.0.0.1:9/simple/",
+                       "--retries", "0"],
+            "publish --channel": ["publish", "--channel", out]}[command]
+    if command == "publish --channel":
+        built = cli("build", synthetic.VERSION, "--format", "conda", "-o", str(tmp_path / "c"), "--no-cache", "--json",
+                    "--from", str(small_cubin_wheel(synthetic.VERSION)))
+        assert built.returncode == 0, built.stderr
+        argv.append(json.loads(built.stdout)["artifacts"][0]["path"])
+    result = cli(*argv, "--json")
+    assert result.returncode == 2, result.stderr
+    error = json.loads(result.stdout)
+    assert f"{tmp_path / 'afile'} is a file, not a folder" in error["error"], error
+    assert "parents are folders" in error["hint"]

@@ -18,9 +18,9 @@ from pathlib import Path
 from repack import __version__
 from repack.build.artifact import DEFAULT_EPOCH, DIST_NAME, SUMMARY, Artifact
 from repack.build.sbom import SBOM_DIR, SBOM_NAME, sbom_bytes
-from repack.errors import BuildError
+from repack.errors import BuildError, InputError
 from repack.fetch.verify import Payload
-from repack.fs import atomic_write
+from repack.fs import atomic_write, not_a_folder_hint
 from repack.wheelfile import urlsafe_b64
 
 PACKAGE_ROOT = "flashinfer_cubin/cubins/"
@@ -76,6 +76,11 @@ def build_wheel(payload: Payload, out_dir: Path, epoch: int | None = None) -> Ar
     try:
         atomic_write(path, data)
     except OSError as exc:
+        blocked = not_a_folder_hint(path.parent, exc)
+        if blocked:  # a mistake in the command line, as a file where -o's folder should be
+            raise InputError(f"cannot write {path}: {blocked}",
+                             "give -o a folder (it is created if missing) whose parents are folders",
+                             path=str(path.parent)) from exc
         raise BuildError(f"cannot write {path}: {exc.strerror}", "choose an output directory you can write") from exc
     return Artifact("wheel", path, hashlib.sha256(data).hexdigest(), len(data))
 

@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from repack import __version__
@@ -28,7 +29,7 @@ from repack.cli.common import (
     hint_of,
     verbose_option,
 )
-from repack.errors import RepackError
+from repack.errors import InputError, RepackError
 
 # -- entry point -------------------------------------------------------------------
 
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     Parser.json_errors = "--json" in argv  # argparse errors come before any Namespace exists
     parser = build_parser()
+    Parser.argv = argv
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", 0) or 0)
     if not getattr(args, "func", None):
@@ -55,7 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(args, exc)
     except OSError as exc:  # the filesystem said no where no module expected it: still one line
         logging.getLogger("repack.cli").debug("unexpected OSError", exc_info=True)  # -v shows the traceback
+        from repack.fs import not_a_folder_hint
+
+        blocked = not_a_folder_hint(Path(exc.filename), exc) if isinstance(exc.filename, str) else None
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        if blocked:  # a file where the command line asked for a folder: a usage mistake, as everywhere
+            return report_error(args, InputError(f"cannot create {exc.filename}: {blocked}",
+                                                 "give a folder (it is created if missing) whose parents are folders"))
         return report_error(args, RepackError(f"{exc.strerror or exc}{where}",
                                               "check that the path exists, is a directory where one is "
                                               "needed, is writable, and that the disk has room"))
@@ -127,7 +135,8 @@ class Parser(argparse.ArgumentParser):
                 sys.stdout.flush()
             except BrokenPipeError:
                 sys.exit(_closed_pipe())
-        self.print_usage(sys.stderr)
+        command = _subcommands(self).get(self._command() or "")
+        (command or self).print_usage(sys.stderr)  # an unknown option surfaces here, at the top: show its command's
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         if hint:
             print(f"  hint: {hint}", file=sys.stderr)
@@ -140,13 +149,29 @@ class Parser(argparse.ArgumentParser):
             return _did_you_mean(choice.group(1), options)
         unknown = re.search(r"unrecognized arguments: (\S+)", message)
         if unknown:
-            return _did_you_mean(unknown.group(1).split("=")[0], _all_options(self))
+            word = unknown.group(1).split("=")[0]
+            command = self._command()
+            takes = sorted(name for name, sub in _subcommands(self).items() if word in _all_options(sub))
+            if command is not None and takes:
+                return f"{word} is an option of {', '.join(takes)}, not of {command}; see {self.prog} {command} --help"
+            used = _subcommands(self).get(command or "")
+            return _did_you_mean(word, _all_options(used or self))
         return ""
+
+    def _command(self) -> str | None:
+        """The subcommand named on the command line being parsed (unknown options surface at the top)."""
+        return next((a for a in self.argv if a in _subcommands(self)), None)
+
+    argv: Sequence[str] = ()
 
 
 def _did_you_mean(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next((dict(a.choices) for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
 
 
 def _all_options(parser: argparse.ArgumentParser) -> list[str]:

@@ -50,7 +50,7 @@ from repack.build.conda_archive import (
 )
 from repack.errors import InputError, PublishError, SourceError
 from repack.fetch.digest import file_digests
-from repack.fs import NotRegularFileError, atomic_write, is_safe_relpath, locked, read_regular
+from repack.fs import NotRegularFileError, atomic_write, is_safe_relpath, locked, not_a_folder_hint, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +390,10 @@ def _locked(channel: Path) -> Iterator[None]:
             channel.mkdir(parents=True, exist_ok=True)
             stack.enter_context(locked(channel / LOCK_NAME))
         except OSError as exc:
+            if blocked := not_a_folder_hint(channel, exc):  # a mistake in the command line
+                raise InputError(f"cannot create the channel {channel}: {blocked}",
+                                 "give a folder (it is created if missing) whose parents are folders",
+                                 path=str(channel)) from exc
             raise PublishError(f"cannot write to the channel {channel}: {exc.strerror}",
                                "choose a directory you can write, or fix its permissions") from exc
         yield

@@ -45,6 +45,7 @@ from repack.fs import (
     atomic_write,
     check_filename,
     locked,
+    not_a_folder_hint,
     read_regular,
     remove_stale_temporaries,
     safe_join,
@@ -122,7 +123,7 @@ def _make_root(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:  # a file where one of its parents should be
-        raise InputError(f"cannot create the simple tree {root}: {exc.filename} is not a directory",
+        raise InputError(f"cannot create the simple tree {root}: {not_a_folder_hint(root, exc) or exc.strerror}",
                          "give a folder whose parents are folders", path=str(root)) from exc
     except OSError as exc:
         raise PublishError(f"cannot create the simple tree {root}: {exc.strerror}",
