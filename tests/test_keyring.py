@@ -139,21 +139,17 @@ def _keyring_command(tmp_path, monkeypatch, body: str) -> Path:
 
 
 def test_a_keyring_command_that_never_stops_talking_is_cut_off(tmp_path, monkeypatch):
-    from repack.fetch import keyringauth
 
     _keyring_command(tmp_path, monkeypatch, "exec yes AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
-    monkeypatch.setattr(keyringauth, "COMMAND_TIMEOUT", 20.0)
-    assert keyring_password(["https://h/simple/"], "bob", "subprocess") is None  # cut at 64 KiB, not at 20 s
+    assert keyring_password(["https://h/simple/"], "bob", "subprocess", timeout=20) is None  # cut at 64 KiB
 
 
 def test_a_hung_keyring_command_is_killed_with_its_children_and_asked_once(tmp_path, monkeypatch):
-    from repack.fetch import keyringauth
 
     asked = tmp_path / "asked"
     child_pid = tmp_path / "child.pid"
     _keyring_command(tmp_path, monkeypatch, f'echo "$2" >> {asked}; sleep 300 & echo $! > {child_pid}; wait')
-    monkeypatch.setattr(keyringauth, "COMMAND_TIMEOUT", 1.0)
-    assert keyring_password(["https://h/simple/", "h"], "bob", "subprocess") is None
+    assert keyring_password(["https://h/simple/", "h"], "bob", "subprocess", timeout=1) is None
     assert asked.read_text().split() == ["https://h/simple/"]  # the host is not asked of a command that hung
     stat_file = Path(f"/proc/{int(child_pid.read_text())}/stat")
 
@@ -167,3 +163,28 @@ def test_a_hung_keyring_command_is_killed_with_its_children_and_asked_once(tmp_p
     while not stopped() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stopped()
+
+
+def test_a_keyring_package_that_never_answers_is_given_up_on_after_the_timeout(tmp_path, monkeypatch):
+    """A backend waiting on a prompt no one sees (a locked store): asked once, then the tool goes on."""
+    import keyring
+
+    asked = []
+
+    class Locked(keyring.backend.KeyringBackend):
+        priority = 1
+
+        def get_password(self, service, username):
+            asked.append(service)
+            threading.Event().wait(300)
+
+        def set_password(self, service, username, password):
+            raise NotImplementedError
+
+        def delete_password(self, service, username):
+            raise NotImplementedError
+
+    monkeypatch.setattr(keyring.core, "_keyring_backend", Locked())
+    started = time.monotonic()
+    assert keyring_password(["https://h/simple/", "h"], "bob", "import", timeout=1) is None
+    assert asked == ["https://h/simple/"] and time.monotonic() - started < 60

@@ -114,7 +114,8 @@ def common_options(p: argparse.ArgumentParser, network: bool = True, cache: bool
         p.add_argument("--offline", action="store_true", help="use no network: cache and local sources only")
         p.add_argument("--timeout", type=positive_seconds, default=20.0, metavar="S",
                        help="seconds for a connection and for each read; a reply's headers must also arrive "
-                            "within three times that, and a body must keep pace (default 20)")
+                            "within three times that, and a body must keep pace; also the longest wait for "
+                            "keyring's answer (default 20)")
         p.add_argument("--retries", type=retry_count, default=3, metavar="N",
                        help="retries after a failed request, with backoff 0.5, 1, 2 s... (default 3)")
 

@@ -80,7 +80,8 @@ def register_publish(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                    help="cache directory: wheels that passed their RECORD check are remembered there by sha256")
     p.add_argument("--no-cache", action="store_true", help="check every wheel's RECORD, remembering nothing")
     p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S",
-                   help="connect/read timeout (default 60)")
+                   help="seconds for a connection and for each read, and the longest wait for keyring's "
+                        "answer (default 60)")
     p.add_argument("--retries", type=retry_count, default=3, metavar="N",
                    help="retries when a gateway answers 502/503/504 (default 3)")
     p.set_defaults(func=cmd_publish)
@@ -177,7 +178,7 @@ def upload_target(args: argparse.Namespace) -> tuple[str, Credentials | None]:
     username = args.username or in_url.username or _env("USERNAME") or (repo.username if repo else None)
     if username and not (args.password or in_url.password or _env("PASSWORD")):
         from_file = repo.password if repo and repo.username == username else None
-        password = from_file or keyring_password(url, username)
+        password = from_file or keyring_password(url, username, args.timeout)
         if password:
             origin = f"{repo.source} [{repo.name}]" if repo and from_file else "keyring"
             return url, Credentials(urllib.parse.unquote(username), password, origin)

@@ -18,25 +18,32 @@ import selectors
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
 log = logging.getLogger(__name__)
 
 PROVIDERS = ("auto", "import", "subprocess", "disabled")
-#: A keyring command that hangs (a locked store waiting for a prompt no one sees) is given up on.
+#: A keyring that hangs (a locked store waiting for a prompt no one sees) is given up on (default seconds).
 COMMAND_TIMEOUT = 30.0
 #: A password is one line; more than this is not a password (and is never held whole).
 COMMAND_OUTPUT_LIMIT = 64 << 10
 _NOT_INSTALLED = object()
 
 
-def keyring_password(services: list[str], username: str, provider: str = "auto") -> str | None:
-    """The first password keyring holds for (service, ``username``), services asked in order; else None."""
+def keyring_password(services: list[str], username: str, provider: str = "auto",
+                     timeout: float = COMMAND_TIMEOUT) -> str | None:
+    """The first password keyring holds for (service, ``username``), services asked in order; else None.
+
+    Each answer is waited for at most ``timeout`` seconds (the caller's ``--timeout``), from the
+    ``keyring`` package (on a thread of its own) as from the command: a locked store prompting where
+    no one sees it never hangs the tool.
+    """
     if provider not in PROVIDERS:
         raise ValueError(f"keyring provider {provider!r} is not one of {', '.join(PROVIDERS)}")
     for service in services:
         try:
-            password = _ask(service, username, provider)
+            password = _ask(service, username, provider, timeout)
         except _KeyringHung:
             return None  # a command that hung once is not asked again for the next service
         if password:
@@ -46,34 +53,47 @@ def keyring_password(services: list[str], username: str, provider: str = "auto")
     return None
 
 
-def _ask(service: str, username: str, provider: str) -> str | None:
+def _ask(service: str, username: str, provider: str, timeout: float) -> str | None:
     if provider in ("auto", "import"):
-        found = _imported(service, username)
+        found = _imported(service, username, timeout)
         if found is not _NOT_INSTALLED:
             return found if isinstance(found, str) else None
         if provider == "import":
             return None
     if provider in ("auto", "subprocess"):
-        return _command(service, username)
+        return _command(service, username, timeout)
     return None
 
 
-def _imported(service: str, username: str) -> object:
+def _imported(service: str, username: str, timeout: float) -> object:
+    """keyring's answer, asked on a daemon thread: one that does not come in ``timeout`` s is given up on."""
     try:
         import keyring
     except ImportError:
         return _NOT_INSTALLED
-    try:
-        return keyring.get_password(service, username)
-    except Exception as exc:  # keyring backends raise anything; none of it may stop the caller
-        log.info("keyring gave no password for %s (%s)", username, type(exc).__name__)
-        return None
+    answer: list[object] = []
+
+    def ask() -> None:
+        try:
+            answer.append(keyring.get_password(service, username))
+        except Exception as exc:  # keyring backends raise anything; none of it may stop the caller
+            log.info("keyring gave no password for %s (%s)", username, type(exc).__name__)
+            answer.append(None)
+
+    thread = threading.Thread(target=ask, daemon=True, name="keyring")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        log.warning("keyring did not answer within %.0f s (a locked store waiting for a prompt?): going on "
+                    "without a password", timeout)
+        raise _KeyringHung
+    return answer[0]
 
 
-def _command(service: str, username: str) -> str | None:
+def _command(service: str, username: str, timeout: float = COMMAND_TIMEOUT) -> str | None:
     """``keyring get SERVICE USER`` as pip's subprocess provider runs it: the password, one line.
 
-    Bounded like every input: at most :data:`COMMAND_OUTPUT_LIMIT` bytes and :data:`COMMAND_TIMEOUT`
+    Bounded like every input: at most :data:`COMMAND_OUTPUT_LIMIT` bytes and ``timeout``
     seconds, after which the command and every process it started (its own session) are killed.
     A command that hangs raises :class:`_KeyringHung`, so that no further service is asked of it.
     """
@@ -87,12 +107,12 @@ def _command(service: str, username: str) -> str | None:
         log.info("the keyring command could not start (%s)", exc.strerror)
         return None
     try:
-        output = _read_bounded(proc, time.monotonic() + COMMAND_TIMEOUT)
+        output = _read_bounded(proc, time.monotonic() + timeout)
     finally:
         _kill_group(proc)
     if output is None:
         log.warning("the keyring command did not answer within %.0f s (or said too much): going on without "
-                    "a password", COMMAND_TIMEOUT)
+                    "a password", timeout)
         raise _KeyringHung
     if proc.returncode != 0:
         return None

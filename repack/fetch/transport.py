@@ -284,7 +284,7 @@ class Transport:
         services = [u for u in self._index_urls if plain.startswith(u)] + [host]  # the index first, as pip
         from repack.fetch.keyringauth import keyring_password
 
-        return username, keyring_password(services, username, self.keyring_provider) or ""
+        return username, keyring_password(services, username, self.keyring_provider, self.timeout) or ""
 
     def _with_retries(self, url: str, attempt: Callable[[], _T]) -> _T:
         last: BaseException | None = None
