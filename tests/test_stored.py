@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stored import MANIFEST, manifest_of, problem_of, stored_tree
+from tests.support.stored import IN_USE, MANIFEST, manifest_of, problem_of, stored_tree
 
 RECIPE = {"what": "two files and a link", "version": 1}
 
@@ -88,11 +88,20 @@ def test_a_cut_off_build_leaves_no_tree_and_its_leftover_is_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([tree.name, f"{tree.name}.lock"])
 
 
-def test_another_recipe_is_another_tree_and_the_old_one_is_removed(tmp_path):
+def test_another_recipe_is_another_tree_and_an_old_one_unused_for_hours_is_removed(tmp_path):
     old = stored_tree(tmp_path, RECIPE, Builder())
+    lock = tmp_path / f"{old.name}.lock"
+    os.utime(lock, (lock.stat().st_atime, lock.stat().st_mtime - IN_USE - 60))
     new = stored_tree(tmp_path, {**RECIPE, "version": 2}, Builder())
     assert new != old and not old.exists()  # its lock file stays (see stored._prune): an empty file
     assert problem_of(new, RECIPE) == "made from another recipe"
+
+
+def test_a_tree_handed_out_lately_is_left_to_the_session_copying_it(tmp_path):
+    """Another session may be copying the tree it was handed (outside the lock) when a new recipe is made."""
+    old = stored_tree(tmp_path, RECIPE, Builder())
+    new = stored_tree(tmp_path, {**RECIPE, "version": 2}, Builder())
+    assert new != old and problem_of(old, RECIPE) is None
 
 
 def test_installed_and_unsatisfied_read_the_venvs_own_metadata(tmp_path):

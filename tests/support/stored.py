@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,13 +28,14 @@ MANIFEST = ".stored-manifest.json"
 
 def stored_tree(area: Path, recipe: dict, build: Callable[[Path], dict]) -> Path:
     """The tree of ``recipe`` under ``area``, made with ``build(partial_dir) -> manifest extras`` when
-    there is none that passes :func:`problem_of`.  Trees of other recipes that nobody is making are
-    removed when one is made (a prepared venv is about 1 GB)."""
+    there is none that passes :func:`problem_of`.  Trees of other recipes that nobody is making nor was
+    handed lately are removed when one is made (a prepared venv is about 1 GB), see :func:`_prune`."""
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:24]
     area.mkdir(parents=True, exist_ok=True)
     final = area / key
     with open(area / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        os.utime(lock.fileno())  # "in use now": no other session's make removes it for IN_USE seconds
         if problem_of(final, recipe) is None:
             return final
         shutil.rmtree(final, ignore_errors=True)
@@ -67,14 +69,20 @@ def problem_of(tree: Path, recipe: dict) -> str | None:
     return None
 
 
+#: A tree handed out this recently may still be being copied by the session that asked for it (a session
+#: copies its trees while it sets up, and CI ends a run at 90 minutes): another recipe's make leaves it.
+IN_USE = 3 * 3600
+
+
 def _prune(area: Path, keep: str) -> None:
     """Remove what a killed run left of ``keep`` and the trees of other recipes that no one is making
-    now (sessions that use one hold hard-linked copies, which outlive it)."""
+    now nor used in the last :data:`IN_USE` seconds (a session copies a tree (hard links) once it is
+    handed out, outside the lock, so the time of its last hand-out stands for "in use")."""
     for stale in area.glob(f"{keep}.*.part"):  # the caller holds keep's lock: nobody else is making it
         shutil.rmtree(stale, ignore_errors=True)
     for lock_path in area.glob("*.lock"):
         other = lock_path.name.removesuffix(".lock")
-        if other == keep:
+        if other == keep or time.time() - lock_path.stat().st_mtime < IN_USE:
             continue
         with open(lock_path, "a") as lock:
             try:
