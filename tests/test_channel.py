@@ -268,7 +268,9 @@ def test_refuses_an_unwritable_channel(channel, packages, world_readable_dir):
     assert snapshot(ch) == before
     (world_readable_dir / "a-file").write_text("x")
     blocked = publish(world_readable_dir / "a-file" / "channel", pkg)  # a channel path through a file
-    assert blocked.returncode == 1 and "cannot write to the channel" in blocked.stderr
+    assert blocked.returncode == 2  # a mistake in the command line, as for every output folder (test_cli_ux)
+    assert f"cannot create the channel {world_readable_dir / 'a-file' / 'channel'}: " \
+           f"{world_readable_dir / 'a-file'} is a file, not a folder" in blocked.stderr
 
 
 def test_publishers_take_turns(channel, packages):

@@ -220,7 +220,8 @@ def test_a_file_where_the_tree_should_be_or_a_wheel_given_twice_is_a_usage_error
     for where in (tree / "index.html", tree / "index.html" / "deeper"):
         result, _ = publish(run_cli, where, wheel)
         assert result.returncode == 2, result.stderr
-        assert "is not a directory" in result.stderr and "File exists" not in result.stderr
+        assert f"{tree / 'index.html'} is " in result.stderr and "File exists" not in result.stderr
+        assert ("is not a directory" if where.name == "index.html" else "is a file, not a folder") in result.stderr
     twice, _ = publish(run_cli, tmp_path / "other", wheel, wheel)
     assert twice.returncode == 2 and f"{wheel.name} is given more than once" in twice.stderr
     assert not (tmp_path / "other").exists()

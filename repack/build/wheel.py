@@ -79,7 +79,7 @@ def build_wheel(payload: Payload, out_dir: Path, epoch: int | None = None) -> Ar
         blocked = not_a_folder_hint(path.parent, exc)
         if blocked:  # a mistake in the command line, as a file where -o's folder should be
             raise InputError(f"cannot write {path}: {blocked}",
-                             "give -o a folder (it is created if missing) whose parents are folders",
+                             "give an output folder (it is created if missing) whose parents are folders",
                              path=str(path.parent)) from exc
         raise BuildError(f"cannot write {path}: {exc.strerror}", "choose an output directory you can write") from exc
     return Artifact("wheel", path, hashlib.sha256(data).hexdigest(), len(data))
