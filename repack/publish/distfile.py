@@ -184,7 +184,7 @@ class RecordCheck:
         while True:
             try:
                 sound = self._future.result(timeout=0.1)
-            except TimeoutError:
+            except concurrent.futures.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 if self._progress is not None:
                     self._progress(*self._state)
                 continue
