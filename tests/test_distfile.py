@@ -413,21 +413,27 @@ def test_a_record_check_run_beside_an_upload_shows_its_progress_while_waited_for
 
 
 def test_a_record_check_cancelled_stops_at_its_next_step(tmp_path, monkeypatch):
+    import threading
+    import time
+
     from repack.publish import distfile
     from repack.publish.distfile import RecordCheck
 
     dist = read_distfile(make_wheel(tmp_path, "demo", "1.0"), check_record=False)
     steps: list[int] = []
+    started = threading.Event()
 
     def endless(d, path, progress, checked, digests):
         while True:  # a check that only ends when a progress step raises
             progress("RECORD check", len(steps), None)
             steps.append(1)
+            started.set()
+            time.sleep(0.001)
 
     monkeypatch.setattr(distfile, "_verified", endless)
     check = RecordCheck([dist], None, None)
-    while not steps:
-        pass
+    assert started.wait(30)
     check.cancel()  # returns only once the thread has ended
     ended_at = len(steps)
-    assert check._future.done() and len(steps) == ended_at
+    time.sleep(0.2)  # a check still running would take about 200 more steps meanwhile
+    assert len(steps) == ended_at and check.failure() is None

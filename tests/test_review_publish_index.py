@@ -1,6 +1,6 @@
 """Hostile review of ``publish --index`` (RECORD checks beside the upload, listings read on a thread).
 
-Each test here shows one defect found in review; it fails until the defect is fixed.
+Each test here showed one defect found in review (each failed before its fix), and keeps it fixed.
 """
 
 from __future__ import annotations
@@ -36,12 +36,22 @@ class RawIndex:
         self.sock.listen(16)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
         self.threads: list[threading.Thread] = []
+        self.conns: list[socket.socket] = []
         self.accepting = threading.Thread(target=self._serve, daemon=True)
         self.accepting.start()
 
     def close(self) -> None:
-        self.sock.close()  # ends _serve's accept
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes _serve's accept (a close alone does not, on Linux)
+        except OSError:
+            pass
+        self.sock.close()
         self.accepting.join(10)
+        for conn in self.conns:  # a kept-alive connection's handler waits in readline: end it
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for t in self.threads:
             t.join(10)
 
@@ -51,6 +61,7 @@ class RawIndex:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.conns.append(conn)
             t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
             self.threads.append(t)
             t.start()
@@ -116,6 +127,20 @@ def test_review_a_damaged_wheel_is_never_reported_uploaded_when_the_index_answer
     assert all(got < length for length, got in index.posts)  # no whole request reached it (or none was sent)
     assert result.returncode == 1, result.stdout
     assert json.loads(result.stdout)["error"].startswith(f"{bad.name} does not match its own RECORD")
+
+
+def test_review_an_index_that_answers_200_before_the_body_ends_is_not_reported_as_an_upload(run_cli, tmp_path):
+    sound = big_wheel(tmp_path / "a", "fi-early-demo", 16)
+    index = RawIndex(200, early=True)
+    try:
+        result = publish(run_cli, "--index", index.url, str(sound))
+    finally:
+        index.close()
+    assert all(got < length for length, got in index.posts)
+    assert result.returncode == 1, result.stdout
+    error = json.loads(result.stdout)
+    assert error["error"] == (f"{index.url} answered HTTP 200 to the upload of {sound.name} before it had "
+                              "received the whole file") and error["kind"] == "PublishError"
 
 
 # -- 2. a clash known before anything is sent is refused only after the other wheels were sent -----------

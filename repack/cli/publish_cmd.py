@@ -18,7 +18,7 @@ from repack.cli.common import (
     progress_printer,
     retry_count,
 )
-from repack.errors import InputError
+from repack.errors import InputError, RepackError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -131,8 +131,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
                             progress)
         try:
             results = uploader.publish(dists, listings, check.wait)
-        finally:
+        except RepackError as exc:
+            # the upload failed (or the index answered too early): the checks still finish, and a damaged
+            # wheel is the error to show before what the network said
+            failed = check.failure(wait=True)
+            if failed is not None and failed is not exc:
+                raise failed from exc
+            raise
+        except BaseException:  # ^C: stop the checks now
             check.cancel()
+            raise
+        check.wait()  # whatever the index answered, nothing is reported published unless every wheel passed
         destination = uploader.server
     _clear_progress()
     if args.json:

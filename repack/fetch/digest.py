@@ -29,8 +29,12 @@ _MAKERS: dict[str, Callable[[], _Hash]] = {
 }
 
 
+class ShorterThanItWas(EOFError):
+    """The file ended before the size it had when its hashing began: it was cut or rewritten meanwhile."""
+
+
 def fd_digests(fd: int, size: int, names: Iterable[str] = ("sha256",)) -> dict[str, str]:
-    """``{name: hexdigest}`` of the first ``size`` bytes of ``fd`` (EOFError if it holds fewer)."""
+    """``{name: hexdigest}`` of the first ``size`` bytes of ``fd`` (:class:`ShorterThanItWas` if it holds fewer)."""
     wanted = list(dict.fromkeys(names))
     if len(wanted) <= 1:
         return {name: _digest(fd, size, name) for name in wanted}
@@ -44,19 +48,27 @@ def _digest(fd: int, size: int, name: str) -> str:
     while offset < size:
         chunk = os.pread(fd, min(CHUNK, size - offset), offset)
         if not chunk:
-            raise EOFError(f"the file ends at {offset} bytes, {size} expected")
+            raise ShorterThanItWas(f"the file ends at {offset} bytes, {size} expected")
         h.update(chunk)
         offset += len(chunk)
     return h.hexdigest()
 
 
 def file_digests(path: Path, names: Iterable[str] = ("sha256",)) -> dict[str, str]:
-    """``{name: hexdigest}`` for each of ``names`` (sha256, md5, blake2_256) of the whole file."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        return fd_digests(fd, os.fstat(fd).st_size, names)
-    finally:
-        os.close(fd)
+    """``{name: hexdigest}`` for each of ``names`` (sha256, md5, blake2_256) of the whole regular file.
+
+    NotRegularFileError for anything else (a FIFO is never waited on); IntegrityError for a file cut
+    or rewritten while it is read (its bytes are no single version of it).
+    """
+    from repack.errors import IntegrityError
+    from repack.fs import open_regular
+
+    with open_regular(path) as fh:
+        try:
+            return fd_digests(fh.fileno(), os.fstat(fh.fileno()).st_size, names)
+        except ShorterThanItWas as exc:
+            raise IntegrityError(f"{path} changed while it was being read ({exc})",
+                                 "run again once nothing writes to it") from None
 
 
 def file_sha256(path: Path) -> str:

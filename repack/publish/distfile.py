@@ -31,6 +31,7 @@ from packaging.version import InvalidVersion, Version
 
 from repack.errors import InputError, IntegrityError
 from repack.fetch.digest import fd_digests, file_digests
+from repack.fs import NotRegularFileError, open_regular
 from repack.publish.checked import CheckedWheels
 from repack.publish.members import DamagedMember, check_layout, member_chunks
 from repack.wheelfile import RecordRow, dist_info_dir, read_member, read_record, urlsafe_b64
@@ -149,11 +150,13 @@ class RecordCheck:
     """The RECORD checks of the wheels to be sent, run while the first is sent: an upload is mostly the index's time.
 
     The checks run one after the other on a thread of their own from the start.  The first upload
-    sends all but its file's last bytes (the zip's central directory among them), then calls
+    sends all but its file's last chunk (the zip's end-of-central-directory record in it), then calls
     :meth:`wait`, and only when every wheel passed does that body end: a failure raises
     IntegrityError there, the connection drops mid-body, and the index never holds a whole request,
     let alone a readable wheel; nothing at all is published.  While the upload waits, the check's
-    progress is shown.  :meth:`cancel` stops the checks when the upload fails first.
+    progress is shown.  The caller waits for the verdict once more after the uploads (whatever the
+    index answered); when the upload failed first, :meth:`failure` says whether a wheel fails too (the
+    error to show before the network's), and :meth:`cancel` stops the checks on an interrupt.
     """
 
     def __init__(self, dists: Sequence[DistFile], checked: CheckedWheels | None, progress: Progress | None) -> None:
@@ -197,10 +200,16 @@ class RecordCheck:
     def cancel(self) -> None:
         """Stop the checks (at their next progress step) and wait for their thread to end."""
         self._cancelled.set()
-        try:
-            self._future.result()
-        except (_Cancelled, IntegrityError):
-            pass
+        concurrent.futures.wait([self._future])
+
+    def failure(self, wait: bool = False) -> IntegrityError | None:
+        """The check's IntegrityError, if it ended with one (``wait``: once every check has run)."""
+        if wait:
+            concurrent.futures.wait([self._future])
+        if not self._future.done():
+            return None
+        exc = self._future.exception()
+        return exc if isinstance(exc, IntegrityError) else None
 
 
 class _Cancelled(Exception):
@@ -247,7 +256,7 @@ def _check_wheel(path: Path, project: str, check_record: bool, progress: Progres
     """
     name = label or path.name  # a staged copy is read, the wheel's own name is reported
     try:
-        with open(path, "rb") as fh, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with open_regular(path) as fh, concurrent.futures.ThreadPoolExecutor(1) as pool:  # never a FIFO's wait
             before = _identity(fh.fileno())
             hashing = pool.submit(fd_digests, fh.fileno(), before[1], digests)
             metadata = _check_open(fh, path, project, check_record, progress, name)
@@ -258,6 +267,8 @@ def _check_wheel(path: Path, project: str, check_record: bool, progress: Progres
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
         raise IntegrityError(f"{name} is not a readable wheel: {exc}",
                              "the file is damaged or truncated; rebuild or download it again") from exc
+    except NotRegularFileError as exc:
+        raise IntegrityError(f"{name} is not a readable wheel: {exc}", "give the wheel file itself") from exc
     except DamagedMember as exc:
         raise IntegrityError(f"{name} is not a sound zip: {exc}", "the file is damaged or was crafted to "
                              "read differently in different tools; rebuild or download it again") from exc

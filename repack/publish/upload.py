@@ -213,6 +213,10 @@ class MultipartBody:
                 yield segment
             else:
                 yield from self._file(segment)
+        self.complete = True  # the sender asked for more after the last chunk: it sent every byte
+
+    #: every chunk was taken and sent (a sender that stopped early, its error swallowed, never gets here)
+    complete = False
 
     def _file(self, path: Path) -> Iterator[bytes]:
         digest, held = hashlib.sha256(), b""
@@ -285,8 +289,10 @@ class Uploader:
         try:
             if listings is None:
                 return [self.publish_one(d) for d in dists]
+            # a file the index has is skipped, or refused (other bytes, no sha256) before any byte is sent
+            results = {i: self._already_there(dists[i], listed) for i, listed in enumerate(listings)
+                       if listed is not None}
             sending = [i for i, listed in enumerate(listings) if listed is None]
-            results: dict[int, UploadResult] = {}
             checked: dict[int, DistFile] = {}
 
             def gate() -> None:
@@ -297,9 +303,9 @@ class Uploader:
                                            "this is a bug in the caller; nothing was sent")
                     checked.update(zip(sending, sound, strict=True))
 
-            for i in sorted(range(len(dists)), key=lambda i: (listings[i] is not None, -dists[i].size)):
+            for i in sorted(sending, key=lambda i: -dists[i].size):
                 dist = checked.get(i, dists[i])
-                results[i] = self.publish_one(dist, listings[i], gate if ready is not None and not checked else None)
+                results[i] = self.publish_one(dist, None, gate if ready is not None and not checked else None)
             return [results[i] for i in range(len(dists))]
         finally:
             self.close()
@@ -383,6 +389,13 @@ class Uploader:
                 break
             log.info("%s answered %s; retrying", self.server, resp.status)
             self.sleep(0.5 * 2 ** number)
+        if resp.status in (200, 201, 204, 409) and not body.complete:
+            # the index (or a proxy) answered before the body's end: whatever it holds is not this file, and
+            # the body's end is where a RECORD check running beside it is waited for
+            raise PublishError(f"{self.server} answered HTTP {resp.status} to the upload of {dist.filename} "
+                               "before it had received the whole file",
+                               "the index or a proxy before it stops reading uploads early: see its logs and "
+                               "its size and time limits; nothing whole was sent")
         if resp.status in (200, 201, 204, 409):
             return resp
         raise self._refusal(resp, dist)
