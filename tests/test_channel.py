@@ -73,15 +73,29 @@ def snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def publish(channel: Path, *packages: Path, user: str | None = None) -> subprocess.CompletedProcess:
-    if user is None:
+def publish(channel: Path, *packages: Path, user: str | None = None,
+            read_only: Path | None = None) -> subprocess.CompletedProcess:
+    """``publish --channel``; as ``user`` (root only), or with ``read_only`` bind-mounted read-only (root only:
+    in a mount namespace of its own, so nothing outside the run sees it)."""
+    if user is None and read_only is None:
         return cli("publish", "--channel", str(channel), *map(str, packages))
-    account = pwd.getpwnam(user)
-    cmd = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--",
-           sys.executable, "-m", "repack", "publish", "--channel", str(channel), *map(str, packages)]
+    run = [sys.executable, "-m", "repack", "publish", "--channel", str(channel), *map(str, packages)]
+    if user is not None:
+        account = pwd.getpwnam(user)
+        cmd = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--", *run]
+    else:
+        cmd = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"',
+               str(read_only), *run]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHINFER_")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/", timeout=120)
+
+
+def runs_as(user: str) -> bool:
+    """This interpreter can be started as ``user`` (one under a private home, as pyenv's, cannot)."""
+    account = pwd.getpwnam(user)
+    return subprocess.run(["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups",
+                           "--", sys.executable, "-c", "pass"], capture_output=True, cwd="/").returncode == 0
 
 
 def repodata(channel: Path, subdir: str = "noarch") -> dict:
@@ -258,11 +272,16 @@ def test_refuses_an_unwritable_channel(channel, packages, world_readable_dir):
     for p in [ch, *ch.rglob("*"), pkg]:
         p.chmod(0o755 if p.is_dir() else 0o644)  # readable by anyone, writable by the owner (root) only
     before = snapshot(ch)
-    user = "nobody" if os.geteuid() == 0 else None  # root writes anywhere: publish as an unprivileged user
-    if user is None:
+    # root writes anywhere: publish as an unprivileged user, or (an interpreter that user cannot start) with the
+    # channel mounted read-only
+    if os.geteuid() != 0:
         for p in [ch, *ch.rglob("*")]:
             p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-    result = publish(ch, pkg, user=user)
+        result = publish(ch, pkg)
+    elif runs_as("nobody"):
+        result = publish(ch, pkg, user="nobody")
+    else:
+        result = publish(ch, pkg, read_only=ch)
     assert result.returncode == 1, result.stderr
     assert f"cannot write to the channel {ch}" in result.stderr and "hint:" in result.stderr
     assert snapshot(ch) == before
