@@ -14,7 +14,9 @@ Prints one table, side by side, every figure from this run on this machine:
 Also the floor under a first publish: the RECORD check alone of those wheels (every member inflated
 and hashed, on as many threads as publish uses), in this process.
 
-Seconds are the wall time of the whole process (interpreter start-up included).  Each row is run
+Seconds are the wall time of the whole process (interpreter start-up included).  The files written
+(about 1.7 GB a run: trees and index storage) go to the temporary directory: ``TMPDIR=/dev/shm`` keeps
+the disk's writeback, which otherwise falls on whichever row comes next, out of the figures.  Each row is run
 ``--repeat`` times, the rows interleaved (ours, then theirs, then ours...) so that a slow moment of the
 machine falls on both: the median is printed, with the fastest and the slowest.  Figures, not assertions.
 """
@@ -109,34 +111,34 @@ def pypiserver(tmp: Path, name: str):
     return proc, f"http://127.0.0.1:{port}/"
 
 
-def bench_index(wheel: Path, tmp: Path) -> list[tuple[str, float, str]]:
+def bench_index(wheel: Path, tmp: Path, run: int) -> list[tuple[str, float, str]]:
+    """Each upload to a fresh pypiserver of its own; every other run in the reverse order (no row always first)."""
     tmp.mkdir()
     creds = {"FLASHINFER_REPACK_USERNAME": USER, "FLASHINFER_REPACK_PASSWORD": PASSWORD,
              "TWINE_USERNAME": USER, "TWINE_PASSWORD": PASSWORD, "NETRC": "/nonexistent"}
-    rows = []
     size = f"{wheel.stat().st_size / 1e6:.0f} MB"
-    for label, server, cache, note in (
-            (f"{size}, first check", "ours", ["--no-cache"], "2-digest pass; RECORD checked while it is sent; listing"),
-            (f"{size}, checked before", "ours2", ["--cache-dir", str(tmp.parent / "publish-cache")],
-             "2-digest pass (verdict remembered by sha256), upload, listing")):
+    twine = [str(BIN / "twine"), "upload", "--non-interactive", "--disable-progress-bar", "--repository-url"]
+    steps = [  # (row, server, command after the URL, note, again)
+        (f"flashinfer-repack publish --index ({size}, first check)", "ours", None, ["--no-cache"],
+         "2-digest pass; RECORD checked while it is sent; listing"),
+        (f"flashinfer-repack publish --index ({size}, checked before)", "ours2", None,
+         ["--cache-dir", str(tmp.parent / "publish-cache")], "2-digest pass (verdict remembered), upload, listing"),
+        (f"twine upload ({size})", "twine", twine, [], "2-digest pass, upload; no RECORD check")]
+    rows = []
+    for what, server, command, options, note in (steps if run % 2 == 0 else steps[::-1]):
         proc, url = pypiserver(tmp, server)
         try:
-            seconds, _ = timed(repack("publish", "--index", url, str(wheel), "--json", *cache), creds)
-            rows.append((f"flashinfer-repack publish --index ({label})", seconds, note))
+            cmd = ([*command, url, str(wheel)] if command else
+                   repack("publish", "--index", url, str(wheel), "--json", *options))
+            seconds, _ = timed(cmd, creds)
+            rows.append((what, seconds, note))
             if server == "ours":
-                seconds, _ = timed(repack("publish", "--index", url, str(wheel), "--json", *cache), creds)
+                seconds, _ = timed(cmd, creds)
                 rows.append(("flashinfer-repack publish --index (again: already there)", seconds,
                              "sha256 compared, not sent"))
         finally:
             stop(proc)
-    proc, url = pypiserver(tmp, "twine")
-    try:
-        seconds, _ = timed([str(BIN / "twine"), "upload", "--non-interactive", "--disable-progress-bar",
-                            "--repository-url", url, str(wheel)], creds)
-        rows.append((f"twine upload ({size})", seconds, "2-digest pass, upload; no RECORD check"))
-    finally:
-        stop(proc)
-    return rows
+    return rows  # the table keeps the first run's order of rows
 
 
 def main() -> None:
@@ -159,10 +161,12 @@ def main() -> None:
             rows = bench_plan(args.version, tmp / f"plan{run}") + bench_floor([python, cubin, ours])
             rows += bench_simple([python, cubin, ours], tmp / f"simple{run}")
             if not args.skip_index:  # after the --simple rows: "checked before" uses the verdicts they left
-                rows += bench_index(cubin, tmp / f"simple{run}" / "index")
+                rows += bench_index(cubin, tmp / f"simple{run}" / "index", run)
             for what, seconds, note in rows:
                 figures.setdefault(what, []).append(seconds)
                 notes[what] = note
+            for used in (tmp / f"plan{run}", tmp / f"simple{run}"):  # 1.7 GB a run: gone before the next
+                shutil.rmtree(used)
     print(f"{'what':<72} {'median':>7} {'fastest':>7} {'slowest':>7}  notes  ({args.repeat} runs each)")
     for what, values in figures.items():
         print(f"{what:<72} {statistics.median(values):7.3f} {min(values):7.3f} {max(values):7.3f}  {notes[what]}")
