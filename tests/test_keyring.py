@@ -166,17 +166,18 @@ def test_a_hung_keyring_command_is_killed_with_its_children_and_asked_once(tmp_p
 
 
 def test_a_keyring_package_that_never_answers_is_given_up_on_after_the_timeout(tmp_path, monkeypatch):
-    """A backend waiting on a prompt no one sees (a locked store): asked once, then the tool goes on."""
+    """A backend waiting on a prompt no one sees (a locked store): asked once, then the tool goes on; with a
+    person to answer it (timeout None: stdin is a terminal), it is waited for."""
     import keyring
 
-    asked = []
+    asked, answer = [], threading.Event()
 
-    class Locked(keyring.backend.KeyringBackend):
+    class Prompting(keyring.backend.KeyringBackend):
         priority = 1
 
         def get_password(self, service, username):
             asked.append(service)
-            threading.Event().wait(300)
+            return PASSWORD if answer.wait(300) else None
 
         def set_password(self, service, username, password):
             raise NotImplementedError
@@ -184,7 +185,15 @@ def test_a_keyring_package_that_never_answers_is_given_up_on_after_the_timeout(t
         def delete_password(self, service, username):
             raise NotImplementedError
 
-    monkeypatch.setattr(keyring.core, "_keyring_backend", Locked())
-    started = time.monotonic()
-    assert keyring_password(["https://h/simple/", "h"], "bob", "import", timeout=1) is None
-    assert asked == ["https://h/simple/"] and time.monotonic() - started < 60
+    monkeypatch.setattr(keyring.core, "_keyring_backend", Prompting())
+    found: list[str | None] = []
+    asking = threading.Thread(target=lambda: found.append(
+        keyring_password(["https://h/simple/", "h"], "bob", "import", timeout=1)))
+    asking.start()
+    asking.join(60)  # a hang fails here, not in CI's time limit
+    assert not asking.is_alive() and found == [None] and asked == ["https://h/simple/"]
+
+    asked.clear()
+    threading.Timer(1.5, answer.set).start()  # the person types the master password, later than any timeout here
+    assert keyring_password(["https://h/simple/"], "bob", "import", timeout=None) == PASSWORD
+    assert asked == ["https://h/simple/"]

@@ -16,7 +16,6 @@ import pytest
 from tests.support.tinywheel import make_wheel
 from tests.test_upload import PASSWORD, USER, Misbehaving, big_wheel
 
-
 # -- 1. a file that grows while it is sent reaches the index whole (Content-Length bytes) ----------------------
 
 def test_review2_a_file_grown_while_it_is_sent_never_reaches_the_index_whole(tmp_path):

@@ -465,3 +465,16 @@ def test_a_wheel_refused_here_is_reported_at_once_while_the_index_is_still_silen
         result = run_cli("publish", "--index", url, str(renamed), "--timeout", "120",
                          env={"NETRC": "/nonexistent", **CREDS}, timeout=60)
     assert result.returncode == 1 and "METADATA says version '1.0', the file name 2.0" in result.stderr
+
+
+def test_an_upload_the_index_does_not_list_afterwards_is_said_to_be_unconfirmed(run_cli, tmp_path):
+    """Misbehaving answers 200 and lists nothing: the upload happened, but the index does not confirm it."""
+    wheel = make_wheel(tmp_path, "fi-upload-demo", "1.0")
+    server = Misbehaving(200)
+    try:
+        result = publish(run_cli, "--index", server.url, str(wheel), env=CREDS)
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (f"uploaded {wheel.name} (not confirmed: the index's page does not list it with this "
+                             f"sha256 yet) -> {server.url}\n")

@@ -152,6 +152,9 @@ class Parser(argparse.ArgumentParser):
             word = unknown.group(1).split("=")[0]
             command = self._command()
             takes = sorted(name for name, sub in _subcommands(self).items() if word in _all_options(sub))
+            if command is not None and command in takes:  # given before the command it belongs to
+                return (f"{word} is an option of {command}: give it after '{command}', "
+                        f"e.g. {self.prog} {command} ... {word}")
             if command is not None and takes:
                 return f"{word} is an option of {', '.join(takes)}, not of {command}; see {self.prog} {command} --help"
             used = _subcommands(self).get(command or "")

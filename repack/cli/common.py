@@ -301,7 +301,18 @@ def make_transport(args: argparse.Namespace) -> Transport | None:
     if getattr(args, "offline", False):
         return None
     return Transport(timeout=args.timeout, retries=args.retries, progress=progress_printer(args),
-                     keyring_provider=index_settings(args).keyring_provider)
+                     keyring_provider=index_settings(args).keyring_provider, keyring_prompts=keyring_prompts())
+
+
+def keyring_prompts() -> bool:
+    """A person can answer a keyring backend's prompt (for its master password): stdin is a terminal.
+
+    Then keyring is waited for as long as that takes; with no terminal (CI, a service), at most --timeout.
+    """
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (OSError, ValueError):
+        return False
 
 
 def human_size(size: int) -> str:

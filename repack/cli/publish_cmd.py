@@ -14,6 +14,7 @@ from repack.cli.common import (
     cache_dir,
     common_options,
     emit_json,
+    keyring_prompts,
     positive_seconds,
     progress_printer,
     retry_count,
@@ -134,7 +135,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except RepackError as exc:
             # the upload failed (or the index answered too early): the checks still finish, and a damaged
             # wheel is the error to show before what the network said
-            failed = check.failure(wait=True)
+            try:
+                failed = check.failure(wait=True)
+            except BaseException:  # ^C while waiting: stop the checks now
+                check.cancel()
+                raise
             if failed is not None and failed is not exc:
                 raise failed from exc
             raise
@@ -149,6 +154,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     elif not args.quiet:
         for r in results:
             note = " (already there, same sha256)" if r.action == "skipped" else ""
+            if r.action == "uploaded" and not getattr(r, "verified", True):
+                note = " (not confirmed: the index's page does not list it with this sha256 yet)"
             print(f"{r.action} {r.filename}{note} -> {destination}")
     return EXIT_OK
 
@@ -187,7 +194,7 @@ def upload_target(args: argparse.Namespace) -> tuple[str, Credentials | None]:
     username = args.username or in_url.username or _env("USERNAME") or (repo.username if repo else None)
     if username and not (args.password or in_url.password or _env("PASSWORD")):
         from_file = repo.password if repo and repo.username == username else None
-        password = from_file or keyring_password(url, username, args.timeout)
+        password = from_file or keyring_password(url, username, None if keyring_prompts() else args.timeout)
         if password:
             origin = f"{repo.source} [{repo.name}]" if repo and from_file else "keyring"
             return url, Credentials(urllib.parse.unquote(username), password, origin)

@@ -32,12 +32,14 @@ _NOT_INSTALLED = object()
 
 
 def keyring_password(services: list[str], username: str, provider: str = "auto",
-                     timeout: float = COMMAND_TIMEOUT) -> str | None:
+                     timeout: float | None = COMMAND_TIMEOUT) -> str | None:
     """The first password keyring holds for (service, ``username``), services asked in order; else None.
 
-    Each answer is waited for at most ``timeout`` seconds (the caller's ``--timeout``), from the
-    ``keyring`` package (on a thread of its own) as from the command: a locked store prompting where
-    no one sees it never hangs the tool.
+    Each answer of the ``keyring`` package (asked on a thread of its own) is waited for at most
+    ``timeout`` seconds (the caller's ``--timeout``): a locked store prompting where no one sees it never
+    hangs the tool.  ``timeout`` None waits as long as it takes, for a caller whose user can answer a
+    prompt on a terminal.  The command (stdin closed: it cannot prompt) is always bounded, by ``timeout``
+    or :data:`COMMAND_TIMEOUT`.
     """
     if provider not in PROVIDERS:
         raise ValueError(f"keyring provider {provider!r} is not one of {', '.join(PROVIDERS)}")
@@ -53,7 +55,7 @@ def keyring_password(services: list[str], username: str, provider: str = "auto",
     return None
 
 
-def _ask(service: str, username: str, provider: str, timeout: float) -> str | None:
+def _ask(service: str, username: str, provider: str, timeout: float | None) -> str | None:
     if provider in ("auto", "import"):
         found = _imported(service, username, timeout)
         if found is not _NOT_INSTALLED:
@@ -61,11 +63,11 @@ def _ask(service: str, username: str, provider: str, timeout: float) -> str | No
         if provider == "import":
             return None
     if provider in ("auto", "subprocess"):
-        return _command(service, username, timeout)
+        return _command(service, username, COMMAND_TIMEOUT if timeout is None else timeout)
     return None
 
 
-def _imported(service: str, username: str, timeout: float) -> object:
+def _imported(service: str, username: str, timeout: float | None) -> object:
     """keyring's answer, asked on a daemon thread: one that does not come in ``timeout`` s is given up on."""
     try:
         import keyring
@@ -76,7 +78,7 @@ def _imported(service: str, username: str, timeout: float) -> object:
     def ask() -> None:
         try:
             answer.append(keyring.get_password(service, username))
-        except Exception as exc:  # keyring backends raise anything; none of it may stop the caller
+        except BaseException as exc:  # keyring backends raise anything; none of it may stop the caller
             log.info("keyring gave no password for %s (%s)", username, type(exc).__name__)
             answer.append(None)
 
@@ -87,7 +89,7 @@ def _imported(service: str, username: str, timeout: float) -> object:
         log.warning("keyring did not answer within %.0f s (a locked store waiting for a prompt?): going on "
                     "without a password", timeout)
         raise _KeyringHung
-    return answer[0]
+    return answer[0] if answer else None
 
 
 def _command(service: str, username: str, timeout: float = COMMAND_TIMEOUT) -> str | None:

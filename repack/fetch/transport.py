@@ -131,9 +131,10 @@ class Transport:
 
     def __init__(self, *, timeout: float = 20.0, retries: int = 3, backoff: float = 0.5,
                  sleep: Callable[[float], None] = time.sleep, progress: Progress | None = None,
-                 trust_env: bool = True, keyring_provider: str = "auto") -> None:
+                 trust_env: bool = True, keyring_provider: str = "auto", keyring_prompts: bool = False) -> None:
         self.timeout = timeout
         self.keyring_provider = keyring_provider
+        self.keyring_prompts = keyring_prompts  # a person may answer keyring's prompt: no time bound on it
         self.retries = retries
         self.backoff = backoff
         self.sleep = sleep
@@ -284,7 +285,8 @@ class Transport:
         services = [u for u in self._index_urls if plain.startswith(u)] + [host]  # the index first, as pip
         from repack.fetch.keyringauth import keyring_password
 
-        return username, keyring_password(services, username, self.keyring_provider, self.timeout) or ""
+        return username, keyring_password(services, username, self.keyring_provider,
+                                          None if self.keyring_prompts else self.timeout) or ""
 
     def _with_retries(self, url: str, attempt: Callable[[], _T]) -> _T:
         last: BaseException | None = None

@@ -66,9 +66,9 @@ def read_repository(path: Path, name: str) -> Repository:
                       str(path))
 
 
-def keyring_password(url: str, username: str, timeout: float) -> str | None:
+def keyring_password(url: str, username: str, timeout: float | None) -> str | None:
     """keyring's password for (``url``, ``username``) as twine asks it; None without keyring or a password
-    (or without an answer in ``timeout`` seconds)."""
+    (or without an answer in ``timeout`` seconds; None: no bound, a person answers its prompt)."""
     from repack.fetch.keyringauth import keyring_password as ask
 
     return ask([url], username, timeout=timeout)

@@ -182,13 +182,14 @@ class MultipartBody:
     """
 
     def __init__(self, fields: Sequence[tuple[str, str]], path: Path, progress: Progress | None = None,
-                 sha256: str | None = None, gate: Callable[[], None] | None = None) -> None:
+                 sha256: str | None = None, gate: Callable[[], None] | None = None, size: int | None = None) -> None:
         self.boundary = uuid.uuid4().hex
         head = b"".join(self._part(name, value.encode("utf-8")) for name, value in fields)
         head += (f'--{self.boundary}\r\nContent-Disposition: form-data; name="content"; filename="{path.name}"\r\n'
                  "Content-Type: application/octet-stream\r\n\r\n").encode()
         self._segments: list[bytes | Path] = [head, path, f"\r\n--{self.boundary}--\r\n".encode()]
-        self._length = len(head) + path.stat().st_size + len(f"\r\n--{self.boundary}--\r\n".encode())
+        self._size = path.stat().st_size if size is None else size  # the file's size as it was checked
+        self._length = len(head) + self._size + len(f"\r\n--{self.boundary}--\r\n".encode())
         self._chunks = self._iterate()
         self._done, self._progress, self._label = 0, progress, path.name
         self._sha256, self._gate = sha256, gate
@@ -220,8 +221,14 @@ class MultipartBody:
 
     def _file(self, path: Path) -> Iterator[bytes]:
         digest, held = hashlib.sha256(), b""
+        sent = 0
         with open(path, "rb") as fh:
             for chunk in iter(lambda: fh.read(CHUNK), b""):
+                sent += len(chunk)
+                if sent > self._size:  # grown since it was checked: not one byte past the declared length
+                    raise IntegrityError(f"{path.name} changed while it was being sent (it grew past the "
+                                         f"{self._size} bytes checked); the upload was broken off before its end",
+                                         "publish it again once nothing writes to it")
                 digest.update(chunk)
                 if held:
                     yield held
@@ -382,7 +389,7 @@ class Uploader:
     def _post(self, dist: DistFile, gate: Callable[[], None] | None = None) -> Response:
         fields = form_fields(dist, checking=gate is not None)
         for number in range(self.retries + 1):
-            body = MultipartBody(fields, dist.path, self.progress, dist.sha256, gate)
+            body = MultipartBody(fields, dist.path, self.progress, dist.sha256, gate, dist.size)
             resp = self._request("POST", self.url, data=body, what=dist.filename,
                                  headers={"Content-Type": body.content_type})
             if resp.status not in RETRY_STATUSES or number == self.retries:
