@@ -235,7 +235,7 @@ class MultipartBody:
                 held = chunk
                 self._done += len(chunk)
                 if self._progress:
-                    self._progress(f"upload {self._label}", self._done, self._length)
+                    self._progress(f"upload {self._label}", self._done, self._size)  # bytes of the file, as done
         if self._sha256 is not None and digest.hexdigest() != self._sha256:
             raise IntegrityError(f"{path.name} changed while it was being sent (sha256 {digest.hexdigest()}, "
                                  f"checked as {self._sha256}); the upload was broken off before its end",
