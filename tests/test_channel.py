@@ -547,3 +547,27 @@ def test_repodata_zst_always_matches_repodata_json(channel, packages):
     for subdir in ("noarch", "linux-64", "linux-aarch64"):
         full = (channel / subdir / "repodata.json").read_bytes()
         assert zstandard.ZstdDecompressor().decompress((channel / subdir / "repodata.json.zst").read_bytes()) == full
+
+
+def test_a_package_replaced_while_it_is_checked_is_refused(channel, packages, tmp_path, monkeypatch):
+    """Hashed in one read and scanned in another: a file swapped between the two is refused, never published
+    under the hash of bytes that were not scanned (third review)."""
+    from repack.errors import PublishError
+    from repack.publish import channel as channel_module
+
+    pkg = tmp_path / packages["conda"].name
+    shutil.copyfile(packages["conda"], pkg)
+    scan = channel_module._scan
+
+    def swapping_scan(path):
+        found = scan(path)
+        other = tmp_path / "other"
+        shutil.copyfile(packages["conda"], other)  # the same bytes, another file: a rename is still a change
+        os.replace(other, path)
+        return found
+
+    monkeypatch.setattr(channel_module, "_scan", swapping_scan)
+    before = snapshot(channel)
+    with pytest.raises(PublishError, match="changed while it was being checked"):
+        channel_module.publish_channel(channel, [pkg])
+    assert snapshot(channel) == before

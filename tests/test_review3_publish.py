@@ -1,6 +1,6 @@
 """Third hostile review of the publish path (``publish --index/--repository/--simple``, at 1333630).
 
-Each test here fails on the reviewed tip and names one defect; see the review report for the fix.
+Each test here failed on the reviewed tip and names one defect; each keeps its fix in place.
 """
 
 from __future__ import annotations

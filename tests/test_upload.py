@@ -478,3 +478,16 @@ def test_an_upload_the_index_does_not_list_afterwards_is_said_to_be_unconfirmed(
     assert result.returncode == 0, result.stderr
     assert result.stdout == (f"uploaded {wheel.name} (not confirmed: the index's page does not list it with this "
                              f"sha256 yet) -> {server.url}\n")
+
+
+def test_a_wheel_replaced_by_a_fifo_before_it_is_sent_is_refused_not_waited_on(tmp_path):
+    import os
+
+    from repack.fs import NotRegularFileError
+    from repack.publish.upload import MultipartBody
+
+    fifo = tmp_path / "fi_upload_demo-1.0-py3-none-any.whl"
+    os.mkfifo(fifo)  # no writer ever opens it: a blocking open would wait forever
+    body = MultipartBody([("name", "fi-upload-demo")], fifo, size=10)
+    with pytest.raises(NotRegularFileError, match="is not a regular file"):
+        list(body)

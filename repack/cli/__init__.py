@@ -38,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Parser.json_errors = "--json" in argv  # argparse errors come before any Namespace exists
     parser = build_parser()
     Parser.argv = argv
+    _options_before_their_command(parser, argv)
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", 0) or 0)
     if not getattr(args, "func", None):
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a reader gone before the last block is a closed pipe too
         return code
     except KeyboardInterrupt:
-        return _interrupted()
+        return _interrupted(args)
     except BrokenPipeError:
         return _closed_pipe()
     except RepackError as exc:
@@ -82,9 +83,17 @@ def setup_logging(verbosity: int) -> None:
         logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
 
 
-def _interrupted() -> int:
-    """'interrupted' on a line of its own: not after a progress bar, nor after the terminal's ^C echo."""
+def _interrupted(args: argparse.Namespace) -> int:
+    """'interrupted' on a line of its own: not after a progress bar, nor after the terminal's ^C echo;
+    under --json, also the one JSON object on stdout."""
     _clear_progress()
+    if getattr(args, "json", False):
+        try:
+            emit_json({"ok": False, "error": "interrupted", "hint": "", "kind": "Interrupted",
+                       "exit_code": EXIT_INTERRUPTED, "problems": [], "fields": {}})
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
     try:
         if sys.stderr.isatty():
             sys.stderr.write("\r\033[K")
@@ -143,6 +152,9 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
     def _suggestion(self, message: str) -> str:
+        before = re.search(r"^(\S+) is given before the command '([^']*)'$", message)
+        if before:
+            return f"give it after '{before.group(2)}', e.g. {self.prog} {before.group(2)} ... {before.group(1)} ..."
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if choice:
             options = re.findall(r"'([^']*)'", choice.group(2)) or [c.strip() for c in choice.group(2).split(",")]
@@ -171,6 +183,20 @@ class Parser(argparse.ArgumentParser):
 def _did_you_mean(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _options_before_their_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """A usage error for an option of the command given before it (``--index URL publish``): argparse would
+    take its value for the command, or say a required option is missing although it was given."""
+    commands = _subcommands(parser)
+    command = next((a for a in argv if a in commands), None)
+    if command is None:
+        return
+    top = {o for action in parser._actions for o in action.option_strings}
+    for word in argv[:argv.index(command)]:
+        option = word.split("=")[0]
+        if word.startswith("-") and option not in top and option in _all_options(commands[command]):
+            parser.error(f"{option} is given before the command {command!r}")  # the hint says where it goes
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

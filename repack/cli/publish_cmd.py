@@ -179,31 +179,23 @@ def _each_once(files: Sequence[Path]) -> None:
 def upload_target(args: argparse.Namespace) -> tuple[str, Credentials | None]:
     """The upload URL and credentials in twine's order: command line and environment, pypirc, keyring; then netrc.
 
-    A username from anywhere without a password takes the pypirc password of that username, else keyring's.
+    The username and the password each come from the first source that has one; a pypirc password goes
+    only with its own username; a username still without a password asks keyring, then netrc.
     """
-    import urllib.parse
-
+    from repack.fetch.urlpolicy import redact
     from repack.publish.pypirc import keyring_password, read_repository
-    from repack.publish.upload import Credentials, find_credentials, netrc_path
+    from repack.publish.upload import find_credentials, netrc_path
 
     repo = None
     if args.repository:
         repo = read_repository(args.config_file or Path(os.path.expanduser("~/.pypirc")), args.repository)
     url: str = args.index or (repo.url if repo else "")  # argparse requires one of the two
-    in_url = urllib.parse.urlsplit(url)
-    username = args.username or in_url.username or _env("USERNAME") or (repo.username if repo else None)
-    if username and not (args.password or in_url.password or _env("PASSWORD")):
-        from_file = repo.password if repo and repo.username == username else None
-        password = from_file or keyring_password(url, username, None if keyring_prompts() else args.timeout)
-        if password:
-            origin = f"{repo.source} [{repo.name}]" if repo and from_file else "keyring"
-            return url, Credentials(urllib.parse.unquote(username), password, origin)
+    wait = None if keyring_prompts() else args.timeout
     return url, find_credentials(url, username=args.username, password=args.password, env=os.environ,
-                                 netrc_file=netrc_path(os.environ), given_as="--username/--password")
-
-
-def _env(what: str) -> str | None:
-    return os.environ.get(f"FLASHINFER_REPACK_{what}") or os.environ.get(f"TWINE_{what}")
+                                 netrc_file=netrc_path(os.environ), given_as="--username/--password",
+                                 repository=(repo.username, repo.password, f"{repo.source} [{repo.name}]")
+                                 if repo else None,
+                                 keyring=lambda user: keyring_password(redact(url), user, wait))
 
 
 def publish_to_channel(args: argparse.Namespace) -> int:

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 PROVIDERS = ("auto", "import", "subprocess", "disabled")
 #: A keyring that hangs (a locked store waiting for a prompt no one sees) is given up on (default seconds).
 COMMAND_TIMEOUT = 30.0
+#: Seconds without keyring's answer after which a wait with no bound (a person at a terminal) is said.
+NOTICE_AFTER = 5.0
 #: A password is one line; more than this is not a password (and is never held whole).
 COMMAND_OUTPUT_LIMIT = 64 << 10
 _NOT_INSTALLED = object()
@@ -84,6 +86,11 @@ def _imported(service: str, username: str, timeout: float | None) -> object:
 
     thread = threading.Thread(target=ask, daemon=True, name="keyring")
     thread.start()
+    if timeout is None:  # a person may answer its prompt: wait, but never silently
+        thread.join(NOTICE_AFTER)
+        if thread.is_alive():
+            log.warning("waiting for keyring's password for %s at %s: it may be asking on this terminal or in "
+                        "a desktop dialog (^C stops)", username, service)
     thread.join(timeout)
     if thread.is_alive():
         log.warning("keyring did not answer within %.0f s (a locked store waiting for a prompt?): going on "

@@ -38,7 +38,7 @@ from typing import Any
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from repack.errors import InputError, PublishError
+from repack.errors import InputError, IntegrityError, PublishError, RepackError
 from repack.fetch.digest import file_sha256
 from repack.fs import (
     NotRegularFileError,
@@ -103,6 +103,9 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False,
         try:
             for d in dists:
                 staged.append(_stage(root, d, link, check))
+            for project in sorted({d.project for d in dists}):  # the pages must be writable before any rename:
+                if (root / project).is_dir():                    # a damaged wheel already there stops it here
+                    project_entries(root, project)
             results = [_commit(root, d, tmp) for d, tmp in staged]
         finally:
             for _, tmp in staged:  # renamed into place already, unless something failed
@@ -261,7 +264,12 @@ def project_entries(root: Path, project: str) -> list[Entry]:
         metadata = path.with_name(path.name + ".metadata")
         if not (isinstance(known, dict) and known.get("stamp") == stamp and known.keys() >= _FIELDS
                 and metadata.is_file()):
-            dist = read_distfile(path, check_record=False, digests=("sha256",))
+            try:
+                dist = read_distfile(path, check_record=False, digests=("sha256",))
+            except RepackError as exc:  # damaged or replaced in the tree: say which file of the tree
+                raise IntegrityError(f"the tree holds {path}, which cannot be listed: {exc}",
+                                     "remove it from the tree (then publish that wheel again)",
+                                     path=str(path)) from exc
             _write_metadata(path, dist.metadata)
             known = {"stamp": stamp, "sha256": dist.sha256, "size": dist.size,
                      "requires_python": dist.requires_python, "metadata_sha256": dist.metadata_sha256}

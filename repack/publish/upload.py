@@ -36,6 +36,7 @@ from repack.fetch.transport import (
     Transport,
 )
 from repack.fetch.urlpolicy import redact, scrub, secret_forms
+from repack.fs import open_regular
 from repack.publish.distfile import DistFile
 
 log = logging.getLogger(__name__)
@@ -90,20 +91,29 @@ class UploadResult:
 # -- credentials -----------------------------------------------------------------------
 
 def find_credentials(url: str, *, username: str | None, password: str | None, env: Mapping[str, str],
-                     netrc_file: Path | None, given_as: str = "the username and password given") -> Credentials | None:
-    """Credentials for ``url``: those given, then userinfo in the URL, then the environment, then netrc.
+                     netrc_file: Path | None, given_as: str = "the username and password given",
+                     repository: tuple[str | None, str | None, str] | None = None,
+                     keyring: Callable[[str], str | None] | None = None) -> Credentials | None:
+    """Credentials for ``url``, the username and the password each from the first source that has one
+    (twine's order): those given, the URL's userinfo, the environment, then ``repository`` (a ~/.pypirc
+    section's username, password and name); a username still without a password asks ``keyring``, then netrc.
 
     ``given_as`` is how the caller names where ``username`` and ``password`` came from (shown as the origin).
-
-    The environment means FLASHINFER_REPACK_USERNAME/PASSWORD, then TWINE_USERNAME/PASSWORD.
-    A username without a password takes the password netrc has for that host and login.
+    The environment means FLASHINFER_REPACK_USERNAME/PASSWORD, then TWINE_USERNAME/PASSWORD.  A pypirc
+    password goes only with its own username (or a section naming none): never another user's.
     """
     parts = urllib.parse.urlsplit(url)
     candidates = [(username, password, given_as),
                   (_unquote(parts.username), _unquote(parts.password), "the URL")]
     candidates += [(env.get(u), env.get(p), f"{u}/{p}") for u, p in ENV_PAIRS]
     user = next(((u, o) for u, _, o in candidates if u), None)
+    if repository is not None:
+        user = user or ((repository[0], repository[2]) if repository[0] else None)
+        if repository[1] and (not repository[0] or user is None or repository[0] == user[0]):
+            candidates.append(repository)
     secret = next(((p, o) for _, p, o in candidates if p), None)
+    if user and not secret and keyring is not None and (found := keyring(user[0])):
+        secret = (found, "keyring")
     from_netrc = _netrc_entry(parts.hostname or "", netrc_file)
     if user and secret:
         origin = user[1] if user[1] == secret[1] else f"{user[1]} and {secret[1]}"
@@ -222,7 +232,7 @@ class MultipartBody:
     def _file(self, path: Path) -> Iterator[bytes]:
         digest, held = hashlib.sha256(), b""
         sent = 0
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:  # never a FIFO's endless wait
             for chunk in iter(lambda: fh.read(CHUNK), b""):
                 sent += len(chunk)
                 if sent > self._size:  # grown since it was checked: not one byte past the declared length
