@@ -141,6 +141,31 @@ def bench_index(wheel: Path, tmp: Path, run: int) -> list[tuple[str, float, str]
     return rows  # the table keeps the first run's order of rows
 
 
+def alternate(wheel: Path, times: int) -> None:
+    """publish --index (verdict remembered) and twine upload, one after the other, ``times`` each."""
+    creds = {"FLASHINFER_REPACK_USERNAME": USER, "FLASHINFER_REPACK_PASSWORD": PASSWORD,
+             "TWINE_USERNAME": USER, "TWINE_PASSWORD": PASSWORD, "NETRC": "/nonexistent"}
+    seen: dict[str, list[float]] = {"flashinfer-repack publish --index (checked before)": [], "twine upload": []}
+    with tempfile.TemporaryDirectory(prefix="bench-ux-") as tmp_name:
+        tmp = Path(tmp_name)
+        cache = tmp / "publish-cache"
+        timed(repack("publish", "--simple", str(tmp / "tree"), str(wheel), "--cache-dir", str(cache)))  # the verdict
+        for _ in range(times):
+            for what in seen:
+                proc, url = pypiserver(tmp, f"{len(seen[what])}-{what.split()[0]}")
+                try:
+                    cmd = (repack("publish", "--index", url, str(wheel), "--json", "--cache-dir", str(cache))
+                           if what.startswith("flashinfer") else
+                           [str(BIN / "twine"), "upload", "--non-interactive", "--disable-progress-bar",
+                            "--repository-url", url, str(wheel)])
+                    seen[what].append(timed(cmd, creds)[0])
+                finally:
+                    stop(proc)
+                shutil.rmtree(tmp / f"{len(seen[what]) - 1}-{what.split()[0]}")
+    for what, values in seen.items():
+        print(f"{what:<52} " + " ".join(f"{v:.2f}" for v in sorted(values)))
+
+
 def main() -> None:
     import statistics
 
@@ -148,8 +173,13 @@ def main() -> None:
     parser.add_argument("--version", default="0.6.6")
     parser.add_argument("--skip-index", action="store_true")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each row (default 3): the median is shown")
+    parser.add_argument("--alternate", type=int, default=0, metavar="N",
+                        help="only the upload of a wheel checked before against twine's, alternated N times each; "
+                             "every time printed, sorted (pypiserver's receive time is bimodal: medians mislead)")
     args = parser.parse_args()
     cubin, python = real_wheel("flashinfer-cubin", args.version), real_wheel("flashinfer-python", args.version)
+    if args.alternate:
+        return alternate(cubin, args.alternate)
     figures: dict[str, list[float]] = {}
     notes: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench-ux-") as tmp_name:
