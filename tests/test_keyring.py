@@ -188,12 +188,12 @@ def test_a_keyring_package_that_never_answers_is_given_up_on_after_the_timeout(t
     monkeypatch.setattr(keyring.core, "_keyring_backend", Prompting())
     found: list[str | None] = []
     asking = threading.Thread(target=lambda: found.append(
-        keyring_password(["https://h/simple/", "h"], "bob", "import", timeout=1)))
+        keyring_password(["https://h/simple/", "h"], "bob", "import", timeout=5)))
     asking.start()
     asking.join(60)  # a hang fails here, not in CI's time limit
     assert not asking.is_alive() and found == [None] and asked == ["https://h/simple/"]
 
     asked.clear()
-    threading.Timer(1.5, answer.set).start()  # the person types the master password, later than any timeout here
+    threading.Timer(6, answer.set).start()  # the person types the master password, later than the bound above
     assert keyring_password(["https://h/simple/"], "bob", "import", timeout=None) == PASSWORD
     assert asked == ["https://h/simple/"]

@@ -189,7 +189,7 @@ def test_review3_a_keyring_wait_at_a_terminal_is_said(tmp_path):
                                            "--username", "carol", "--no-cache"],
                           env=env, cwd=REPO, dimensions=(24, 80), encoding="utf-8", timeout=30)
     try:
-        said = child.expect(["keyring", pexpect.TIMEOUT, pexpect.EOF])
+        said = child.expect(["waiting for keyring", pexpect.TIMEOUT, pexpect.EOF])
     finally:
         released.touch()
         child.expect(pexpect.EOF, timeout=120)

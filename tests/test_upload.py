@@ -270,7 +270,10 @@ class Misbehaving:
                 self._answer(404, b"no such project")
 
             def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
+                try:
+                    body = self.rfile.read(int(self.headers["Content-Length"]))
+                except OSError:  # the guard's timeout, or the client gone: what arrived is what counts
+                    body = b""
                 outer.posts.append((dict(self.headers), body))
                 status = outer.status if outer.then is None or len(outer.posts) == 1 else outer.then
                 auth = self.headers.get("Authorization", "")
@@ -281,10 +284,18 @@ class Misbehaving:
                 self.send_response(status, reason)  # the reason phrase echoes the password too
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")  # no kept-alive connection for close() to wait on
                 self.end_headers()
                 self.wfile.write(body)
+                self.close_connection = True
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        Handler.timeout = 60  # a guard: a client that never sends the rest cannot hold close() for longer
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = False  # server_close() joins every handler: each post in flight has arrived
+            block_on_close = True
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/repo/"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -379,7 +390,7 @@ def test_a_file_rewritten_while_it_is_sent_never_reaches_the_index_whole(tmp_pat
     finally:
         server.close()  # joins the handler threads: every post has arrived
     assert rewritten
-    assert all(len(body) < int(headers["Content-Length"]) for headers, body in server.posts)
+    assert server.posts and all(len(body) < int(headers["Content-Length"]) for headers, body in server.posts)
 
 
 # -- the RECORD check runs while the largest wheel is sent ----------------------------------

@@ -186,17 +186,34 @@ def _did_you_mean(word: str, candidates: list[str]) -> str:
 
 
 def _options_before_their_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """A usage error for an option of the command given before it (``--index URL publish``): argparse would
-    take its value for the command, or say a required option is missing although it was given."""
+    """A usage error for an option of the command given before it (``--index URL publish``, ``-o dist build``,
+    ``--ind URL publish``): argparse would take its value for the command, or say that a required option is
+    missing although it was given.  No top-level option takes a value, so the first word that names a command
+    is the command."""
     commands = _subcommands(parser)
     command = next((a for a in argv if a in commands), None)
     if command is None:
         return
-    top = {o for action in parser._actions for o in action.option_strings}
+    top = [o for action in parser._actions for o in action.option_strings]
+    theirs = [o for action in commands[command]._actions for o in action.option_strings]
     for word in argv[:argv.index(command)]:
-        option = word.split("=")[0]
-        if word.startswith("-") and option not in top and option in _all_options(commands[command]):
+        if not word.startswith("-") or word == "-" or _resolve(word, top) is not None:
+            continue
+        option = _resolve(word, theirs)
+        if option is not None:
             parser.error(f"{option} is given before the command {command!r}")  # the hint says where it goes
+
+
+def _resolve(word: str, options: Sequence[str]) -> str | None:
+    """The option ``word`` names among ``options`` as argparse reads it: ``--name[=value]`` exactly or by a
+    unique prefix, ``-x[value]`` by its first two characters; None if it names none of them."""
+    if word.startswith("--"):
+        name = word.split("=")[0]
+        if name in options:
+            return name
+        matches = [o for o in options if o.startswith("--") and o.startswith(name)]
+        return matches[0] if len(matches) == 1 else None
+    return word[:2] if word[:2] in options else None
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -104,8 +104,7 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False,
             for d in dists:
                 staged.append(_stage(root, d, link, check))
             for project in sorted({d.project for d in dists}):  # the pages must be writable before any rename:
-                if (root / project).is_dir():                    # a damaged wheel already there stops it here
-                    project_entries(root, project)
+                _check_project_folder(root, project)             # a damaged wheel already there stops it here
             results = [_commit(root, d, tmp) for d, tmp in staged]
         finally:
             for _, tmp in staged:  # renamed into place already, unless something failed
@@ -115,6 +114,20 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False,
             write_project_pages(root, project)
         write_root_pages(root)
     return results
+
+
+def _check_project_folder(root: Path, project: str) -> None:
+    """IntegrityError unless the project's folder is missing, or a real folder whose every wheel can be listed.
+
+    Checked for every project before any file is renamed into place: a failed publish leaves the tree as it was.
+    """
+    folder = root / check_filename(project, "project name")
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise IntegrityError(f"the tree holds {folder}, which is not a folder" +
+                             (" (a link)" if folder.is_symlink() else ""),
+                             "remove it from the tree (then publish again)", path=str(folder))
+    if folder.is_dir():
+        project_entries(root, project)
 
 
 def _make_root(root: Path) -> None:
