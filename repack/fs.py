@@ -67,6 +67,17 @@ def safe_join(root: Path, name: str, what: str = "name") -> Path:
     return path
 
 
+def identity(file: int | Path) -> tuple[int, int, int, int]:
+    """What changes when a file is written to or replaced: inode, size, mtime and ctime (ns).
+
+    ``file`` is an open descriptor (fstat: that file, wherever its name now points) or a path (stat: what the
+    name names now; a rename changes the ctime too).  An in-place rewrite can restore the mtime (os.utime),
+    never the ctime.
+    """
+    st = os.fstat(file) if isinstance(file, int) else os.stat(file)
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def blocking_file(path: Path) -> Path | None:
     """The first of ``path``'s parents (then ``path`` itself) that exists and is not a directory: what makes
     creating a folder at ``path``, or a file in it, fail with "Not a directory"."""

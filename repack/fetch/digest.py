@@ -61,24 +61,19 @@ def file_digests(path: Path, names: Iterable[str] = ("sha256",)) -> dict[str, st
     or rewritten while it is read (its bytes are no single version of it).
     """
     from repack.errors import IntegrityError
-    from repack.fs import open_regular
+    from repack.fs import identity, open_regular
 
     with open_regular(path) as fh:
-        before = _identity(fh.fileno())
+        before = identity(fh.fileno())
         try:
             found = fd_digests(fh.fileno(), before[1], names)
         except ShorterThanItWas as exc:
             raise IntegrityError(f"{path} changed while it was being read ({exc})",
                                  "run again once nothing writes to it") from None
-        if _identity(fh.fileno()) != before:  # written to meanwhile: the digests are of no one version
+        if identity(fh.fileno()) != before:  # written to meanwhile: the digests are of no one version
             raise IntegrityError(f"{path} changed while it was being read (written to meanwhile)",
                                  "run again once nothing writes to it")
         return found
-
-
-def _identity(fd: int) -> tuple[int, int, int, int]:
-    st = os.fstat(fd)
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def file_sha256(path: Path) -> str:

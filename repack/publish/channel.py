@@ -50,7 +50,15 @@ from repack.build.conda_archive import (
 )
 from repack.errors import InputError, PublishError, SourceError
 from repack.fetch.digest import file_digests
-from repack.fs import NotRegularFileError, atomic_write, is_safe_relpath, locked, not_a_folder_hint, read_regular
+from repack.fs import (
+    NotRegularFileError,
+    atomic_write,
+    identity,
+    is_safe_relpath,
+    locked,
+    not_a_folder_hint,
+    read_regular,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +141,10 @@ def inspect_package(path: Path) -> CondaPackage:
     if not path.is_file():  # as read_distfile says of a wheel that is not there
         raise InputError(f"{path}: no such file", "give the path of a built conda package", path=str(path))
     try:
-        before = _identity(path)
+        before = identity(path)
         hashes = _file_hashes(path)
         info, payload = _scan(path)
-        after = _identity(path)
+        after = identity(path)
     except OSError as exc:
         raise PublishError(f"cannot read {path}: {exc.strerror}", "check the path of the package") from exc
     if before != after or after[1] != hashes[2]:  # the bytes scanned must be the bytes hashed (and copied)
@@ -380,12 +388,6 @@ def _inspect_metadata(path: Path) -> CondaPackage:
     else:  # an old package: its file list is all there is (publish refuses such packages; they may be there)
         paths = tuple(members.get("info/files", b"").decode("utf-8", "replace").split())
     return CondaPackage(path, index, paths, *_file_hashes(path), run_exports=_run_exports(path, members))
-
-
-def _identity(path: Path) -> tuple[int, int, int, int]:
-    """What changes when the file at ``path`` is written to or replaced (a rename changes the ctime too)."""
-    st = os.stat(path)
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _file_hashes(path: Path) -> tuple[str, str, int]:

@@ -31,7 +31,7 @@ from packaging.version import InvalidVersion, Version
 
 from repack.errors import InputError, IntegrityError
 from repack.fetch.digest import fd_digests, file_digests
-from repack.fs import NotRegularFileError, open_regular
+from repack.fs import NotRegularFileError, identity, open_regular
 from repack.publish.checked import CheckedWheels
 from repack.publish.members import DamagedMember, check_layout, member_chunks
 from repack.wheelfile import RecordRow, dist_info_dir, read_member, read_record, urlsafe_b64
@@ -257,11 +257,11 @@ def _check_wheel(path: Path, project: str, check_record: bool, progress: Progres
     name = label or path.name  # a staged copy is read, the wheel's own name is reported
     try:
         with open_regular(path) as fh, concurrent.futures.ThreadPoolExecutor(1) as pool:  # never a FIFO's wait
-            before = _identity(fh.fileno())
+            before = identity(fh.fileno())
             hashing = pool.submit(fd_digests, fh.fileno(), before[1], digests)
             metadata = _check_open(fh, path, project, check_record, progress, name)
             found = hashing.result()
-            if _identity(fh.fileno()) != before:
+            if identity(fh.fileno()) != before:
                 raise IntegrityError(f"{name} changed while it was being published (written to during its check)",
                                      "publish it again once nothing writes to it")
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
@@ -273,11 +273,6 @@ def _check_wheel(path: Path, project: str, check_record: bool, progress: Progres
         raise IntegrityError(f"{name} is not a sound zip: {exc}", "the file is damaged or was crafted to "
                              "read differently in different tools; rebuild or download it again") from exc
     return metadata, found, before[1]
-
-
-def _identity(fd: int) -> tuple[int, int, int, int]:
-    st = os.fstat(fd)
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _check_open(fh: BinaryIO, path: Path, project: str, check_record: bool, progress: Progress | None,

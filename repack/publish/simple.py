@@ -44,6 +44,7 @@ from repack.fs import (
     NotRegularFileError,
     atomic_write,
     check_filename,
+    identity,
     locked,
     not_a_folder_hint,
     read_regular,
@@ -297,9 +298,7 @@ _FIELDS = {"sha256", "size", "requires_python", "metadata_sha256"}
 
 
 def _stamp(path: Path) -> list[int]:
-    st = path.stat()
-    # ctime too: an in-place rewrite can restore the mtime (os.utime), never the ctime
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
+    return list(identity(path))
 
 
 def _read_state(path: Path) -> dict[str, Any]:
