@@ -197,7 +197,9 @@ def _options_before_their_command(parser: argparse.ArgumentParser, argv: Sequenc
     top = [o for action in parser._actions for o in action.option_strings]
     theirs = [o for action in commands[command]._actions for o in action.option_strings]
     for word in argv[:argv.index(command)]:
-        if not word.startswith("-") or word == "-" or _resolve(word, top) is not None:
+        name = word.split("=")[0]
+        if (not word.startswith("-") or word == "-" or _resolve(word, top) is not None
+                or (name.startswith("--") and any(o.startswith(name) for o in top))):  # ambiguous: argparse says
             continue
         option = _resolve(word, theirs)
         if option is not None:

@@ -181,11 +181,19 @@ def _drop_stale_own_wheel(out: Path, payload: Payload, epoch: int | None) -> Non
 
     name = wheel_filename(payload.plan.version)
     fresh = wheel_bytes(payload, DEFAULT_EPOCH if epoch is None else epoch)
-    for old in (out / "wheels" / name, out / "simple" / DIST_NAME / name):
+    for old in (out / "wheels" / name, _in_tree(out / "simple", DIST_NAME, name)):
         if old.is_file() and old.read_bytes() != fresh:
             log.info("replacing %s, built from other inputs", old)
             old.unlink()
             old.with_name(old.name + ".metadata").unlink(missing_ok=True)
+
+
+def _in_tree(simple: Path, project: str, filename: str) -> Path:
+    """simple/PROJECT/FILE, which the bundle may replace: refused (as publish_simple refuses it) where the
+    project's folder is a link, before anything behind the link could be removed."""
+    from repack.publish.simple import project_folder
+
+    return project_folder(simple, project) / filename
 
 
 def _drop_stale_simple_copies(simple: Path, wheels: list[Path]) -> None:
@@ -194,7 +202,7 @@ def _drop_stale_simple_copies(simple: Path, wheels: list[Path]) -> None:
     from packaging.utils import canonicalize_name
 
     for wheel in wheels:
-        old = simple / canonicalize_name(wheel.name.split("-", 1)[0]) / wheel.name
+        old = _in_tree(simple, canonicalize_name(wheel.name.split("-", 1)[0]), wheel.name)
         if old.is_file() and not old.samefile(wheel) and file_sha256(old) != file_sha256(wheel):
             log.info("replacing %s, which differs from the verified %s", old, wheel)
             old.unlink()

@@ -117,17 +117,23 @@ def publish_simple(root: Path, dists: Sequence[DistFile], *, link: bool = False,
     return results
 
 
-def _check_project_folder(root: Path, project: str) -> None:
-    """IntegrityError unless the project's folder is missing, or a real folder whose every wheel can be listed.
-
-    Checked for every project before any file is renamed into place: a failed publish leaves the tree as it was.
-    """
+def project_folder(root: Path, project: str) -> Path:
+    """The project's folder in the tree (it may not exist yet); IntegrityError where something else has its
+    path: a file, or a link (what it points to is not the tree's to write or remove)."""
     folder = root / check_filename(project, "project name")
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise IntegrityError(f"the tree holds {folder}, which is not a folder" +
                              (" (a link)" if folder.is_symlink() else ""),
                              "remove it from the tree (then publish again)", path=str(folder))
-    if folder.is_dir():
+    return folder
+
+
+def _check_project_folder(root: Path, project: str) -> None:
+    """IntegrityError unless the project's folder is missing, or a real folder whose every wheel can be listed.
+
+    Checked for every project before any file is renamed into place: a failed publish leaves the tree as it was.
+    """
+    if project_folder(root, project).is_dir():
         project_entries(root, project)
 
 
