@@ -1,3 +1,3 @@
-from repack.cli import main
+from repack.cli import run
 
-raise SystemExit(main())
+run()

@@ -627,3 +627,21 @@ def test_a_file_where_an_output_folder_s_parent_should_be_is_named_and_a_usage_e
     error = json.loads(result.stdout)
     assert f"{tmp_path / 'afile'} is a file, not a folder" in error["error"], error
     assert "parents are folders" in error["hint"]
+
+
+def test_an_interrupted_run_exits_at_once_though_a_thread_is_still_at_work(tmp_path):
+    """After ^C/SIGTERM has unwound main (message and JSON written), the process ends: Python's exit would
+    join a non-daemon thread still at work, or wait on a lock the interrupt left taken in concurrent.futures."""
+    script = textwrap.dedent("""
+        import threading, time
+        import repack.cli as cli
+        def main():
+            threading.Thread(target=time.sleep, args=(300,)).start()  # non-daemon: joined at a normal exit
+            print('{"ok": false}')
+            return cli.EXIT_INTERRUPTED
+        cli.main = main
+        cli.run()
+        """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=str(REPO))  # a run that waited for the thread would take 300 s
+    assert result.returncode == 130 and result.stdout == '{"ok": false}\n', result.stderr

@@ -70,6 +70,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                                               "needed, is writable, and that the disk has room"))
 
 
+def run() -> NoReturn:
+    """The command's entry point (``flashinfer-repack``, ``python -m repack``): :func:`main`, then exit.
+
+    After an interrupt (^C, SIGTERM) the process ends at once, once ``main`` has unwound (temporaries
+    removed, the message and any JSON written): Python would otherwise join, at exit, threads still at work
+    (a request to a silent index, a RECORD check) and could wait forever on a lock that the interrupt left
+    taken inside concurrent.futures.
+    """
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    raise SystemExit(code)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 def setup_logging(verbosity: int) -> None:
