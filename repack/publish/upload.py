@@ -257,13 +257,6 @@ class MultipartBody:
 
 # -- the uploader ----------------------------------------------------------------------
 
-class _Unread:
-    """The index's page for a file not read yet (None means read, and the file is not there)."""
-
-
-UNREAD = _Unread()
-
-
 class Uploader:
     """One keep-alive session to one index.  ``sleep`` is injectable for tests of the backoff."""
 
@@ -297,15 +290,15 @@ class Uploader:
                 ready: Callable[[], Sequence[DistFile]] | None = None) -> list[UploadResult]:
         """Each of ``dists`` sent, or skipped when the index has it with the same sha256 (results in order).
 
-        ``listings`` are the index's entries read for these files just before (:meth:`listed`), so
-        that the page is not read twice; a file listed since is caught by the index's 409.
+        ``listings`` are the index's entries read for these files just before (:meth:`listed`; read here
+        when not given), so that the page is not read twice; a file listed since is caught by the index's 409.
         ``ready`` (:meth:`repack.publish.distfile.RecordCheck.wait`) gives the files to be sent, those
         listed as None, checked against their RECORD: the largest is sent first while they are checked,
         and its body ends only once ``ready`` has answered.  Without it every file sent must be checked.
         """
         try:
             if listings is None:
-                return [self.publish_one(d) for d in dists]
+                listings = [self.listed(d) for d in dists]
             # a file the index has is skipped, or refused (other bytes, no sha256) before any byte is sent
             results = {i: self._already_there(dists[i], listed) for i, listed in enumerate(listings)
                        if listed is not None}
@@ -322,18 +315,13 @@ class Uploader:
 
             for i in sorted(sending, key=lambda i: -dists[i].size):
                 dist = checked.get(i, dists[i])
-                results[i] = self.publish_one(dist, None, gate if ready is not None and not checked else None)
+                results[i] = self._send(dist, gate if ready is not None and not checked else None)
             return [results[i] for i in range(len(dists))]
         finally:
             self.close()
 
-    def publish_one(self, dist: DistFile, listed: IndexFile | _Unread | None = UNREAD,
-                    gate: Callable[[], None] | None = None) -> UploadResult:
-        """``dist`` sent unless listed; ``gate`` is called before the body's last bytes (it may raise)."""
-        if isinstance(listed, _Unread):
-            listed = self.listed(dist)
-        if listed is not None:
-            return self._already_there(dist, listed)
+    def _send(self, dist: DistFile, gate: Callable[[], None] | None = None) -> UploadResult:
+        """``dist`` sent (the index did not list it); ``gate`` is called before the body's last bytes (it may raise)."""
         resp = self._post(dist, gate)
         if resp.status == 409:  # the index has it although its simple page did not say so
             listed = self.listed(dist)
